@@ -1,0 +1,125 @@
+"""Backend registry: ``get_backend("openai:gpt-4o-mini")``.
+
+A name is ``PREFIX:MODEL``. A bare prefix (``"hf"``) uses that backend's default model, and a bare
+path to an existing folder means ``hf:<folder>`` (a trained checkpoint, for instance). Third-party
+backends register with :func:`register_backend` or through the ``popi_sdk.backends`` entry-point
+group; the built-ins below use the very same call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from popi_sdk.backends.base import Backend, GenerateOptions
+from popi_sdk.errors import UnknownBackendError
+
+Factory = Callable[..., Backend]
+
+
+@dataclass(frozen=True)
+class _Registered:
+    factory: Factory
+    help: str
+
+
+_REGISTRY: dict[str, _Registered] = {}
+_CACHE: dict[tuple, Backend] = {}
+_LOCK = threading.Lock()
+_PLUGINS_LOADED = False
+
+
+def register_backend(prefix: str, factory: Factory, *, help: str = "") -> None:
+    """Register ``factory(model: str | None, **options) -> Backend`` under ``prefix``."""
+    if ":" in prefix or not prefix:
+        raise ValueError(f"backend prefix must be a non-empty name without ':', got {prefix!r}")
+    _REGISTRY[prefix] = _Registered(factory, help)
+
+
+def known_backends() -> dict[str, str]:
+    """Registered prefixes and their one-line help."""
+    _load_plugins()
+    return {prefix: reg.help for prefix, reg in sorted(_REGISTRY.items())}
+
+
+def _load_plugins() -> None:
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for ep in entry_points(group="popi_sdk.backends"):
+        ep.load()()  # the plugin's hook calls register_backend itself
+
+
+def parse_backend_name(name: str) -> tuple[str, str | None]:
+    """Split ``"prefix:model"``; a bare existing folder becomes ``("hf", folder)``."""
+    _load_plugins()
+    name = name.strip()
+    if not name:
+        raise UnknownBackendError(_unknown_message(name))
+    prefix, sep, model = name.partition(":")
+    if sep and prefix in _REGISTRY:
+        return prefix, (model or None)
+    if not sep and name in _REGISTRY:
+        return name, None
+    if os.path.isdir(os.path.expanduser(name)):
+        return "hf", name
+    raise UnknownBackendError(_unknown_message(name))
+
+
+def _unknown_message(name: str) -> str:
+    known = "\n".join(f"  {p}:<model>  {h}" for p, h in known_backends().items())
+    return (
+        f"unknown backend {name!r}. Known backends:\n{known}\n"
+        "A bare path to an existing model folder also works (it means hf:<folder>)."
+    )
+
+
+def get_backend(name: str | Backend, **options: Any) -> Backend:
+    """Return the backend for ``name``, reusing one instance per (name, options) in this process,
+    so the same local model is loaded once even when it serves as summarizer and generator."""
+    if isinstance(name, Backend):
+        return name
+    prefix, model = parse_backend_name(name)
+    try:
+        key = (prefix, model, tuple(sorted(options.items())))
+        hash(key)
+    except TypeError:  # unhashable options (e.g. an http client): no reuse
+        return _REGISTRY[prefix].factory(model, **options)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _REGISTRY[prefix].factory(model, **options)
+        return _CACHE[key]
+
+
+def clear_backend_cache() -> None:
+    """Drop every cached backend instance (frees local models)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def _hf_factory(model: str | None, **options: Any) -> Backend:
+    from popi_sdk.backends.hf import HFBackend
+
+    return HFBackend(model, **options)
+
+
+register_backend(
+    "hf",
+    _hf_factory,
+    help="local Hugging Face model: a hub id or folder; bare 'hf' is the embedded SmolLM2-135M",
+)
+
+__all__ = [
+    "Backend",
+    "GenerateOptions",
+    "clear_backend_cache",
+    "get_backend",
+    "known_backends",
+    "parse_backend_name",
+    "register_backend",
+]

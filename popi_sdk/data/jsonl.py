@@ -1,0 +1,129 @@
+"""Read and write JSON Lines files of pydantic rows, reporting *every* bad row at once.
+
+A data file with problems is rejected whole (nothing is half-processed) and the error lists each
+problem as ``FILE:LINE: field PATH: what is wrong. Fix: how``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from popi_sdk.errors import DataFileError, InputError
+from popi_sdk.signals import UserRow
+
+M = TypeVar("M", bound=BaseModel)
+
+_FIXES = {
+    "missing": "add the field",
+    "extra_forbidden": "remove it (or check its spelling)",
+    "string_type": "give a JSON string",
+    "list_type": "give a JSON list",
+    "dict_type": "give a JSON object",
+    "float_type": "give a number",
+    "float_parsing": "give a number",
+    "model_type": "give a JSON object",
+    "model_attributes_type": "give a JSON object",
+}
+
+
+def format_loc(loc: Iterable[object]) -> str:
+    """``('signals', 'pairs', 0, 'chosen')`` -> ``signals.pairs[0].chosen``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(row)"
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One human line per pydantic error: field path, message, and a fix where we know one."""
+    lines = []
+    for err in exc.errors():
+        where = format_loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        fix = _FIXES.get(err["type"])
+        lines.append(f"field {where}: {msg}" + (f". Fix: {fix}" if fix else ""))
+    return lines
+
+
+def read_jsonl_models(path: str | os.PathLike, model: type[M]) -> list[M]:
+    """Parse every line of ``path`` into ``model``; raise :class:`DataFileError` listing all problems."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file. Check the path (it is relative to {Path.cwd()}).")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a .jsonl file inside it.")
+    rows: list[M] = []
+    problems: list[str] = []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(
+                    f"{where}: invalid UTF-8 at byte {e.start} of the line. Fix: re-save the "
+                    "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+                )
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(
+                    f"{where}: malformed JSON at column {e.colno}: {e.msg}. Fix: each line must "
+                    "be one complete JSON object"
+                )
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            try:
+                rows.append(model.model_validate(obj))
+            except ValidationError as e:
+                problems.extend(f"{where}: {msg}" for msg in describe_validation_error(e))
+    if problems:
+        raise DataFileError(str(path), problems)
+    if not rows:
+        raise DataFileError(str(path), [f"{path}: the file has no rows"])
+    return rows
+
+
+def read_users(path: str | os.PathLike) -> list[UserRow]:
+    """Read a canonical users file (one :class:`UserRow` per line); duplicate user ids are errors."""
+    rows = read_jsonl_models(path, UserRow)
+    seen: dict[str, int] = {}
+    dupes = []
+    for i, row in enumerate(rows):
+        if row.user_id in seen:
+            dupes.append(f"{path}: user_id {row.user_id!r} appears more than once. Fix: merge the rows")
+        seen.setdefault(row.user_id, i)
+    if dupes:
+        raise DataFileError(str(path), dupes)
+    return rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[BaseModel]) -> int:
+    """Write rows atomically (a temporary file renamed into place); returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(row.model_dump_json(exclude_none=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+write_users = write_jsonl

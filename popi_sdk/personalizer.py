@@ -1,0 +1,256 @@
+"""The SDK: summarize a user's signals once, cache the summary, condition any generator on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from popi_sdk.backends import Backend, GenerateOptions, get_backend
+from popi_sdk.data.jsonl import describe_validation_error
+from popi_sdk.errors import InputError, NotFoundError
+from popi_sdk.progress import progress_bar
+from popi_sdk.settings import DEFAULT_BACKEND, resolve
+from popi_sdk.signals import Summary, UserRow, UserSignals
+from popi_sdk.store import SummaryStore, open_store
+from popi_sdk.templates import (
+    Message,
+    clean_summary,
+    prompt_only_messages,
+    summarizer_messages,
+    summary_messages,
+)
+
+SignalsLike = UserSignals | UserRow | dict
+
+
+class Generation(BaseModel):
+    """A generated answer. ``str(generation)`` is its text."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    text: str
+    backend: str
+    prompt: str
+    summary: Summary | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def as_user_signals(value: SignalsLike) -> UserSignals:
+    """Accept :class:`UserSignals`, a dataset :class:`UserRow`, or a plain dict."""
+    if isinstance(value, UserSignals):
+        return value
+    if isinstance(value, UserRow):
+        return value.user_signals()
+    if isinstance(value, dict):
+        try:
+            return UserSignals.model_validate(value)
+        except ValidationError as e:
+            details = "; ".join(describe_validation_error(e))
+            raise InputError(f"invalid user signals: {details}") from None
+    raise InputError(
+        f"expected UserSignals, a UserRow or a dict of signals, got {type(value).__name__}"
+    )
+
+
+class Personalizer:
+    """Summarize users' preferences with a summarizer model and answer with a generator model.
+
+    Each argument resolves as: explicit argument, then environment variable, then default.
+
+    Args:
+        summarizer: backend name or instance that writes summaries
+            (``POPI_SUMMARIZER``; default ``hf``, the embedded SmolLM2-135M).
+        generator: backend that answers prompts (``POPI_GENERATOR``; default ``hf``).
+            A trained checkpoint folder works for either (``"runs/x/stage1"``).
+        store: a :class:`SummaryStore`, a SQLite path, or ``":memory:"``
+            (``POPI_STORE``; default ``$POPI_HOME/summaries.sqlite``).
+        summary_tokens: most tokens a summary may have (default 96).
+        summary_words: length the summarizer is asked for (default 60 words).
+    """
+
+    def __init__(
+        self,
+        summarizer: str | Backend | None = None,
+        generator: str | Backend | None = None,
+        store: SummaryStore | str | os.PathLike | None = None,
+        *,
+        summary_tokens: int = 96,
+        summary_words: int = 60,
+    ):
+        self._summarizer_spec = summarizer if isinstance(summarizer, Backend) else resolve(
+            summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND
+        )
+        self._generator_spec = generator if isinstance(generator, Backend) else resolve(
+            generator, "POPI_GENERATOR", DEFAULT_BACKEND
+        )
+        self.store = open_store(store)
+        self.summary_tokens = summary_tokens
+        self.summary_words = summary_words
+
+    @property
+    def summarizer(self) -> Backend:
+        return get_backend(self._summarizer_spec)
+
+    @property
+    def generator(self) -> Backend:
+        return get_backend(self._generator_spec)
+
+    def __repr__(self) -> str:
+        return (
+            f"Personalizer(summarizer={self._summarizer_spec!r}, "
+            f"generator={self._generator_spec!r}, store={self.store!r})"
+        )
+
+    # -- summaries -------------------------------------------------------------------------
+    def _summary_options(self) -> GenerateOptions:
+        return GenerateOptions(max_new_tokens=self.summary_tokens, temperature=0.0)
+
+    def summarizer_input(self, signals: SignalsLike) -> list[Message]:
+        """The exact messages the summarizer reads for these signals."""
+        return summarizer_messages(as_user_signals(signals), max_words=self.summary_words)
+
+    def _make_summary(self, user: UserSignals, text: str) -> Summary:
+        text = clean_summary(text)
+        summarizer = self.summarizer
+        return Summary(
+            user_id=user.user_id,
+            text=text,
+            summarizer=summarizer.name,
+            signals_hash=user.signals_hash(),
+            n_tokens=summarizer.count_tokens(text),
+        )
+
+    def cached(self, signals: SignalsLike) -> Summary | None:
+        """The stored summary for exactly these signals and this summarizer, if any."""
+        user = as_user_signals(signals)
+        return self.store.get(user.user_id, self.summarizer.name, user.signals_hash())
+
+    def summarize(self, signals: SignalsLike, *, refresh: bool = False) -> Summary:
+        """The user's preference summary: from the store when these signals were already
+        summarized by this summarizer (no model call), else written now and stored."""
+        user = as_user_signals(signals)
+        if not refresh and (hit := self.cached(user)) is not None:
+            return hit
+        text = self.summarizer.generate(self.summarizer_input(user), self._summary_options())
+        summary = self._make_summary(user, text)
+        self.store.put(summary)
+        return summary
+
+    def summarize_many(
+        self,
+        users: Iterable[SignalsLike],
+        *,
+        batch_size: int = 8,
+        refresh: bool = False,
+        progress: bool = True,
+    ) -> list[Summary]:
+        """Summarize many users, batching model calls; cached users cost nothing. Order is kept."""
+        todo = [as_user_signals(u) for u in users]
+        out: list[Summary | None] = [None] * len(todo)
+        missing = []
+        for i, user in enumerate(todo):
+            hit = None if refresh else self.cached(user)
+            if hit is None:
+                missing.append(i)
+            out[i] = hit
+        with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
+            advance(len(todo) - len(missing))
+            options = self._summary_options()
+            for start in range(0, len(missing), batch_size):
+                idx = missing[start : start + batch_size]
+                texts = self.summarizer.generate_batch(
+                    [self.summarizer_input(todo[i]) for i in idx], options
+                )
+                for i, text in zip(idx, texts):
+                    summary = self._make_summary(todo[i], text)
+                    self.store.put(summary)
+                    out[i] = summary
+                advance(len(idx))
+        return [s for s in out if s is not None]
+
+    def get_summary(self, user_id: str) -> Summary:
+        """The most recent stored summary of ``user_id``."""
+        summary = self.store.latest(user_id)
+        if summary is None:
+            raise NotFoundError(
+                f"no summary stored for user {user_id!r}: call summarize(signals) first, "
+                "or pass summary=... to generate()"
+            )
+        return summary
+
+    def forget(self, user_id: str) -> int:
+        """Remove every stored trace of ``user_id``; returns how many summaries were deleted."""
+        return self.store.delete_user(user_id)
+
+    # -- generation ------------------------------------------------------------------------
+    def conditioning(
+        self, prompt: str, *, user_id: str | None = None, summary: Summary | str | None = None
+    ) -> tuple[list[Message], Summary | None]:
+        """The generator's messages for ``prompt``: summary-conditioned when a summary is given or
+        stored for ``user_id``; the plain prompt when neither ``user_id`` nor ``summary`` is given."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt must be a non-empty string")
+        if summary is None and user_id is not None:
+            summary = self.get_summary(user_id)
+        if summary is None:
+            return prompt_only_messages(prompt), None
+        if isinstance(summary, str):
+            summary = Summary(
+                user_id=user_id or "", text=summary, summarizer="given", signals_hash="", n_tokens=0
+            )
+        return summary_messages(prompt, summary.text), summary
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        summary: Summary | str | None = None,
+        backend: str | Backend | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        **backend_options: Any,
+    ) -> Generation:
+        """Answer ``prompt`` for a user.
+
+        ``user_id`` uses that user's stored summary; ``summary`` (a :class:`Summary` or text) is
+        used directly; with neither, the prompt is answered un-personalized. ``backend`` overrides
+        the generator for this call (any registered name, e.g. ``"openai:gpt-4o"``).
+        """
+        messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
+        model = get_backend(backend, **backend_options) if backend is not None else self.generator
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        text = model.generate(messages, options)
+        return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
+
+    def generate_many(
+        self,
+        prompts: Sequence[str],
+        *,
+        user_ids: Sequence[str | None] | None = None,
+        summaries: Sequence[Summary | str | None] | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """Answer many prompts with the generator in batches (one user id or summary per prompt)."""
+        n = len(prompts)
+        user_ids = list(user_ids) if user_ids is not None else [None] * n
+        summaries = list(summaries) if summaries is not None else [None] * n
+        if not (len(user_ids) == len(summaries) == n):
+            raise InputError("prompts, user_ids and summaries must have the same length")
+        prepared = [
+            self.conditioning(p, user_id=u, summary=s) for p, u, s in zip(prompts, user_ids, summaries)
+        ]
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        texts = self.generator.generate_batch([m for m, _ in prepared], options)
+        return [
+            Generation(text=t, backend=self.generator.name, prompt=p, summary=s)
+            for t, p, (_, s) in zip(texts, prompts, prepared)
+        ]

@@ -1,0 +1,128 @@
+"""Prompt templates, after the POPI paper (arXiv 2510.17881): App. I (summarizer and generator).
+
+Messages are plain ``[{"role": ..., "content": ...}]`` lists so every backend (a local chat template,
+OpenAI, Anthropic's ``system`` field) can take them. Conditioning always travels as the *system*
+message: it is context about the user, not something the user said.
+"""
+
+from __future__ import annotations
+
+from popi_sdk.signals import HistoryItem, PreferencePair, Signals
+
+Message = dict[str, str]
+
+SUMMARIZER_SYSTEM = (
+    "You are an expert at understanding what people want from an AI assistant. You read evidence "
+    "about one user and describe their preferences so that another assistant can serve them well."
+)
+
+SUMMARIZER_INSTRUCTION = (
+    "Based on the information above, write a short summary of this user's preferences: what they "
+    "value in a response (content, tone, style, length, level of detail) and what they dislike. "
+    "Write it in the third person (\"The user prefers ...\"), in at most {max_words} words, as "
+    "general preferences that apply to new questions; do not repeat the examples."
+)
+
+PROMPT_DEPENDENT_INSTRUCTION = (
+    "The user is about to ask the question below. Focus the summary on the preferences that matter "
+    "for answering it.\n\nUpcoming question: {prompt}"
+)
+
+GENERATOR_SUMMARY_SYSTEM = (
+    "Personalize your answer for this user. Here is a summary of their preferences:\n{summary}"
+)
+
+GENERATOR_RAW_SYSTEM = (
+    "Personalize your answer for this user. Here is what they have shown about their "
+    "preferences:\n\n{signals}"
+)
+
+
+def render_pairs(pairs: list[PreferencePair]) -> str:
+    blocks = []
+    for i, pair in enumerate(pairs, start=1):
+        lines = [f"Example {i}"]
+        if pair.prompt:
+            lines.append(f"Prompt: {pair.prompt}")
+        lines.append(f"Preferred response: {pair.chosen}")
+        lines.append(f"Rejected response: {pair.rejected}")
+        blocks.append("\n".join(lines))
+    return "The user compared pairs of responses:\n\n" + "\n\n".join(blocks)
+
+
+def render_persona(persona: str) -> str:
+    return f"The user describes themselves: {persona}"
+
+
+def render_history(history: list[HistoryItem]) -> str:
+    lines = ["Things the user wrote before:"]
+    for item in history:
+        lines.append(f"- On \"{item.prompt}\": {item.text}" if item.prompt else f"- {item.text}")
+    return "\n".join(lines)
+
+
+def render_demographics(demographics: str) -> str:
+    return f"Demographic information: {demographics}"
+
+
+def render_traits(traits: dict[str, float]) -> str:
+    scored = ", ".join(f"{name}: {score:g}" for name, score in sorted(traits.items()))
+    return f"Trait scores (0 = low, 1 = high): {scored}"
+
+
+def render_signals(signals: Signals) -> str:
+    """Every kind of signal the user has, each rendered by its own renderer, in a fixed order."""
+    parts = []
+    if signals.persona:
+        parts.append(render_persona(signals.persona))
+    if signals.demographics:
+        parts.append(render_demographics(signals.demographics))
+    if signals.traits:
+        parts.append(render_traits(signals.traits))
+    if signals.history:
+        parts.append(render_history(signals.history))
+    if signals.pairs:
+        parts.append(render_pairs(signals.pairs))
+    return "\n\n".join(parts)
+
+
+def summarizer_messages(
+    signals: Signals, *, max_words: int = 60, prompt: str | None = None
+) -> list[Message]:
+    """The summarizer's input. ``prompt`` selects the prompt-dependent variant (paper App. B)."""
+    user = render_signals(signals) + "\n\n" + SUMMARIZER_INSTRUCTION.format(max_words=max_words)
+    if prompt is not None:
+        user += "\n\n" + PROMPT_DEPENDENT_INSTRUCTION.format(prompt=prompt)
+    return [{"role": "system", "content": SUMMARIZER_SYSTEM}, {"role": "user", "content": user}]
+
+
+def prompt_only_messages(prompt: str) -> list[Message]:
+    """Base model: the prompt alone (also the reference policy's context in the POPI loss)."""
+    return [{"role": "user", "content": prompt}]
+
+
+def summary_messages(prompt: str, summary: str) -> list[Message]:
+    """POPI / Inference-Prompting: the preference summary as system context, then the prompt."""
+    return [
+        {"role": "system", "content": GENERATOR_SUMMARY_SYSTEM.format(summary=summary.strip())},
+        {"role": "user", "content": prompt},
+    ]
+
+
+def raw_signals_messages(prompt: str, signals: Signals) -> list[Message]:
+    """Raw-Prompting baseline: every raw signal in context, then the prompt."""
+    return [
+        {"role": "system", "content": GENERATOR_RAW_SYSTEM.format(signals=render_signals(signals))},
+        {"role": "user", "content": prompt},
+    ]
+
+
+def clean_summary(text: str) -> str:
+    """Strip the boilerplate small models wrap around a summary (quotes, a 'Summary:' label)."""
+    text = text.strip()
+    for label in ("Summary:", "summary:", "**Summary:**", "Preference summary:"):
+        if text.startswith(label):
+            text = text[len(label):].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
