@@ -114,6 +114,33 @@ register_backend(
     help="local Hugging Face model: a hub id or folder; bare 'hf' is the embedded SmolLM2-135M",
 )
 
+
+def _openai_factory(model: str | None, **options: Any) -> Backend:
+    from popi_sdk.backends.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(model, **options)
+
+
+register_backend(
+    "openai",
+    _openai_factory,
+    help="OpenAI or any OpenAI-compatible server (vLLM, transformers serve): base_url=... "
+    "or OPENAI_BASE_URL; key OPENAI_API_KEY",
+)
+
+
+def _anthropic_factory(model: str | None, **options: Any) -> Backend:
+    from popi_sdk.backends.anthropic_backend import AnthropicBackend
+
+    return AnthropicBackend(model, **options)
+
+
+register_backend(
+    "anthropic",
+    _anthropic_factory,
+    help="Anthropic's Claude models (Messages API); key ANTHROPIC_API_KEY",
+)
+
 __all__ = [
     "Backend",
     "GenerateOptions",
