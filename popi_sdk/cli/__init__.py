@@ -21,7 +21,9 @@ app = typer.Typer(
 # Modules that add top-level commands to ``app`` (each defines ``register(app)``).
 _COMMAND_MODULES = ["popi_sdk.cli.sdk"]
 # Sub-command groups: ``popi <name> ...`` -> module exposing a ``typer.Typer`` named ``app``.
-_GROUPS: dict[str, str] = {}
+_GROUPS: dict[str, str] = {
+    "data": "popi_sdk.cli.data",
+}
 
 for _module in _COMMAND_MODULES:
     importlib.import_module(_module).register(app)
