@@ -23,6 +23,7 @@ _COMMAND_MODULES = ["popi_sdk.cli.sdk"]
 # Sub-command groups: ``popi <name> ...`` -> module exposing a ``typer.Typer`` named ``app``.
 _GROUPS: dict[str, str] = {
     "data": "popi_sdk.cli.data",
+    "train": "popi_sdk.cli.train",
 }
 
 for _module in _COMMAND_MODULES:

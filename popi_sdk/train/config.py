@@ -1,0 +1,321 @@
+"""The training configuration: one pydantic model with the paper's defaults (arXiv 2510.17881 §5),
+read from YAML, overridden from the command line, and checked before anything heavy loads.
+
+Resolution order: a preset or ``--config`` file, then ``--set key=value`` overrides (dotted keys
+for nested fields, e.g. ``stage1.learning_rate=1e-5``), then ``--max-steps`` (both stages).
+The resolved config is written to ``RUN/config.yaml`` so a run can be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from popi_sdk.errors import ConfigError
+from popi_sdk.objective import kl_weight
+
+PRESET_DIR = Path(__file__).parent / "presets"
+ACCELERATE_DIR = Path(__file__).parent / "accelerate"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraOptions(_Section):
+    """Train a LoRA adapter instead of every weight: one base model in memory then serves as the
+    trained policy, the KL reference (adapter off) and, in stage 1, the frozen generator."""
+
+    enabled: bool = Field(default=False, description="Train a LoRA adapter (needs peft).")
+    r: int = Field(default=16, ge=1, description="Adapter rank.")
+    alpha: int = Field(default=32, ge=1, description="Adapter scaling numerator (lora_alpha).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | str = Field(
+        default="all-linear", description="Modules to adapt: a list of names or 'all-linear'."
+    )
+
+
+class Stage1Options(_Section):
+    """Stage 1: the summarizer, trained with GRPO (TRL GRPOTrainer)."""
+
+    learning_rate: float = Field(default=1e-6, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(
+        default=8, ge=1, description="Users (prompts) per optimizer step, over all devices."
+    )
+    num_generations: int = Field(
+        default=8, ge=2, description="Group size G: summaries sampled per user per step."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Micro-batches per optimizer step on each device."
+    )
+    temperature: float = Field(default=0.6, gt=0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1.0, description="Nucleus sampling mass.")
+    max_summary_tokens: int = Field(default=128, ge=4, description="Longest summary sampled.")
+    summary_words: int = Field(default=60, ge=5, description="Length the summarizer is asked for.")
+    examples_per_summary: int | None = Field(
+        default=None,
+        ge=1,
+        description="Score each summary on at most this many of the user's examples (None: all).",
+    )
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training users.")
+    max_steps: int = Field(default=-1, description="Optimizer steps; -1 means use epochs.")
+    warmup_steps: int = Field(default=150, ge=0, description="Linear warm-up steps.")
+    lr_scheduler: str = Field(default="cosine", description="transformers scheduler name.")
+    grpo_loss: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        default="grpo", description="TRL GRPO loss aggregation (paper: grpo)."
+    )
+    kl_weight: float | None = Field(
+        default=None,
+        ge=0,
+        description="KL weight α to the initial summarizer; None: 0.002·β (IPO 0.002·2/β); 0: off.",
+    )
+    score_batch_size: int = Field(
+        default=8, ge=1, description="Sequences per forward pass when scoring summaries."
+    )
+    use_vllm: bool = Field(default=False, description="Roll out summaries with vLLM (GPU only).")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        default="colocate", description="vLLM in the training process, or a `trl vllm-serve` server."
+    )
+
+
+class Stage2Options(_Section):
+    """Stage 2: the generator, trained with DPO (TRL DPOTrainer) on prompt + stage-1 summary."""
+
+    learning_rate: float = Field(default=1e-6, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(
+        default=8, ge=1, description="Preference pairs per optimizer step, over all devices."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Micro-batches per optimizer step on each device."
+    )
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training examples.")
+    max_steps: int = Field(default=-1, description="Optimizer steps; -1 means use epochs.")
+    warmup_steps: int = Field(default=150, ge=0, description="Linear warm-up steps.")
+    lr_scheduler: str = Field(default="cosine", description="transformers scheduler name.")
+    max_length: int | None = Field(
+        default=1024, ge=8, description="Longest prompt+response in tokens (None: no limit)."
+    )
+    summarizer: str | None = Field(
+        default=None,
+        description="Model writing the training summaries: None is RUN/stage1; the base model "
+        "here gives the Inference-Aligned baseline.",
+    )
+    summary_batch_size: int = Field(
+        default=8, ge=1, description="Users per call when the stage-1 model writes summaries."
+    )
+    score_batch_size: int = Field(
+        default=8, ge=1, description="Sequences per forward pass for the x-only reference."
+    )
+
+
+class TrainConfig(_Section):
+    """Everything a POPI training run needs. Defaults are the paper's (Llama-3.2-3B-Instruct)."""
+
+    model: str = Field(
+        default="smollm2",
+        description="Base model of the summarizer: a hub id, a checkpoint folder, or 'smollm2' "
+        "(the embedded model).",
+    )
+    generator: str | None = Field(
+        default=None,
+        description="Generator: frozen in stage 1, trained in stage 2. None: the same as model.",
+    )
+    data: str | None = Field(default=None, description="Folder holding train.jsonl.")
+    out: str | None = Field(default=None, description="Run folder (checkpoints, metrics, plot).")
+    beta: float = Field(default=0.01, gt=0, description="β of the summary-augmented loss.")
+    loss_type: Literal["dpo", "ipo"] = Field(default="dpo", description="dpo or ipo, both stages.")
+    prompt_dependent: bool = Field(
+        default=False, description="Condition each summary on the upcoming prompt (paper App. B)."
+    )
+    seed: int = Field(default=0, description="Random seed.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="auto: bf16 on a GPU, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Trade compute for memory (2-3x less activation memory)."
+    )
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
+    save_steps: int = Field(default=50, ge=1, description="Checkpoint every N steps.")
+    save_total_limit: int | None = Field(
+        default=2, ge=1, description="Checkpoints kept per stage (None: all)."
+    )
+    resume: bool = Field(
+        default=True, description="Continue from the last checkpoint in the run folder."
+    )
+    stage1: Stage1Options = Field(default_factory=Stage1Options)
+    stage2: Stage2Options = Field(default_factory=Stage2Options)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.stage1.max_steps == 0 or self.stage1.max_steps < -1:
+            raise ValueError("stage1.max_steps must be a positive step count or -1 (use epochs)")
+        if self.stage2.max_steps == 0 or self.stage2.max_steps < -1:
+            raise ValueError("stage2.max_steps must be a positive step count or -1 (use epochs)")
+        return self
+
+    # -- derived values --------------------------------------------------------------------
+    @property
+    def generator_model(self) -> str:
+        return self.generator or self.model
+
+    @property
+    def kl(self) -> float:
+        """GRPO's KL weight α (DESIGN.md: 0.002·β, IPO 0.002·2/β) unless set explicitly."""
+        if self.stage1.kl_weight is not None:
+            return self.stage1.kl_weight
+        return kl_weight(self.beta, self.loss_type)
+
+    def run_dir(self) -> Path:
+        if not self.out:
+            raise ConfigError("no run folder: pass --out RUN (or set out: in the config file)")
+        return Path(self.out).expanduser()
+
+    def train_file(self) -> Path:
+        if not self.data:
+            raise ConfigError("no data: pass --data DIR, a folder holding train.jsonl")
+        path = Path(self.data).expanduser()
+        file = path / "train.jsonl" if path.is_dir() or not path.suffix else path
+        if not file.exists():
+            raise ConfigError(
+                f"data: {file} does not exist. Give a folder holding train.jsonl (make one with "
+                "`popi data synth review --users 64 --out DIR`)"
+            )
+        return file
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading -------------------------------------------------------------------------------
+def presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets())}")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of field: value")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"stage1.learning_rate=1e-5"`` -> ``("stage1.learning_rate", 1e-05)``; values are YAML."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stage1.learning_rate=1e-5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Known field names of the section at ``loc`` (for 'did you mean' hints)."""
+    model: Any = TrainConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(
+            field.annotation, BaseModel
+        ):
+            break
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(config)"
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?" if close else (
+                f"known fields here: {', '.join(known)}"
+            )
+            lines.append(f"field {where}: unknown field. Fix: remove it or correct it ({hint})")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"field {where}: {msg}{shown}")
+    return f"invalid training config ({source}):\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    config: str | os.PathLike | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    max_steps: int | None = None,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a file or a preset (not both), then overrides.
+
+    ``overrides`` are ``"key=value"`` strings (or a mapping) with dotted keys for nested fields;
+    ``max_steps`` caps both stages. Raises :class:`ConfigError` naming every bad field.
+    """
+    if config is not None and preset is not None:
+        raise ConfigError("give either --config FILE or --preset NAME, not both")
+    sources = []
+    data_dict: dict[str, Any] = {}
+    if preset is not None:
+        data_dict = _read_yaml(preset_path(preset))
+        sources.append(f"preset {preset}")
+    elif config is not None:
+        data_dict = _read_yaml(Path(config))
+        sources.append(str(config))
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in items:
+        _set_dotted(data_dict, key, value)
+        sources.append(f"--set {key}")
+    if max_steps is not None:
+        for stage in ("stage1", "stage2"):
+            _set_dotted(data_dict, f"{stage}.max_steps", max_steps)
+        sources.append("--max-steps")
+    if data is not None:
+        data_dict["data"] = str(data)
+    if out is not None:
+        data_dict["out"] = str(out)
+    try:
+        return TrainConfig.model_validate(data_dict)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, ", ".join(sources) or "defaults")) from None

@@ -1,0 +1,223 @@
+"""Stage 1: train the summarizer with GRPO (paper §4, Algorithm 1).
+
+For each training user, sample a group of summaries of their signals; a summary's reward is
+``−l``, the summary-augmented DPO (or IPO) loss of a *frozen* generator on the user's held-out
+examples (:func:`popi_sdk.scoring.summary_rewards`, the function evaluation uses too). The
+reference log-probs ``log πref(y|x)`` read the prompt only, so they are computed once per example
+before training (:class:`~popi_sdk.scoring.ReferenceCache`), never by a second reference model.
+KL to the initial summarizer has weight α = 0.002·β; rewards are not std-scaled.
+
+Local::
+
+    popi train stage1 --preset cpu-small --data data/review --out runs/small
+
+Several GPUs or nodes (batch sizes in the config are global)::
+
+    accelerate launch --config_file popi_sdk/train/accelerate/zero3.yaml \\
+        -m popi_sdk.cli train stage1 --preset paper --data DATA --out runs/paper
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from popi_sdk.backends.hf import resolve_model
+from popi_sdk.errors import InputError, MissingDependencyError
+from popi_sdk.signals import PreferencePair, UserRow
+from popi_sdk.templates import Message, clean_summary, summarizer_messages
+from popi_sdk.train import common
+from popi_sdk.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_rows(
+    users: Sequence[UserRow], cfg: TrainConfig
+) -> tuple[list[dict[str, Any]], dict[str, list[PreferencePair]]]:
+    """GRPO prompts and the examples each one's summaries are scored on.
+
+    One row per user (one summary serves all of the user's examples), or, with
+    ``prompt_dependent``, one row per (user, example) whose summary is written for that prompt.
+    """
+    opts = cfg.stage1
+    rows: list[dict[str, Any]] = []
+    examples: dict[str, list[PreferencePair]] = {}
+    for user in users:
+        pairs = user.examples[: opts.examples_per_summary]
+        if not pairs:
+            continue
+        if cfg.prompt_dependent:
+            for j, pair in enumerate(pairs):
+                key = f"{user.user_id}#{j}"
+                messages = summarizer_messages(
+                    user.signals, max_words=opts.summary_words, prompt=pair.prompt
+                )
+                rows.append({"prompt": messages, "example_key": key})
+                examples[key] = [pair]
+        else:
+            messages = summarizer_messages(user.signals, max_words=opts.summary_words)
+            rows.append({"prompt": messages, "example_key": user.user_id})
+            examples[user.user_id] = list(pairs)
+    if not rows:
+        raise InputError(
+            "no training user has examples: each row of train.jsonl needs a non-empty 'examples' "
+            "list (the preference pairs a summary is scored on)"
+        )
+    return rows, examples
+
+
+class SummaryReward:
+    """GRPO reward: −(summary-augmented loss) of the frozen generator, averaged over the user's
+    examples. A plain callable, not an ``nn.Module`` (TRL would treat a module as a reward model);
+    TRL passes every dataset column as a keyword argument, so ``example_key`` arrives per sample.
+    """
+
+    __name__ = "popi"
+
+    def __init__(self, scorer: Any, reference: Any, examples: dict[str, list[PreferencePair]],
+                 *, beta: float, loss_type: str):
+        self.scorer = scorer
+        self.reference = reference
+        self.examples = examples
+        self.beta = beta
+        self.loss_type = loss_type
+        self._adapter_model: Any = None
+
+    def share_base_with(self, peft_model: Any) -> None:
+        """The generator is the LoRA policy's base: score with the adapter switched off."""
+        self._adapter_model = peft_model
+
+    @contextlib.contextmanager
+    def _generator(self):
+        model = self.scorer.model
+        was_training = model.training
+        model.eval()  # no dropout; and training-mode checkpointing would turn the KV cache off
+        try:
+            if self._adapter_model is not None:
+                with self._adapter_model.disable_adapter():
+                    yield
+            else:
+                yield
+        finally:
+            model.train(was_training)
+
+    def precompute_reference(self) -> int:
+        """Fill the reference cache for every example now, once (the reference never changes)."""
+        pairs = [p for ps in self.examples.values() for p in ps]
+        with self._generator():
+            self.reference.pairs(pairs)
+        return len(pairs)
+
+    def __call__(
+        self, prompts: list, completions: list, example_key: list[str], **_: Any
+    ) -> list[float]:
+        from popi_sdk.scoring import summary_rewards
+
+        texts = [clean_summary(_completion_text(c)) for c in completions]
+        with self._generator():
+            return summary_rewards(
+                self.scorer,
+                self.reference,
+                [self.examples[k] for k in example_key],
+                texts,
+                beta=self.beta,
+                loss_type=self.loss_type,
+            )
+
+
+def _completion_text(completion: str | list[Message]) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content", "") for m in completion if m.get("role") == "assistant")
+
+
+def grpo_args(cfg: TrainConfig) -> Any:
+    from trl import GRPOConfig
+
+    opts = cfg.stage1
+    completions = opts.batch_size * opts.num_generations
+    if opts.use_vllm:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise MissingDependencyError(
+                "'vllm' (stage1.use_vllm: true; on a CPU machine set it to false)",
+                'pip install "popi-sdk[vllm]"',
+            )
+    return GRPOConfig(
+        **common.trainer_args(cfg, "stage1", opts),
+        # TRL counts completions, not prompts, in the per-device batch.
+        per_device_train_batch_size=common.per_device_batch(
+            completions, opts.gradient_accumulation_steps,
+            "stage1.batch_size x stage1.num_generations",
+        ),
+        num_generations=opts.num_generations,
+        max_completion_length=opts.max_summary_tokens,
+        temperature=opts.temperature,
+        top_p=opts.top_p,
+        beta=cfg.kl,
+        scale_rewards="none",
+        loss_type=opts.grpo_loss,
+        use_vllm=opts.use_vllm,
+        vllm_mode=opts.vllm_mode,
+        remove_unused_columns=False,
+        log_completions=False,
+    )
+
+
+def main(cfg: TrainConfig) -> str:
+    """Train the summarizer; returns the final checkpoint folder ``RUN/stage1``."""
+    common.require_train_stack()
+    run = common.prepare_run(cfg)
+    if common.stage_done(cfg, "stage1"):
+        log.info("stage 1 already finished in %s; skipping", run / "stage1")
+        return str(run / "stage1")
+
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from popi_sdk.data import read_users
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+
+    users = read_users(cfg.train_file())
+    rows, examples = build_rows(users, cfg)
+    args = grpo_args(cfg)
+    policy_path, policy = common.load_policy(cfg.model)
+    tokenizer = common.load_tokenizer(policy_path)
+
+    shared_base = cfg.lora.enabled and cfg.generator is None
+    if shared_base:
+        generator, gen_tokenizer = policy, tokenizer
+    else:
+        generator = common.load_frozen(cfg.generator_model, bf16=args.bf16)
+        gen_tokenizer = common.load_tokenizer(resolve_model(cfg.generator_model))
+    scorer = SequenceScorer(generator, gen_tokenizer, batch_size=cfg.stage1.score_batch_size,
+                            bf16=args.bf16)
+    reward = SummaryReward(
+        scorer, ReferenceCache(scorer, cfg.generator_model), examples,
+        beta=cfg.beta, loss_type=cfg.loss_type,
+    )
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=common.lora_config(cfg),
+        callbacks=[common.metrics_callback(cfg, "stage1")],
+    )
+    if shared_base:
+        reward.share_base_with(trainer.accelerator.unwrap_model(trainer.model))
+    # After the trainer placed the model on its device; the adapter (if any) is off while scoring.
+    n = reward.precompute_reference()
+    log.info("reference log-probs of %d examples computed once", n)
+    trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage1"))
+    dest = common.save_final(trainer, tokenizer, cfg, "stage1")
+    if trainer.accelerator.is_main_process:
+        from popi_sdk.train.plot import plot_run
+
+        plot_run(run)
+    return str(dest)

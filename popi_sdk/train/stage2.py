@@ -1,0 +1,199 @@
+"""Stage 2 (optional): fine-tune the generator with DPO on prompt + stage-1 summary (paper §4).
+
+Each training example ``(x, y_c, y_r)`` of a user becomes a DPO pair whose prompt is ``x`` with the
+user's stage-1 summary ``z`` as system context. The reference term of the summary-augmented loss
+is ``log πref(y|x)``, on the prompt *alone*: it is computed once per example by the initial
+generator (:class:`~popi_sdk.scoring.ReferenceCache`) and handed to TRL as precomputed columns,
+so no reference model is kept during training.
+
+Stock ``DPOTrainer`` (TRL 1.16) reads ``ref_chosen_logps`` / ``ref_rejected_logps`` only when
+``precompute_ref_log_probs=True``, and then computes them itself (on prompt + summary, the wrong
+context) and fails concatenating its own columns onto ours. :class:`PopiDPOTrainer` changes two
+hooks and nothing else: supplied reference columns are kept, and rows already tokenized (by
+:class:`~popi_sdk.scoring.SequenceScorer`, the tokenization evaluation uses) are not re-tokenized.
+
+Local::
+
+    popi train stage2 --preset cpu-small --data data/review --out runs/small
+
+Several GPUs or nodes::
+
+    accelerate launch --config_file popi_sdk/train/accelerate/zero3.yaml \\
+        -m popi_sdk.cli train stage2 --preset paper --data DATA --out runs/paper
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from popi_sdk.backends.hf import resolve_model
+from popi_sdk.errors import ConfigError, InputError
+from popi_sdk.signals import PreferencePair, UserRow
+from popi_sdk.templates import summary_messages
+from popi_sdk.train import common
+from popi_sdk.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+TOKENIZED = ("prompt_ids", "chosen_ids", "rejected_ids")
+REFERENCE = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def popi_dpo_trainer_class() -> type:
+    """:class:`trl.DPOTrainer` extended to take precomputed x-only reference log-probs."""
+    from trl import DPOTrainer
+
+    class PopiDPOTrainer(DPOTrainer):
+        """DPOTrainer that keeps reference log-probs and token ids the caller supplies.
+
+        Use with ``precompute_ref_log_probs=True``: that switch makes the loss read the
+        ``ref_*_logps`` columns instead of running a reference model.
+        """
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if all(c in dataset.column_names for c in TOKENIZED):
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if all(c in dataset.column_names for c in REFERENCE):
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return PopiDPOTrainer
+
+
+def summaries_for(users: Sequence[UserRow], cfg: TrainConfig) -> dict[str, str]:
+    """Summary text per example key: ``user_id`` (one summary per user, cached in
+    RUN/summaries.sqlite) or ``user_id#j`` for the prompt-dependent variant."""
+    from popi_sdk import Personalizer
+
+    run = cfg.run_dir()
+    summarizer = cfg.stage2.summarizer or str(run / "stage1")
+    if cfg.stage2.summarizer is None and not (run / "stage1" / "config.json").exists():
+        raise ConfigError(
+            f"{run / 'stage1'} holds no stage-1 checkpoint: run `popi train stage1` with the same "
+            "--out first, or set stage2.summarizer to a model folder"
+        )
+    summarizer = resolve_model(summarizer)
+    opts = cfg.stage1
+    p = Personalizer(
+        summarizer=summarizer, store=run / "summaries.sqlite",
+        summary_tokens=opts.max_summary_tokens, summary_words=opts.summary_words,
+    )
+    with_examples = [u for u in users if u.examples]
+    if not cfg.prompt_dependent:
+        done = p.summarize_many(with_examples, batch_size=cfg.stage2.summary_batch_size)
+        return {s.user_id: s.text for s in done}
+    # Prompt-dependent summaries are per (user, prompt), which the store does not key on.
+    from popi_sdk.backends import GenerateOptions
+    from popi_sdk.templates import clean_summary, summarizer_messages
+
+    keys, batch = [], []
+    for user in with_examples:
+        for j, pair in enumerate(user.examples):
+            keys.append(f"{user.user_id}#{j}")
+            batch.append(summarizer_messages(user.signals, max_words=opts.summary_words,
+                                             prompt=pair.prompt))
+    options = GenerateOptions(max_new_tokens=opts.max_summary_tokens, temperature=0.0)
+    texts = p.summarizer.generate_batch(batch, options)
+    return {k: clean_summary(t) for k, t in zip(keys, texts)}
+
+
+def build_rows(
+    users: Sequence[UserRow], summaries: dict[str, str], scorer: Any, reference: Any,
+    cfg: TrainConfig,
+) -> list[dict[str, Any]]:
+    """Tokenized DPO rows with the x-only reference log-probs of the initial generator."""
+    pairs: list[PreferencePair] = []
+    texts: list[str] = []
+    for user in users:
+        for j, pair in enumerate(user.examples):
+            key = f"{user.user_id}#{j}" if cfg.prompt_dependent else user.user_id
+            if key in summaries:
+                pairs.append(pair)
+                texts.append(summaries[key])
+    if not pairs:
+        raise InputError("no training examples: rows of train.jsonl need non-empty 'examples'")
+    ref_chosen, ref_rejected = reference.pairs(pairs)
+    rows = []
+    limit = cfg.stage2.max_length
+    for pair, summary, rc, rr in zip(pairs, texts, ref_chosen.tolist(), ref_rejected.tolist()):
+        context = summary_messages(pair.prompt, summary)
+        prompt_ids, chosen_ids = scorer.encode_pair(context, pair.chosen)
+        _, rejected_ids = scorer.encode_pair(context, pair.rejected)
+        if limit is not None and len(prompt_ids) >= limit:
+            continue  # as TRL does: the prompt alone would fill max_length
+        rows.append({
+            "prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids,
+            "ref_chosen_logps": rc, "ref_rejected_logps": rr,
+        })
+    if not rows:
+        raise ConfigError(f"every prompt is longer than stage2.max_length={limit}; raise it")
+    return rows
+
+
+def dpo_args(cfg: TrainConfig) -> Any:
+    from trl import DPOConfig
+
+    opts = cfg.stage2
+    return DPOConfig(
+        **common.trainer_args(cfg, "stage2", opts),
+        per_device_train_batch_size=common.per_device_batch(
+            opts.batch_size, opts.gradient_accumulation_steps, "stage2.batch_size"
+        ),
+        beta=cfg.beta,
+        # TRL's "ipo" divides each log-ratio by the completion length (see docs/training.md).
+        loss_type=["sigmoid" if cfg.loss_type == "dpo" else "ipo"],
+        max_length=opts.max_length,
+        precompute_ref_log_probs=True,
+    )
+
+
+def main(cfg: TrainConfig) -> str:
+    """Train the generator on stage-1 summaries; returns the checkpoint folder ``RUN/stage2``."""
+    common.require_train_stack()
+    run = common.prepare_run(cfg)
+    if common.stage_done(cfg, "stage2"):
+        log.info("stage 2 already finished in %s; skipping", run / "stage2")
+        return str(run / "stage2")
+
+    from accelerate import PartialState
+    from datasets import Dataset
+
+    from popi_sdk.data import read_users
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+
+    users = read_users(cfg.train_file())
+    args = dpo_args(cfg)
+    with PartialState().main_process_first():  # the main process writes the summaries once
+        summaries = summaries_for(users, cfg)
+    gen_path = resolve_model(cfg.generator_model)
+    tokenizer = common.load_tokenizer(gen_path)
+    # The initial generator scores log πref(y|x) once per example, then is freed: training keeps
+    # no reference model (and never shares a model object with the policy).
+    reference_model = common.load_frozen(gen_path, bf16=args.bf16)
+    scorer = SequenceScorer(reference_model, tokenizer, batch_size=cfg.stage2.score_batch_size,
+                            bf16=args.bf16)
+    rows = build_rows(users, summaries, scorer, ReferenceCache(scorer, gen_path), cfg)
+    del scorer, reference_model
+    log.info("%d DPO pairs, x-only reference log-probs precomputed", len(rows))
+
+    _, policy = common.load_policy(gen_path)
+    trainer = popi_dpo_trainer_class()(
+        model=policy,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=common.lora_config(cfg),
+        callbacks=[common.metrics_callback(cfg, "stage2")],
+    )
+    trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage2"))
+    dest = common.save_final(trainer, tokenizer, cfg, "stage2")
+    if trainer.accelerator.is_main_process:
+        from popi_sdk.train.plot import plot_run
+
+        plot_run(run)
+    return str(dest)
