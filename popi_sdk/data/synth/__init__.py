@@ -21,14 +21,14 @@ from pathlib import Path
 from types import ModuleType
 
 from popi_sdk.data.jsonl import write_jsonl
-from popi_sdk.data.synth import review
+from popi_sdk.data.synth import elix, review, roleplay
 from popi_sdk.errors import InputError
 from popi_sdk.signals import Signals, UserRow
 
 #: Version of the generators; part of ``meta.json`` so results name the data they ran on.
 SYNTH_VERSION = "popi-synth-v1"
 
-_GENERATORS: dict[str, ModuleType] = {"review": review}
+_GENERATORS: dict[str, ModuleType] = {"review": review, "elix": elix, "roleplay": roleplay}
 KINDS = tuple(_GENERATORS)
 
 

@@ -4,7 +4,7 @@ Eight personas, as in FSPO's Review task: ``positive``, ``negative``, ``concise`
 the four combinations (``positive and concise`` ...). Every pair reviews one item twice; the chosen
 review has the persona's attributes, the rejected one violates at least one of them, and any
 attribute the persona does not care about is drawn independently for each side, so it carries no
-signal. Lengths fall in disjoint bands (concise 4–8 words, medium 10–15, verbose 19–27).
+signal. Lengths fall in disjoint bands (concise 3–6 words, medium 8–12, verbose 15–21).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ LEVELS = (
     ("negative", "concise"),
     ("negative", "verbose"),
 )
-LENGTH_BANDS = {"concise": (4, 8), "medium": (10, 15), "verbose": (19, 27)}
+LENGTH_BANDS = {"concise": (3, 6), "medium": (8, 12), "verbose": (15, 21)}
 
 # --- what gets reviewed -------------------------------------------------------------------------
 
@@ -137,11 +137,11 @@ _CLOSERS = {
     "negative": ["Not worth the money.", "I won't be back.", "Avoid it.", "One star, sadly.",
                  "A waste of time.", "Skip it."],
 }
-_SHORT = {  # concise reviews: one sentence of 4-8 words
+_SHORT = {  # concise reviews: one sentence of 3-6 words
     "positive": ["{J} {a}, {j2} {a2}.", "Loved it: {j} {a}.", "{J} {t}, {i} {j2}.",
-                 "{J} {a} and {j2} {a2}.", "{Item}? {J}. Recommended."],
+                 "{J} {a} and {j2} {a2}.", "{J}. Recommended.", "{J} {t}. Loved it."],
     "negative": ["{J} {a}, {j2} {a2}.", "Hated it: {j} {a}.", "{J} {t}, {i} {j2}.",
-                 "{J} {a} and {j2} {a2}.", "{Item}? {J}. Avoid."],
+                 "{J} {a} and {j2} {a2}.", "{J}. Avoid.", "{J} {t}. Skip it."],
 }
 
 
@@ -219,7 +219,7 @@ def write_review(rng: random.Random, state: dict, sentiment: str, length: str) -
             text = pick(rng, _SHORT[sentiment]).format(**fill)
         else:
             parts = [pick(rng, _OPENERS[sentiment]).format(**fill)]
-            for aspect in aspects[: 1 if length == "medium" else 3]:
+            for aspect in aspects[: 1 if length == "medium" else 2]:
                 j = pick(rng, adjectives)
                 fill.update(a=aspect, A=cap(aspect), j=j, an_j=_an(j), was=_was(aspect),
                             i=pick(rng, _INTENS))
