@@ -135,8 +135,9 @@ def trainer_args(cfg: TrainConfig, stage: str, opts: Any) -> dict[str, Any]:
         report_to=[],
         disable_tqdm=False,
         save_only_model=False,
-        # transformers 5 warns when the (renamed) field is passed at all, so only when on.
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        # TRL turns gradient checkpointing on by default; transformers 5 renamed the field and
+        # the new name wins over TRL's default without a deprecation warning.
+        activation_checkpointing=cfg.gradient_checkpointing,
     )
 
 
