@@ -23,6 +23,7 @@ LEVELS = ("child", "preteen", "teenager", "young adult", "expert")
 #: Target Flesch-Kincaid grade per level (the oracle's ideal), and the accepted band around it.
 TARGET_GRADE = {"child": 1.0, "preteen": 4.75, "teenager": 8.5, "young adult": 12.5, "expert": 19.5}
 BAND = 1.75
+MAX_CHARS = 240  # keeps every explanation within about 64 tokens of a Llama-style tokenizer
 _ARTICLE = {"child": "a", "preteen": "a", "teenager": "a", "young adult": "a", "expert": "an"}
 # Words in a persona that name a level, most specific first ("young adult" before "adult").
 _LEVEL_WORDS = [
@@ -58,6 +59,19 @@ _TEMPLATES = {
                "{Expert}, with {t2} as the principal quantitative constraint.",
                "{Expert}. Quantitative treatments emphasize {t1} and {t2}.",
                "Formally, {expert}, modulated by {t2}."],
+}
+
+
+# Optional first and last sentences per level, for variety (each list's "" means none).
+_FRAMES = {
+    "child": (["", "Okay! ", "Know what? ", "Ooh, fun one! "], ["", " Cool, right?", " Neat!", " Fun, huh?"]),
+    "preteen": (["", "Good question! ", "Here's the deal. ", "Fun fact time. "],
+                ["", " Pretty cool, right?", " Neat, huh?"]),
+    "teenager": (["", "Good question. ", "Okay, here goes. "],
+                 ["", " Pretty interesting, right?", " It makes sense once you see it."]),
+    "young adult": (["", "Good question. ", "Put simply. "],
+                    ["", " It is a neat example of science at work."]),
+    "expert": (["", "Briefly. ", "In summary. "], ["", " The literature on this is extensive."]),
 }
 
 
@@ -101,21 +115,24 @@ def sample_pair(rng: random.Random, attrs: dict, state: dict) -> PreferencePair:
 def explain(rng: random.Random, topic: dict, level: str) -> str:
     """An explanation of ``topic`` whose reading grade is within ``BAND`` of the level's target."""
     best, best_gap = "", float("inf")
-    for _ in range(60):
-        terms = rng.sample(topic["terms"], 3)
+    for _ in range(400):
+        # Prefer terms the expert clause does not already use, so none is said twice.
+        fresh = [t for t in topic["terms"] if t not in topic["expert"]]
+        terms = rng.sample(fresh, 3) if len(fresh) >= 3 else rng.sample(topic["terms"], 3)
         fill = {
             "kid": topic["kid"], "Kid": cap(topic["kid"]), "like": topic["like"],
             "mid": topic["mid"], "Mid": cap(topic["mid"]),
             "expert": topic["expert"], "Expert": cap(topic["expert"]),
             "t0": terms[0], "t1": terms[1], "t2": terms[2],
         }
-        text = pick(rng, _TEMPLATES[level]).format(**fill)
-        gap = grade_gap(level, reading_grade(text))
+        before, after = _FRAMES[level]
+        text = pick(rng, before) + pick(rng, _TEMPLATES[level]).format(**fill) + pick(rng, after)
+        gap = grade_gap(level, reading_grade(text)) + (len(text) > MAX_CHARS) * 100
         if gap <= BAND:
             return text
         if gap < best_gap:
             best, best_gap = text, gap
-    return best  # the closest draw; the tests check every shipped topic reaches its band
+    return best  # the closest draw; a test checks every shipped topic reaches every band
 
 
 def grade_gap(level: str, grade: float) -> float:
