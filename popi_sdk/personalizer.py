@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,6 +26,78 @@ from popi_sdk.templates import (
 )
 
 SignalsLike = UserSignals | UserRow | dict
+
+
+def server_concurrency(backend: Backend, requested: int | None = None) -> int | None:
+    """How many requests to keep in flight for ``backend``, or ``None`` for a local model (which
+    batches instead). A backend declares itself a server by having a ``max_concurrency``
+    attribute, as the ``openai`` and ``anthropic`` backends do; ``requested`` overrides it."""
+    own = getattr(backend, "max_concurrency", None)
+    if own is None:
+        return None
+    n = requested if requested is not None else own
+    if n < 1:
+        raise InputError(f"max_concurrency must be at least 1, got {n}")
+    return n
+
+
+def answer_all(
+    backend: Backend,
+    conversations: Sequence[Sequence[Message]],
+    options: GenerateOptions,
+    *,
+    on_answer: Callable[[int, str], None],
+    advance: Callable[[int], Any],
+    batch_size: int | None = None,
+    max_concurrency: int | None = None,
+) -> None:
+    """Answer every conversation, calling ``on_answer(i, text)`` as each one is done.
+
+    A server backend gets concurrent requests, at most ``max_concurrency`` in flight (default:
+    the backend's own), so answers arrive one by one and nothing done is lost when a later request
+    fails. A local model gets batches of ``batch_size`` (default: everything in one call)."""
+    if not conversations:
+        return
+    workers = server_concurrency(backend, max_concurrency)
+    if workers is None:
+        step = batch_size or len(conversations)
+        for start in range(0, len(conversations), step):
+            texts = backend.generate_batch(conversations[start : start + step], options)
+            for i, text in enumerate(texts, start=start):
+                on_answer(i, text)
+            advance(len(texts))
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(conversations))) as pool:
+        futures = {pool.submit(backend.generate, c, options): i for i, c in enumerate(conversations)}
+        try:
+            for future in as_completed(futures):
+                on_answer(futures[future], future.result())
+                advance(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+async def _gather_bounded(jobs: Sequence[Callable[[], Any]], limit: int, advance: Callable) -> list:
+    """Run async ``jobs`` with at most ``limit`` at once, in order; the first failure cancels the
+    rest and is raised."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Any]) -> Any:
+        async with gate:
+            result = await job()
+        advance(1)
+        return result
+
+    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class Generation(BaseModel):
@@ -148,8 +222,14 @@ class Personalizer:
         batch_size: int = 8,
         refresh: bool = False,
         progress: bool = True,
+        max_concurrency: int | None = None,
     ) -> list[Summary]:
-        """Summarize many users, batching model calls; cached users cost nothing. Order is kept."""
+        """Summarize many users; cached users cost nothing. Order is kept.
+
+        A local summarizer works in batches of ``batch_size``; a server summarizer (``openai:``,
+        ``anthropic:``) gets concurrent requests, at most ``max_concurrency`` in flight (default:
+        the backend's own). Each summary is stored as soon as it is written, so a run that fails
+        part-way resumes where it stopped."""
         todo = [as_user_signals(u) for u in users]
         out: list[Summary | None] = [None] * len(todo)
         missing = []
@@ -158,20 +238,58 @@ class Personalizer:
             if hit is None:
                 missing.append(i)
             out[i] = hit
+
+        def store(j: int, text: str) -> None:
+            i = missing[j]
+            summary = self._make_summary(todo[i], text)
+            self.store.put(summary)
+            out[i] = summary
+
         with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
             advance(len(todo) - len(missing))
-            options = self._summary_options()
-            for start in range(0, len(missing), batch_size):
-                idx = missing[start : start + batch_size]
-                texts = self.summarizer.generate_batch(
-                    [self.summarizer_input(todo[i]) for i in idx], options
-                )
-                for i, text in zip(idx, texts):
-                    summary = self._make_summary(todo[i], text)
-                    self.store.put(summary)
-                    out[i] = summary
-                advance(len(idx))
+            answer_all(
+                self.summarizer,
+                [self.summarizer_input(todo[i]) for i in missing],
+                self._summary_options(),
+                on_answer=store,
+                advance=advance,
+                batch_size=batch_size,
+                max_concurrency=max_concurrency,
+            )
         return [s for s in out if s is not None]
+
+    async def asummarize(self, signals: SignalsLike, *, refresh: bool = False) -> Summary:
+        """Async :meth:`summarize`: the summarizer call awaits (server backends use their async
+        client); the store is read and written in a worker thread."""
+        user = as_user_signals(signals)
+        if not refresh and (hit := await asyncio.to_thread(self.cached, user)) is not None:
+            return hit
+        text = await self.summarizer.agenerate(self.summarizer_input(user), self._summary_options())
+        summary = self._make_summary(user, text)
+        await asyncio.to_thread(self.store.put, summary)
+        return summary
+
+    async def asummarize_many(
+        self,
+        users: Iterable[SignalsLike],
+        *,
+        refresh: bool = False,
+        progress: bool = True,
+        max_concurrency: int | None = None,
+        batch_size: int = 8,
+    ) -> list[Summary]:
+        """Async :meth:`summarize_many`: a server summarizer gets at most ``max_concurrency``
+        requests in flight (default: the backend's own); a local one runs
+        :meth:`summarize_many` in a worker thread. Order is kept."""
+        todo = [as_user_signals(u) for u in users]
+        limit = server_concurrency(self.summarizer, max_concurrency)
+        if limit is None:
+            return await asyncio.to_thread(
+                self.summarize_many, todo, batch_size=batch_size, refresh=refresh, progress=progress
+            )
+        with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
+            jobs = [lambda u=u: self.asummarize(u, refresh=refresh) for u in todo]
+            return await _gather_bounded(jobs, limit, advance)
 
     def get_summary(self, user_id: str) -> Summary:
         """The most recent stored summary of ``user_id``."""
@@ -229,6 +347,42 @@ class Personalizer:
         text = model.generate(messages, options)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
+    async def agenerate(
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        summary: Summary | str | None = None,
+        backend: str | Backend | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        **backend_options: Any,
+    ) -> Generation:
+        """Async :meth:`generate`, for web apps: server backends use their async client."""
+        messages, used = await asyncio.to_thread(
+            self.conditioning, prompt, user_id=user_id, summary=summary
+        )
+        model = get_backend(backend, **backend_options) if backend is not None else self.generator
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        text = await model.agenerate(messages, options)
+        return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
+
+    def _prepare_many(
+        self,
+        prompts: Sequence[str],
+        user_ids: Sequence[str | None] | None,
+        summaries: Sequence[Summary | str | None] | None,
+    ) -> list[tuple[list[Message], Summary | None]]:
+        n = len(prompts)
+        user_ids = list(user_ids) if user_ids is not None else [None] * n
+        summaries = list(summaries) if summaries is not None else [None] * n
+        if not (len(user_ids) == len(summaries) == n):
+            raise InputError("prompts, user_ids and summaries must have the same length")
+        return [
+            self.conditioning(p, user_id=u, summary=s) for p, u, s in zip(prompts, user_ids, summaries)
+        ]
+
     def generate_many(
         self,
         prompts: Sequence[str],
@@ -238,19 +392,68 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        max_concurrency: int | None = None,
+        progress: bool = False,
     ) -> list[Generation]:
-        """Answer many prompts with the generator in batches (one user id or summary per prompt)."""
-        n = len(prompts)
-        user_ids = list(user_ids) if user_ids is not None else [None] * n
-        summaries = list(summaries) if summaries is not None else [None] * n
-        if not (len(user_ids) == len(summaries) == n):
-            raise InputError("prompts, user_ids and summaries must have the same length")
-        prepared = [
-            self.conditioning(p, user_id=u, summary=s) for p, u, s in zip(prompts, user_ids, summaries)
-        ]
+        """Answer many prompts (one user id or summary per prompt). Order is kept.
+
+        A local generator answers in batches; a server generator gets concurrent requests, at
+        most ``max_concurrency`` in flight (default: the backend's own)."""
+        prepared = self._prepare_many(prompts, user_ids, summaries)
         options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        texts = self.generator.generate_batch([m for m, _ in prepared], options)
+        model = self.generator
+        texts = [""] * len(prepared)
+
+        def keep(i: int, text: str) -> None:
+            texts[i] = text
+
+        with progress_bar("Generating", len(prepared), enabled=progress) as advance:
+            answer_all(
+                model,
+                [m for m, _ in prepared],
+                options,
+                on_answer=keep,
+                advance=advance,
+                max_concurrency=max_concurrency,
+            )
         return [
-            Generation(text=t, backend=self.generator.name, prompt=p, summary=s)
+            Generation(text=t, backend=model.name, prompt=p, summary=s)
+            for t, p, (_, s) in zip(texts, prompts, prepared)
+        ]
+
+    async def agenerate_many(
+        self,
+        prompts: Sequence[str],
+        *,
+        user_ids: Sequence[str | None] | None = None,
+        summaries: Sequence[Summary | str | None] | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        max_concurrency: int | None = None,
+        progress: bool = False,
+    ) -> list[Generation]:
+        """Async :meth:`generate_many`: a server generator gets at most ``max_concurrency``
+        requests in flight; a local one runs :meth:`generate_many` in a worker thread."""
+        model = self.generator
+        limit = server_concurrency(model, max_concurrency)
+        if limit is None:
+            return await asyncio.to_thread(
+                self.generate_many,
+                prompts,
+                user_ids=user_ids,
+                summaries=summaries,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+                progress=progress,
+            )
+        prepared = await asyncio.to_thread(self._prepare_many, prompts, user_ids, summaries)
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        with progress_bar("Generating", len(prepared), enabled=progress) as advance:
+            jobs = [lambda m=m: model.agenerate(m, options) for m, _ in prepared]
+            texts = await _gather_bounded(jobs, limit, advance)
+        return [
+            Generation(text=t, backend=model.name, prompt=p, summary=s)
             for t, p, (_, s) in zip(texts, prompts, prepared)
         ]

@@ -47,3 +47,70 @@ def store_path(tmp_path) -> Path:
 @pytest.fixture
 def demo_users_file() -> Path:
     return REPO / "examples" / "demo_users.jsonl"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def openai_server(smollm2_dir):
+    """A real OpenAI-compatible server, ``transformers serve`` on 127.0.0.1, pinned to the
+    converted embedded model; yields its base URL (``http://127.0.0.1:PORT/v1``). Request the model
+    by ``str(smollm2_dir)``. Started once per session and stopped at its end."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
+    pytest.importorskip("uvicorn", reason="transformers serve needs transformers[serving]")
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which(
+        "transformers"
+    )
+    if exe is None:
+        pytest.skip("the transformers command is not installed")
+    port = _free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [exe, "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # One thread: a 135M model gains little from more, and on a busy machine torch's thread
+        # pool contending with other processes slows every token down several times over.
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+    def server_log() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-4000:]
+
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited with {proc.returncode}:\n{server_log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"transformers serve was not ready within 180 s:\n{server_log()}")
+        time.sleep(0.3)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

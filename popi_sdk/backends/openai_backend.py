@@ -52,7 +52,7 @@ class OpenAIBackend(APIBackend):
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        timeout: float = 60.0,
+        timeout: float = 120.0,
         max_retries: int = 2,
         max_concurrency: int = 8,
         http_client: Any = None,
