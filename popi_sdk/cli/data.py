@@ -68,3 +68,88 @@ def synth(
         f"({kind.value}, seed {seed}, {meta['pairs_per_user']} signal pairs per user) "
         f"in {time.perf_counter() - started:.1f} s."
     )
+
+
+convert_app = typer.Typer(
+    help="Convert a public dataset file (JSON Lines, JSON or Parquet) to canonical JSON Lines.",
+    no_args_is_help=True,
+)
+app.add_typer(convert_app, name="convert")
+
+
+def _report(conversion, out: Path, started: float) -> None:
+    from popi_sdk.data.jsonl import write_jsonl
+
+    n = write_jsonl(out, conversion.rows)
+    for note in conversion.notes:
+        typer.echo(note)
+    if conversion.skipped:
+        typer.secho(f"Skipped {len(conversion.skipped)} problem(s):", fg=typer.colors.YELLOW, err=True)
+        for problem in conversion.skipped[:20]:
+            typer.echo(f"  {problem}", err=True)
+        if len(conversion.skipped) > 20:
+            typer.echo(f"  ... and {len(conversion.skipped) - 20} more", err=True)
+    typer.echo(f"Wrote {n} rows to {out} in {time.perf_counter() - started:.1f} s.")
+
+
+@convert_app.command("fspo")
+def convert_fspo(
+    file: Path = typer.Argument(..., help="FSPO Review/ELIX or Roleplay file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Canonical JSON Lines file to write."),
+    window: Optional[int] = typer.Option(
+        None, min=1, help="Signal pairs per row (default 4; Roleplay 8)."
+    ),
+    examples: int = typer.Option(1, min=1, help="Target pairs after each window (labeled examples)."),
+    persona_template: Optional[str] = typer.Option(
+        None, help="Persona text with {level}, e.g. 'The user is {level}.' (default: by level name)."
+    ),
+    skip_bad: bool = typer.Option(False, help="Leave bad records out (and list them) instead of stopping."),
+) -> None:
+    """FSPO rows (prompt, response_x, response_y, scorer_level, label; or x, yw, yl, level,
+    score_persona) -> one canonical row per window of each user's pairs."""
+    from popi_sdk.data.fspo import load_fspo
+
+    started = time.perf_counter()
+    conversion = load_fspo(
+        file, window=window, examples=examples, persona_template=persona_template, skip_bad=skip_bad
+    )
+    _report(conversion, out, started)
+
+
+@convert_app.command("alignx")
+def convert_alignx(
+    file: Path = typer.Argument(..., help="AlignX file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Canonical JSON Lines file to write."),
+    signals: str = typer.Option(
+        "pairs,history,demographics,traits",
+        help="Signals to keep, comma-separated (e.g. 'demographics' for the DEMO split).",
+    ),
+    traits_from: str = typer.Option(
+        "pairs", help="Where traits come from: pairs (feedback pairs' directions), target (leaks the label), none."
+    ),
+    keep_neutral: bool = typer.Option(False, help="Keep neutral (0.5) dimensions in traits."),
+    dimension_names: Optional[Path] = typer.Option(
+        None, help="Text file with one dimension name per line (or 'first pole | second pole')."
+    ),
+    skip_bad: bool = typer.Option(False, help="Leave bad records out (and list them) instead of stopping."),
+) -> None:
+    """AlignX records -> one canonical row per user: feedback pairs, comments, demographics and
+    traits as signals, the record's comparison as the labeled example."""
+    from popi_sdk.data.alignx import load_alignx
+
+    started = time.perf_counter()
+    names = None
+    if dimension_names is not None:
+        if not dimension_names.exists():
+            raise InputError(f"{dimension_names}: no such file (--dimension-names)")
+        lines = [ln.strip() for ln in dimension_names.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        names = [tuple(part.strip() for part in ln.split("|", 1)) if "|" in ln else ln for ln in lines]
+    conversion = load_alignx(
+        file,
+        include=[s.strip() for s in signals.split(",") if s.strip()],
+        traits_from=traits_from,
+        keep_neutral=keep_neutral,
+        dimension_names=names,
+        skip_bad=skip_bad,
+    )
+    _report(conversion, out, started)

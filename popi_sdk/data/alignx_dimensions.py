@@ -1,0 +1,90 @@
+"""The 90 preference dimensions of AlignX, in the order of its ``Preference Direction`` lists.
+
+Each is ``(positive pole, negative pole)``: a direction value of 1 means the positive pole is
+preferred, 0 the negative pole, 0.5 neutral. Names as published with the dataset
+(github.com/JinaLeejnl/AlignX, ``get_profile.py``).
+"""
+
+from __future__ import annotations
+
+DIMENSIONS: list[tuple[str, str]] = [
+    ("Young", "Older"),
+    ("Female", "Male"),
+    ("High Neuroticism", "Low Neuroticism"),
+    ("High Extraversion", "Low Extraversion"),
+    ("High Openness", "Low Openness"),
+    ("High Agreeableness", "Low Agreeableness"),
+    ("High Conscientiousness", "Low Conscientiousness"),
+    ("Likes a certain food", "Dislikes a certain food"),
+    ("Likes a certain living environment", "Dislikes a certain living environment"),
+    ("Likes sleep", "Dislikes sleep"),
+    ("Aggressive investment", "Conservative investment"),
+    ("Good at saving", "Bad at saving"),
+    ("Concerned about physical safety", "Not concerned about physical safety"),
+    ("Concerned about environmental safety", "Not concerned about environmental safety"),
+    ("Prefers superficial interaction (casual, stress-free chat)",
+     "Prefers deep interaction (discussing interests, emotional topics, etc.)"),
+    ("Prefers direct communication to handle conflict",
+     "Prefers avoidance, mediation, compromise to handle conflict"),
+    ("Concise communication style", "Detailed communication style"),
+    ("Strong need for a certain work environment", "Indifferent to work environment needs"),
+    ("Strong need for recognition from others", "Indifferent to recognition from others"),
+    ("Strong need for personal achievement", "Indifferent to personal achievement"),
+    ("Likes a certain area of knowledge", "Dislikes a certain area of knowledge"),
+    ("Likes a certain learning style", "Dislikes a certain learning style"),
+    ("Likes a certain form of creative expression (e.g., art, writing, music)",
+     "Dislikes a certain form of creative expression (e.g., art, writing, music)"),
+    ("Strong need for Order (neatness, organization, avoiding chaos)", "Indifferent to orderliness"),
+    ("Strong need for Retention (holding onto objects, unwilling to lose or change)",
+     "Indifferent to retention (unconcerned about keeping objects)"),
+    ("Strong need for Inviolacy (maintaining dignity and reputation)",
+     "Indifferent to inviolacy (unconcerned with dignity or reputation)"),
+    ("Strong need for Infavoidance (avoiding failure and embarrassment)",
+     "Indifferent to Infavoidance (unconcerned with failure or embarrassment)"),
+    ("Strong need for Counteraction (overcoming failure and obstacles)",
+     "Indifferent to Counteraction (unconcerned with failure)"),
+    ("Strong need for Seclusion (desire for isolation from others)",
+     "Indifferent to Seclusion (does not care about isolation)"),
+    ("Strong need for Dominance (controlling others through command or persuasion)",
+     "Indifferent to Dominance (does not care about control)"),
+    ("Strong need for Deference (following authority or rules)",
+     "Indifferent to Deference (does not care about authority)"),
+    ("Strong need for Autonomy (pursuing independence and self-reliance)",
+     "Indifferent to Autonomy (does not care about independence)"),
+    ("Strong need for Contrariance (pursuing uniqueness, opposing the norm)",
+     "Indifferent to Contrariance (does not seek uniqueness)"),
+    ("Strong need for Abasement (accepting blame, enjoying pain or misfortune)",
+     "Indifferent to Abasement (does not accept blame or enjoy misfortune)"),
+    ("Strong need for Aggression (controlling others through forceful means)",
+     "Indifferent to Aggression (does not engage in aggression)"),
+    ("Strong need for Affiliation (desiring close relationships)",
+     "Indifferent to Affiliation (does not care about close relationships)"),
+    ("Strong need for Rejection (isolating oneself from negatively evaluated people)",
+     "Indifferent to Rejection (does not care about social exclusion)"),
+    ("Strong need for Nurturance (caring for others, protecting them from danger)",
+     "Indifferent to Nurturance (does not care about nurturing others)"),
+    ("Strong need for Succorance (desiring help, love, and comfort from others)",
+     "Indifferent to Succorance (does not rely on others for comfort)"),
+    ("Strong need for Play (enjoying fun, relaxation, and laughter)",
+     "Indifferent to Play (does not prioritize fun or relaxation)"),
+    ("Concerned about harmlessness", "Indifferent about harmlessness"),
+    ("Concerned about instruction-following", "Indifferent about instruction-following"),
+    ("Concerned about honesty", "Indifferent about honesty"),
+    ("Concerned about truthfulness", "Indifferent about truthfulness"),
+    ("Concerned about helpfulness", "Indifferent about helpfulness"),
+    ("Concerned about coherence", "Indifferent about coherence"),
+    ("Concerned about complexity", "Indifferent about complexity"),
+] + [
+    (f"Likes {topic}", f"Dislikes {topic}")
+    for topic in (
+        "science", "knowledge", "psychology", "cinema", "entertainment", "gaming", "parenting",
+        "wild imagination", "anime", "sports", "law", "workplace", "pets", "travel", "health",
+        "stories", "cars", "gourmet food", "education", "current events", "home decor",
+        "international", "finance", "campus life", "digital technology", "emotions", "humor",
+        "music", "reading", "painting", "dance", "crafts", "photography", "culture", "fitness",
+        "art", "stationery and planners", "celebrities", "outdoors", "camping", "social sciences",
+        "weddings", "fashion",
+    )
+]
+
+assert len(DIMENSIONS) == 90, len(DIMENSIONS)
