@@ -52,7 +52,8 @@ class AnthropicBackend(APIBackend):
         http_client / async_http_client: ``httpx2`` clients to send requests through (proxies,
             custom TLS, or a mock transport in tests).
 
-    ``GenerateOptions.seed`` is ignored: the Messages API has no seed.
+    Of :class:`GenerateOptions` only ``max_new_tokens`` applies: the Messages API (anthropic 2.x)
+    takes no temperature, top_p or seed, so Claude samples as it always does.
     """
 
     client_module = "anthropic"
@@ -60,6 +61,7 @@ class AnthropicBackend(APIBackend):
     key_env = "ANTHROPIC_API_KEY"
     base_url_env = "ANTHROPIC_BASE_URL"
     official_base_url = "https://api.anthropic.com"
+    models_path = "/v1/models"
 
     def __init__(
         self,
@@ -106,17 +108,11 @@ class AnthropicBackend(APIBackend):
 
     def _params(self, messages: Sequence[Message], options: GenerateOptions) -> dict[str, Any]:
         system, turns = split_system(messages)
-        params: dict[str, Any] = {
-            "model": self.model,
-            "messages": turns,
-            "max_tokens": options.max_new_tokens,
-            "temperature": options.temperature,
-        }
+        # The Messages API of anthropic 2.x takes no sampling parameters (temperature, top_p and
+        # seed left the API and the client), so only the length cap travels.
+        params: dict[str, Any] = {"model": self.model, "messages": turns, "max_tokens": options.max_new_tokens}
         if system:
             params["system"] = system
-        # Recent Claude models refuse temperature and top_p together; send top_p only when asked.
-        if options.top_p < 1.0:
-            params["top_p"] = options.top_p
         return params
 
     @staticmethod

@@ -72,6 +72,8 @@ class APIBackend(Backend):
     base_url_env: str = ""
     #: The provider's own endpoint; any other base URL is a self-hosted or gateway server.
     official_base_url: str = ""
+    #: Where, under the base URL, the server lists its models.
+    models_path: str = "/models"
 
     def __init__(
         self,
@@ -196,7 +198,7 @@ class APIBackend(Backend):
         if isinstance(e, sdk.NotFoundError) or _names_unknown_model(e, self.model, said):
             return ModelNotFoundError(
                 f"{url} does not serve model {self.model!r} ({status}: {said}). Check the model "
-                "name; the server lists its models at GET <base_url>/models",
+                f"name; the server lists its models at GET {url}{self.models_path}",
                 backend=name,
             )
         if isinstance(e, sdk.APIStatusError) and status is not None and status >= 500:
