@@ -204,6 +204,10 @@ def test_oracle_scores_free_text():
 
 def test_unknown_personas_and_kinds_are_clear_errors():
     assert infer_kind("Likes hiking and jazz.") is None
+    assert infer_kind("The user is a retired professional who loves positive stories.") is None
+    assert infer_kind("The user prefers formal language and jokes.") is None
+    assert infer_kind("The user is a child in elementary school.") == "elix"
+    assert infer_kind("This user prefers negative and concise reviews.") == "review"
     with pytest.raises(InputError, match="oracle judge scores only synthetic personas"):
         persona_attributes("Likes hiking and jazz.")
     with pytest.raises(InputError, match="choose one of review, elix, roleplay"):

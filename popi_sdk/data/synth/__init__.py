@@ -160,14 +160,11 @@ def write_benchmark(
 
 
 def infer_kind(persona: str) -> str | None:
-    """Which benchmark wrote ``persona`` (``None`` when it matches none of them)."""
-    for kind in _GENERATORS:
-        try:
-            _GENERATORS[kind].parse_persona(persona)
-        except ValueError:
-            continue
-        return kind
-    return None
+    """Which benchmark's wording ``persona`` has (``None`` for free-text personas).
+
+    Strict on purpose: a free-text persona that happens to mention "expert" or "positive" is not
+    a synthetic one, and the oracle must not pretend to judge it."""
+    return next((kind for kind, gen in _GENERATORS.items() if gen.matches(persona)), None)
 
 
 def persona_attributes(persona: str, kind: str | None = None) -> dict:

@@ -83,6 +83,14 @@ def sample_persona(rng: random.Random, index: int) -> str:
     return persona_text(LEVELS[index % len(LEVELS)])
 
 
+_PERSONA_RE = re.compile(r"The user is (?:an? )?(?:child|preteen|teenager|young adult|expert)\b[^.]*\.", re.I)
+
+
+def matches(persona: str) -> bool:
+    """Whether ``persona`` is worded as this benchmark (and FSPO's ELIX) words them."""
+    return bool(_PERSONA_RE.fullmatch(persona.strip()))
+
+
 def parse_persona(persona: str) -> dict:
     """``"The user is a teenager."`` -> ``{"level": "teenager", "index": 2}``.
 

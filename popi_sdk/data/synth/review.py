@@ -155,6 +155,14 @@ def persona_text(sentiment: str | None, length: str | None) -> str:
     return f"This user prefers {level} reviews."
 
 
+_PERSONA_RE = re.compile(r"This user prefers (?:(?:positive|negative)(?: and (?:concise|verbose))?|concise|verbose) reviews\.")
+
+
+def matches(persona: str) -> bool:
+    """Whether ``persona`` is worded exactly as this benchmark (and FSPO's Review) words them."""
+    return bool(_PERSONA_RE.fullmatch(persona.strip()))
+
+
 def parse_persona(persona: str) -> dict:
     """``"This user prefers positive and concise reviews."`` -> ``{"sentiment": "positive",
     "length": "concise"}``; an attribute the persona does not mention is ``None``."""

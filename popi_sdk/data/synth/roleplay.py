@@ -95,6 +95,17 @@ def sample_persona(rng: random.Random, index: int) -> str:
     return persona_text(PERSONAS[rng.randrange(len(PERSONAS))])
 
 
+def matches(persona: str) -> bool:
+    """Whether ``persona`` is worded exactly as this benchmark words them."""
+    m = re.fullmatch(r"The user prefers (.+)\.", persona.strip())
+    if not m:
+        return False
+    rest = m.group(1)
+    for phrase in sorted(PHRASES.values(), key=len, reverse=True):
+        rest = rest.replace(phrase, "")
+    return rest.replace(",", "").replace("and", "").strip() == ""
+
+
 def parse_persona(persona: str) -> dict:
     """``"The user prefers casual language and brief answers."`` ->
     ``{"formality": "casual", "length": "brief"}``."""
