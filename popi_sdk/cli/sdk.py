@@ -19,7 +19,8 @@ def _demo_users_file() -> Path:
 def demo(
     users: Optional[Path] = typer.Option(None, help="Users file (JSON Lines); default: the shipped examples."),
     prompt: str = typer.Option(DEMO_PROMPT, help="The question every user asks."),
-    max_new_tokens: int = typer.Option(80, help="Length cap of each answer."),
+    max_new_tokens: int = typer.Option(80, min=1, help="Length cap of each answer."),
+    summary_tokens: int = typer.Option(96, min=1, help="Length cap of each summary."),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER; default hf)."),
     generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
     store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
@@ -37,7 +38,7 @@ def demo(
     console = Console()
     started = time.perf_counter()
     rows = read_users(users or _demo_users_file())
-    p = Personalizer(summarizer=summarizer, generator=generator, store=store)
+    p = Personalizer(summarizer=summarizer, generator=generator, store=store, summary_tokens=summary_tokens)
     with console.status(f"Loading the summarizer ({p._summarizer_spec})..."):
         p.summarizer.count_tokens("warm-up")  # loads the model (first run: converts it once)
     summaries = p.summarize_many(rows)

@@ -1,0 +1,3 @@
+from popi_sdk.cli import main
+
+main()
