@@ -98,11 +98,25 @@ def generate(
     store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Length cap of the answer."),
     temperature: float = typer.Option(0.0, min=0.0, help="0 is greedy."),
+    base_url: Optional[str] = typer.Option(
+        None, help="Server for an openai:/anthropic: backend, e.g. http://127.0.0.1:8000/v1 "
+        "(env OPENAI_BASE_URL / ANTHROPIC_BASE_URL)."
+    ),
 ) -> None:
     """Answer PROMPT for a user, conditioned on their stored summary (none: un-personalized)."""
     from popi_sdk import Personalizer
+    from popi_sdk.backends import get_backend, parse_backend_name
+    from popi_sdk.settings import DEFAULT_BACKEND, resolve
 
-    p = Personalizer(generator=backend, store=store)
+    generator = resolve(backend, "POPI_GENERATOR", DEFAULT_BACKEND)
+    if base_url is not None:
+        if parse_backend_name(generator)[0] not in ("openai", "anthropic"):
+            raise typer.BadParameter(
+                f"--base-url applies to openai:<model> and anthropic:<model> backends, not {generator!r}",
+                param_hint="--base-url",
+            )
+        generator = get_backend(generator, base_url=base_url)
+    p = Personalizer(generator=generator, store=store)
     answer = p.generate(prompt, user_id=user, max_new_tokens=max_new_tokens, temperature=temperature)
     typer.echo(answer.text)
 
