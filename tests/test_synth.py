@@ -151,6 +151,23 @@ def test_roleplay_pairs_differ_along_a_persona_axis(users):
             assert "\n- " in pair.chosen
 
 
+def test_every_roleplay_style_can_answer_every_topic():
+    import itertools
+    import random
+
+    from popi_sdk.data.synth.roleplay_topics import TOPICS
+
+    rng = random.Random(0)
+    for poles in itertools.product(*roleplay.AXES.values()):
+        style = dict(zip(roleplay.AXES, poles))
+        for topic in TOPICS:
+            for _ in range(3):
+                text = roleplay.respond(rng, rng.sample(topic["tips"], 4), style)
+                assert len(text) <= roleplay.MAX_CHARS
+                lo, hi = roleplay.LENGTH_BANDS[style["length"]]
+                assert lo <= n_words(text) <= hi
+
+
 def test_roleplay_persona_round_trip():
     for attrs in roleplay.PERSONAS:
         assert persona_attributes(roleplay.persona_text(attrs)) == attrs

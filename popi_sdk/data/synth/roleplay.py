@@ -157,12 +157,12 @@ def respond(rng: random.Random, tips: list[tuple[str, str]], style: dict) -> str
     def pick_(options: list[str]) -> str:  # brief answers draw only the short phrasings
         return pick(rng, [o for o in options if len(words(o)) <= 4] if brief else options)
 
-    for _ in range(100):
+    for _ in range(400):
         n_tips = rng.randint(1, 2) if brief else rng.randint(2, 4)
         n_reasons = 0 if brief else rng.randint(1, n_tips)
         parts: list[str] = []
         opener = pick(rng, _OPEN[(register, warmth)])
-        if opener and style["length"] == "detailed" and not (
+        if opener and not brief and rng.random() < 0.5 and not (
             style["format"] == "list" and warmth == "matter-of-fact"  # the lead-in opens it
         ):
             parts.append(opener)
