@@ -24,6 +24,7 @@ _COMMAND_MODULES = ["popi_sdk.cli.sdk"]
 _GROUPS: dict[str, str] = {
     "data": "popi_sdk.cli.data",
     "train": "popi_sdk.cli.train",
+    "launch": "popi_sdk.cli.launch",
 }
 
 for _module in _COMMAND_MODULES:
