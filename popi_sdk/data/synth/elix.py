@@ -53,12 +53,12 @@ _TEMPLATES = {
                     "In short, {mid}; the key ideas are {t0} and {t1}.",
                     "{Mid}. Formally, this is explained by {t0} together with {t1}.",
                     "{Mid}. Understanding {t0} and {t1} explains the details.",
-                    "Essentially, {expert}."],
+                    "Essentially, {expert}.", "{Mid}, mainly through {t0}."],
     "expert": ["{Expert}, consistent with standard models of {t2}.",
                "Mechanistically, {expert}; {t1} and {t2} determine the dynamics.",
                "{Expert}, with {t2} as the principal quantitative constraint.",
                "{Expert}. Quantitative treatments emphasize {t1} and {t2}.",
-               "Formally, {expert}, modulated by {t2}."],
+               "Formally, {expert}, modulated by {t2}.", "{Expert}.", "Mechanistically, {expert}."],
 }
 
 
@@ -67,11 +67,9 @@ _FRAMES = {
     "child": (["", "Okay! ", "Know what? ", "Ooh, fun one! "], ["", " Cool, right?", " Neat!", " Fun, huh?"]),
     "preteen": (["", "Good question! ", "Here's the deal. ", "Fun fact time. "],
                 ["", " Pretty cool, right?", " Neat, huh?"]),
-    "teenager": (["", "Good question. ", "Okay, here goes. "],
-                 ["", " Pretty interesting, right?", " It makes sense once you see it."]),
-    "young adult": (["", "Good question. ", "Put simply. "],
-                    ["", " It is a neat example of science at work."]),
-    "expert": (["", "Briefly. ", "In summary. "], ["", " The literature on this is extensive."]),
+    "teenager": (["", "Good question. ", "Okay, here goes. "], [""]),
+    "young adult": (["", "Good question. ", "Put simply. "], [""]),
+    "expert": (["", "Briefly. ", "In summary. "], [""]),
 }
 
 
