@@ -248,3 +248,16 @@ def test_async_batches_are_bounded_too():
     out = asyncio.run(p.agenerate_many([f"q{i}" for i in range(6)], max_new_tokens=4))
     assert [g.text for g in out] == [f"answer to q{i}" for i in range(6)]
     assert state["peak"] == 2
+
+
+def test_cli_generate_with_base_url(openai_server, smollm2_dir, no_openai_env, tmp_path):
+    from typer.testing import CliRunner
+
+    from popi_sdk.cli import app
+
+    result = CliRunner().invoke(app, [
+        "generate", "--prompt", "Name one color.", "--backend", f"openai:{smollm2_dir}",
+        "--base-url", openai_server, "--max-new-tokens", "4", "--store", str(tmp_path / "s.sqlite"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()
