@@ -155,4 +155,4 @@ def grade_gap(level: str, grade: float) -> float:
 
 def score(attrs: dict, text: str) -> float:
     """Minus :func:`grade_gap` of the text's Flesch-Kincaid reading grade: 0 is a perfect fit."""
-    return -grade_gap(attrs["level"], reading_grade(text))
+    return 0.0 - grade_gap(attrs["level"], reading_grade(text))  # 0.0, not -0.0, for a perfect fit
