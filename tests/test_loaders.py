@@ -105,6 +105,13 @@ def test_default_persona_follows_fspo_wording():
     assert default_persona("teenager") == "The user is teenager."
     assert default_persona("negative and verbose") == "This user prefers negative and verbose reviews."
     assert default_persona("group 7") == "The user belongs to the preference group 'group 7'."
+    # other spellings of the same levels become the wording the oracle recognizes
+    from popi_sdk.data.synth import infer_kind, persona_attributes
+
+    assert default_persona("concise_positive") == "This user prefers positive and concise reviews."
+    assert default_persona("young_adult") == "The user is young adult."
+    assert persona_attributes(default_persona("verbose")) == {"sentiment": None, "length": "verbose"}
+    assert infer_kind(default_persona("young_adult")) == "elix"
 
 
 # --- file formats ----------------------------------------------------------------------------------

@@ -49,13 +49,18 @@ def detect_variant(record: dict) -> str:
 
 
 def default_persona(level: str) -> str:
-    """The persona FSPO states for a level: ``"The user is {level}."`` for ELIX levels,
-    ``"This user prefers {level} reviews."`` for Review levels, else a neutral sentence."""
-    low = level.lower().strip()
-    if any(re.search(rf"\b{w}\b", low) for w in _ELIX_LEVELS):
-        return f"The user is {level}."
-    if any(re.search(rf"\b{w}\b", low) for w in _REVIEW_WORDS):
-        return f"This user prefers {level} reviews."
+    """The persona FSPO states for a level: ``"This user prefers {level} reviews."`` for Review
+    levels, ``"The user is {level}."`` for ELIX levels, else a neutral sentence.
+
+    Level spellings are normalized: ``positive_concise`` becomes ``positive and concise``,
+    ``young_adult`` becomes ``young adult``, so the oracle recognizes them."""
+    tokens = [t for t in re.split(r"[\s_\-+/,&]+", level.lower()) if t and t != "and"]
+    if tokens and all(t in _REVIEW_WORDS for t in tokens):
+        ordered = [w for w in _REVIEW_WORDS if w in tokens]  # sentiment before length
+        return f"This user prefers {' and '.join(ordered)} reviews."
+    spaced = re.sub(r"[_\-]+", " ", level).strip()
+    if any(re.search(rf"\b{w}\b", spaced.lower()) for w in _ELIX_LEVELS):
+        return f"The user is {spaced}."
     return f"The user belongs to the preference group {level!r}."
 
 
