@@ -103,7 +103,7 @@ def matches(persona: str) -> bool:
     rest = m.group(1)
     for phrase in sorted(PHRASES.values(), key=len, reverse=True):
         rest = rest.replace(phrase, "")
-    return rest.replace(",", "").replace("and", "").strip() == ""
+    return re.fullmatch(r"[\s,]*(?:and[\s,]*)?", rest) is not None  # only the separators left
 
 
 def parse_persona(persona: str) -> dict:
