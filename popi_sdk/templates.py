@@ -7,6 +7,8 @@ message: it is context about the user, not something the user said.
 
 from __future__ import annotations
 
+import re
+
 from popi_sdk.signals import HistoryItem, PreferencePair, Signals
 
 Message = dict[str, str]
@@ -117,12 +119,24 @@ def raw_signals_messages(prompt: str, signals: Signals) -> list[Message]:
     ]
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
 def clean_summary(text: str) -> str:
-    """Strip the boilerplate small models wrap around a summary (quotes, a 'Summary:' label)."""
+    """Strip the boilerplate small models wrap around a summary (quotes, a 'Summary:' label) and
+    drop sentences repeated word for word (small models loop), keeping the first occurrence."""
     text = text.strip()
     for label in ("Summary:", "summary:", "**Summary:**", "Preference summary:"):
         if text.startswith(label):
             text = text[len(label):].strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
-    return text
+    sentences = _SENTENCE_END.split(text)
+    seen: set[str] = set()
+    kept = []
+    for sentence in sentences:
+        key = sentence.strip().rstrip(".!?").lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    return " ".join(kept) if len(kept) < len(sentences) else text
