@@ -48,6 +48,18 @@ def test_same_seed_same_bytes_and_another_seed_differs(tmp_path, kind):
     assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
 
 
+def test_same_bytes_across_processes_with_different_hash_seeds(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from popi_sdk.data.synth import write_benchmark; write_benchmark('roleplay', sys.argv[1], 12, 5)"
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / hash_seed)], check=True, env=env)
+    assert (tmp_path / "1" / "train.jsonl").read_bytes() == (tmp_path / "2" / "train.jsonl").read_bytes()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_user_i_does_not_depend_on_how_many_users_are_generated(kind):
     assert synth_users(kind, 4, seed=1) == synth_users(kind, 9, seed=1)[:4]
