@@ -325,6 +325,8 @@ def resolve_secrets(task: dict[str, Any], environ: dict[str, str] | None = None)
     notes: list[str] = []
     for key in list((task.get("secrets") or {}).keys()):
         value = environ.get(key) or (task["secrets"][key] if task["secrets"][key] else None)
+        if value is None and key == "HF_TOKEN":
+            value = _saved_hf_token(environ)
         if value is None and key == "VLLM_API_KEY":
             value = _secrets.token_urlsafe(24)
             notes.append(f"API key for the servers (set OPENAI_API_KEY to it): {value}")
@@ -337,6 +339,14 @@ def resolve_secrets(task: dict[str, Any], environ: dict[str, str] | None = None)
     if not task.get("secrets"):
         task.pop("secrets", None)
     return overrides, notes
+
+
+def _saved_hf_token(environ: dict[str, str]) -> str | None:
+    """The token `hf auth login` saved ($HF_HOME/token, default ~/.cache/huggingface/token)."""
+    home = environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    path = Path(home) / "token"
+    token = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    return token or None
 
 
 def check_cloud(sky: Any, cloud: str) -> None:

@@ -483,3 +483,41 @@ def test_missing_skypilot_gives_the_install_command(monkeypatch):
         L.launch("train", L.build_task("train"), environ={})
     result = CliRunner().invoke(app, ["launch", "train", "--dry-run"])
     assert result.exit_code == 0 and "Not checked: SkyPilot is not installed" in result.stderr
+    code = ("import sys; sys.modules['sky'] = None; sys.argv = ['popi', 'launch', 'train', '--bucket', 'b']\n"
+            "from popi_sdk.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.startswith('Error: SkyPilot is not installed. Install it with:\n    pip install "popi-sdk[launch]"')
+
+
+def test_wheel_ships_the_task_files(tmp_path):
+    """The package's launch_tasks/ are symbolic links in a checkout; a wheel must hold the files."""
+    pytest.importorskip("setuptools", minversion="68")  # the build-system requirement
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(REPO / "popi_sdk", src / "popi_sdk", symlinks=True, ignore=ignore)
+    shutil.copytree(REPO / "jobs", src / "jobs")
+    for name in ("pyproject.toml", "README.md", "sky.yaml"):
+        shutil.copy(REPO / name, src / name)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    (wheel,) = (tmp_path / "dist").glob("popi_sdk-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        for kind, path in TASKS.items():
+            assert z.read(f"popi_sdk/launch_tasks/{L.TASK_FILES[kind]}") == path.read_bytes()
+
+
+def test_hf_token_falls_back_to_the_saved_login(tmp_path):
+    (tmp_path / "token").write_text("hf_saved\n")
+    task = L.build_task("train")
+    overrides, notes = L.resolve_secrets(task, {"HF_HOME": str(tmp_path)})
+    assert overrides == [("HF_TOKEN", "hf_saved")] and not notes
+    overrides, _ = L.resolve_secrets(L.build_task("train"), {"HF_HOME": str(tmp_path), "HF_TOKEN": "hf_env"})
+    assert overrides == [("HF_TOKEN", "hf_env")]

@@ -49,6 +49,7 @@ def _finish(kind: str, task: dict[str, Any], *, dry_run: bool, spot: bool, clust
         typer.echo(f"# Secrets taken from your shell at launch: {secrets}.", err=True)
         typer.echo(f"# Results would land in {L.results_location(kind, task)}", err=True)
         return
+    L.import_sky()  # before announcing anything: without SkyPilot, say how to install it
     nodes = task.get("num_nodes", 1)
     gpus = (task.get("resources") or {}).get("accelerators")
     how = "a managed spot job" if spot else "an on-demand cluster"
@@ -82,8 +83,10 @@ def train(
     down: bool = typer.Option(True, "--down/--keep", help="Tear the cluster down when training ends."),
     dry_run: bool = _DRY_RUN,
 ) -> None:
-    """Train both POPI stages on CLOUD: stage 1 then stage 2, over every GPU of every node;
-    checkpoints go to the bucket and a relaunched job resumes from them."""
+    """Train both POPI stages: stage 1 then stage 2 over every GPU of every node.
+
+    Checkpoints go to the bucket; relaunching with the same --run-name resumes from them.
+    """
     from popi_sdk import launch as L
 
     uploads: dict[str, str] = {}
@@ -192,8 +195,10 @@ def serve(
     cluster: Optional[str] = _CLUSTER,
     dry_run: bool = _DRY_RUN,
 ) -> None:
-    """Serve a summarizer (port 8001) and a generator (port 8000) with `vllm serve`, both
-    OpenAI-compatible; the cluster stays up until you `sky down` it."""
+    """Serve the summarizer (port 8001) and generator (port 8000) with vllm serve.
+
+    Both endpoints are OpenAI-compatible; the cluster stays up until you `sky down` it.
+    """
     from popi_sdk import launch as L
     from popi_sdk.errors import ConfigError
 
