@@ -250,7 +250,7 @@ def test_eval_run_scores_the_run_checkpoints(tmp_path, stubs):
     assert [c["argv"][:2] for c in calls] == [["data", "synth"], ["eval", "--data"]]
     assert calls[1]["argv"] == [
         "eval", "--data", str(data / "test.jsonl"), "--methods", "base,raw,inference,popi,popi-full",
-        "--judge", "oracle", "--out", str(run / "eval"),
+        "--judge", "oracle", "--out", str(run / "eval"), "--base", "hf:meta-llama/Llama-3.2-3B-Instruct",
         "--summarizer", str(run / "stage1"), "--generator", str(run / "stage2"),
     ]
 

@@ -124,6 +124,9 @@ def eval_(
     ),
     methods: Optional[str] = typer.Option(None, "--methods", help="Methods (default base,raw,inference,popi,popi-full)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="oracle or a judge backend (default oracle)."),
+    base: Optional[str] = typer.Option(
+        None, "--base", help="Base model backend (default hf:meta-llama/Llama-3.2-3B-Instruct)."
+    ),
     cloud: str = _CLOUD,
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs (default: the cheapest of L4/A10G/L40S/A100/H100:1)."),
     spot: bool = _SPOT,
@@ -145,6 +148,8 @@ def eval_(
         envs["METHODS"] = methods
     if judge is not None:
         envs["JUDGE"] = judge
+    if base is not None:
+        envs["BASE_MODEL"] = base
     envs.update(L.parse_env(env))
     task = L.build_task("eval", cloud=cloud, gpus=gpus, spot=spot, envs=envs, uploads=uploads)
     _finish("eval", task, dry_run=dry_run, spot=spot, cluster=cluster, down=True)
