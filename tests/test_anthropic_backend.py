@@ -252,3 +252,25 @@ def test_async_summaries_and_answers_are_bounded():
     assert one.text == "answer to What is entropy?" and again == summaries[0]
     assert len(state["requests"]) == 8
     assert state["requests"][-1]["system"].endswith("The user prefers depth.")
+
+
+def test_a_summary_written_by_openai_conditions_claude(tmp_path):
+    """Transfer: Inference-Prompting with an OpenAI summarizer, answers from Claude, one summary."""
+    from popi_sdk.backends.openai_backend import OpenAIBackend
+
+    def openai_handler(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        assert body["model"] == "gpt-4o-mini" and body["messages"][0]["content"] == SUMMARIZER_SYSTEM
+        return httpx2.Response(200, json={
+            "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "Summary: The user wants rigor."}}],
+        })
+
+    gpt = OpenAIBackend(api_key="sk-test", http_client=httpx2.Client(transport=httpx2.MockTransport(openai_handler)))
+    claude = FakeClaude()
+    p = Personalizer(summarizer=gpt, generator=claude.backend(), store=tmp_path / "s.sqlite")
+    summary = p.summarize(USER)
+    assert summary.text == "The user wants rigor." and summary.summarizer == "openai:gpt-4o-mini"
+    p.generate("What is entropy?", user_id=USER.user_id, max_new_tokens=40)
+    assert claude.requests[-1]["system"] == GENERATOR_SUMMARY_SYSTEM.format(summary="The user wants rigor.")
