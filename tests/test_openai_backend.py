@@ -261,3 +261,13 @@ def test_cli_generate_with_base_url(openai_server, smollm2_dir, no_openai_env, t
     ])
     assert result.exit_code == 0, result.output
     assert result.output.strip()
+
+
+def test_missing_client_says_how_to_install(monkeypatch):
+    import sys
+
+    from popi_sdk.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # what an uninstalled package looks like
+    with pytest.raises(MissingDependencyError, match=r'pip install "openai>=3"'):
+        OpenAIBackend("gpt-4o", api_key="sk-test")
