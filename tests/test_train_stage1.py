@@ -1,0 +1,254 @@
+"""Stage 1 (GRPO summarizer): the reward is the objective, a tiny random Llama trains and changes,
+the run folder is complete and loadable, a killed run resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from popi_sdk.signals import PreferencePair, UserRow
+from popi_sdk.templates import prompt_only_messages, summary_messages
+
+pytest.importorskip("trl")
+
+
+def _user(i: int, n_examples: int = 2) -> dict:
+    good, bad = ("Lovely, five stars.", "Awful, one star.") if i % 2 == 0 else (
+        "Awful, one star.", "Lovely, five stars.")
+    return {
+        "user_id": f"u{i}",
+        "signals": {"pairs": [{"prompt": "Review a lamp.", "chosen": good, "rejected": bad}]},
+        "examples": [
+            {"prompt": f"Review item {j}.", "chosen": good, "rejected": bad} for j in range(n_examples)
+        ],
+        "persona": "positive" if i % 2 == 0 else "negative",
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2_dir):
+    from popi_sdk.train.random_model import random_llama
+
+    return random_llama(tmp_path_factory.mktemp("tiny") / "tiny", smollm2_dir)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(4)))
+    return folder
+
+
+def _cfg(tiny_dir, data_dir, out, **overrides):
+    from popi_sdk.train.config import load_config
+
+    base = {
+        "model": str(tiny_dir), "precision": "fp32", "save_steps": 1,
+        "stage1.max_steps": 2, "stage2.max_steps": 2,
+        "stage1.batch_size": 2, "stage1.num_generations": 2, "stage1.max_summary_tokens": 6,
+        "stage1.learning_rate": 1e-2, "stage1.warmup_steps": 0, "stage1.lr_scheduler": "constant",
+    }
+    base.update(overrides)
+    return load_config(preset="cpu-small", overrides=base, data=data_dir, out=out)
+
+
+# -- rows --------------------------------------------------------------------------------------
+def test_rows_one_per_user_with_capped_examples(tiny_dir, data_dir, tmp_path):
+    from popi_sdk.train.stage1 import build_rows
+
+    users = [UserRow.model_validate(_user(i, n_examples=3)) for i in range(3)]
+    users.append(UserRow.model_validate({**_user(9), "examples": []}))  # nothing to score: skipped
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{"stage1.examples_per_summary": 2})
+    rows, examples = build_rows(users, cfg)
+    assert [r["example_key"] for r in rows] == ["u0", "u1", "u2"]
+    assert all(len(v) == 2 for v in examples.values())
+    assert "Upcoming question" not in rows[0]["prompt"][-1]["content"]
+
+
+def test_prompt_dependent_rows_condition_each_summary_on_its_prompt(tiny_dir, data_dir, tmp_path):
+    from popi_sdk.train.stage1 import build_rows
+
+    users = [UserRow.model_validate(_user(0, n_examples=2))]
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", prompt_dependent=True)
+    rows, examples = build_rows(users, cfg)
+    assert [r["example_key"] for r in rows] == ["u0#0", "u0#1"]
+    assert "Review item 1." in rows[1]["prompt"][-1]["content"]
+    assert examples["u0#1"] == [users[0].examples[1]]
+
+
+def test_users_without_examples_are_an_error(tiny_dir, data_dir, tmp_path):
+    from popi_sdk.errors import InputError
+    from popi_sdk.train.stage1 import build_rows
+
+    users = [UserRow.model_validate({**_user(0), "examples": []})]
+    with pytest.raises(InputError, match="'examples'"):
+        build_rows(users, _cfg(tiny_dir, data_dir, tmp_path / "run"))
+
+
+# -- the reward is the objective ----------------------------------------------------------------
+@pytest.mark.parametrize("loss_type, beta", [("dpo", 0.1), ("ipo", 0.5)])
+def test_reward_equals_the_objective_by_hand(tiny_dir, loss_type, beta):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.train.stage1 import SummaryReward
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    scorer = SequenceScorer(model, tok)
+    pairs = [PreferencePair(prompt="Review a kettle.", chosen="Great kettle.", rejected="Bad kettle."),
+             PreferencePair(prompt="Review a mug.", chosen="Fine mug!", rejected="Cracked mug.")]
+    reward = SummaryReward(scorer, ReferenceCache(scorer, "tiny"), {"u": pairs},
+                           beta=beta, loss_type=loss_type)
+    assert reward.precompute_reference() == 2
+    completions = [[{"role": "assistant", "content": "Summary: The user likes praise."}],
+                   [{"role": "assistant", "content": "The user is terse."}]]
+    got = reward(prompts=[None, None], completions=completions, example_key=["u", "u"],
+                 trainer_state=None, log_metric=print)
+
+    def lp(context, response):
+        return float(scorer.logprobs([context], [response])[0])
+
+    for summary, value in zip(["The user likes praise.", "The user is terse."], got):
+        losses = []
+        for p in pairs:
+            delta = (lp(summary_messages(p.prompt, summary), p.chosen) - lp(prompt_only_messages(p.prompt), p.chosen)) - (
+                lp(summary_messages(p.prompt, summary), p.rejected) - lp(prompt_only_messages(p.prompt), p.rejected))
+            if loss_type == "dpo":
+                losses.append(math.log1p(math.exp(-beta * delta)))  # −log σ(βΔ)
+            else:
+                losses.append((delta - 1 / (2 * beta)) ** 2)
+        assert value == pytest.approx(-sum(losses) / len(losses), rel=1e-4, abs=1e-4)
+    assert got[0] != pytest.approx(got[1])  # the summary matters
+
+
+def test_lora_reward_scores_with_the_adapter_off(tiny_dir):
+    """With LoRA, the summarizer's base model is also the frozen generator: a trained adapter
+    must not leak into the reward."""
+    peft = pytest.importorskip("peft")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.train.stage1 import SummaryReward
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    pairs = {"u": [PreferencePair(prompt="Review a mug.", chosen="Fine mug!", rejected="Cracked mug.")]}
+    completions = [[{"role": "assistant", "content": "The user is terse."}]]
+
+    def reward_of(model, adapter=None):
+        scorer = SequenceScorer(model, tok)
+        reward = SummaryReward(scorer, ReferenceCache(scorer, "tiny"), pairs, beta=0.1, loss_type="dpo")
+        if adapter is not None:
+            reward.share_base_with(adapter)
+        return reward(prompts=[None], completions=completions, example_key=["u"])[0]
+
+    plain = reward_of(AutoModelForCausalLM.from_pretrained(tiny_dir).eval())
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)  # a clearly non-zero adapter
+    assert reward_of(base) != pytest.approx(plain, abs=1e-4)  # the adapter is live in the model...
+    assert reward_of(base, adapter=lora) == pytest.approx(plain, abs=1e-5)  # ...but off for scoring
+
+
+def test_reward_is_a_plain_callable_not_a_module():
+    import torch
+
+    from popi_sdk.train.stage1 import SummaryReward
+
+    assert not issubclass(SummaryReward, torch.nn.Module)
+
+
+# -- training ----------------------------------------------------------------------------------
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_grpo_steps_change_weights_and_leave_a_complete_run(tiny_dir, data_dir, tmp_path):
+    from popi_sdk import Personalizer
+    from popi_sdk.train import stage1
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data_dir, run)
+    out = stage1.main(cfg)
+    before, after = _weights(tiny_dir), _weights(run / "stage1")
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert changed, "no weight changed"
+    assert (run / "config.yaml").exists() and (run / "rewards.png").stat().st_size > 0
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(math.isfinite(r["reward"]) and r["reward_std"] >= 0 for r in steps)
+    assert all(r["stage"] == "stage1" for r in logged)
+    # The checkpoint is a plain HF folder the SDK loads directly.
+    p = Personalizer(summarizer=out, store=":memory:", summary_tokens=4)
+    assert isinstance(p.summarize(UserRow.model_validate(_user(0))).text, str)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, data_dir, tmp_path, monkeypatch):
+    from popi_sdk.train import common, stage1
+
+    real = common.metrics_callback
+
+    def dying_after_step_2(cfg, stage):
+        callback = real(cfg, stage)
+
+        class KilledAfterCheckpoint(type(callback)):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == 2:
+                    raise _Killed()  # the process dies right after writing checkpoint-2
+
+        return KilledAfterCheckpoint()
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data_dir, run, **{"stage1.max_steps": 3})
+    monkeypatch.setattr(common, "metrics_callback", dying_after_step_2)
+    with pytest.raises(_Killed):
+        stage1.main(cfg)
+    monkeypatch.setattr(common, "metrics_callback", real)
+    assert not (run / "stage1").exists()
+    assert (run / "checkpoints" / "stage1" / "checkpoint-2").is_dir()
+    first = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in first if "reward" in r] == [1, 2]
+
+    stage1.main(cfg)
+    state = json.loads((run / "checkpoints" / "stage1" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    # Steps 1-2 were not re-run: their log lines are the first run's, byte for byte.
+    assert steps[:2] == [r for r in first if "reward" in r]
+    assert json.loads((run / "stage1" / "popi_stage.json").read_text())["steps"] == 3
+    # A finished stage is skipped (no new log lines).
+    stage1.main(cfg)
+    assert (run / "metrics.jsonl").read_text().count("\n") == len(logged)
+
+
+@pytest.mark.slow
+def test_lora_shares_one_base_model_and_saves_a_merged_checkpoint(tiny_dir, data_dir, tmp_path):
+    pytest.importorskip("peft")
+    from popi_sdk.train import stage1
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data_dir, run, **{"lora.enabled": True, "lora.r": 4, "stage1.learning_rate": 5e-2},
+               )
+    stage1.main(cfg)
+    after = _weights(run / "stage1")
+    assert not any("lora" in k for k in after), "the adapter must be merged into a plain checkpoint"
+    before = _weights(tiny_dir)
+    assert any(not (before[k] == after[k]).all() for k in before)
+    assert json.loads((run / "stage1" / "popi_stage.json").read_text())["lora_merged"] is True

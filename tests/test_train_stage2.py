@@ -1,0 +1,193 @@
+"""Stage 2 (DPO generator): the reference in the loss is the x-only one we supply, a tiny random
+Llama trains and changes, and the checkpoint loads in the SDK."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from popi_sdk.signals import UserRow
+from popi_sdk.templates import prompt_only_messages, summary_messages
+
+pytest.importorskip("trl")
+
+
+def _user(i: int) -> dict:
+    good, bad = ("Lovely, five stars.", "Awful, one star.") if i % 2 == 0 else (
+        "Awful, one star.", "Lovely, five stars.")
+    return {
+        "user_id": f"u{i}",
+        "signals": {"pairs": [{"prompt": "Review a lamp.", "chosen": good, "rejected": bad}]},
+        "examples": [
+            {"prompt": f"Review item {j}.", "chosen": good, "rejected": bad} for j in range(2)
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2_dir):
+    from popi_sdk.train.random_model import random_llama
+
+    return random_llama(tmp_path_factory.mktemp("tiny") / "tiny", smollm2_dir)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(4)))
+    return folder
+
+
+def _cfg(tiny_dir, data_dir, out, **overrides):
+    from popi_sdk.train.config import load_config
+
+    base = {
+        "model": str(tiny_dir), "precision": "fp32", "save_steps": 1,
+        "stage1.max_steps": 2, "stage2.max_steps": 2, "beta": 0.5,
+        # The base model writes the summaries (the Inference-Aligned setting): no stage 1 needed.
+        "stage2.summarizer": str(tiny_dir), "stage1.max_summary_tokens": 6,
+        "stage2.batch_size": 2, "stage2.learning_rate": 1e-3, "stage2.warmup_steps": 0,
+        "stage2.lr_scheduler": "constant",
+    }
+    base.update(overrides)
+    return load_config(preset="cpu-small", overrides=base, data=data_dir, out=out)
+
+
+def _fixture_rows(tiny_dir, cfg):
+    """Rows for four examples with hand-written summaries, and the scorer that made them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.train.stage2 import build_rows
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    scorer = SequenceScorer(model, tok)
+    users = [UserRow.model_validate(_user(i)) for i in range(2)]
+    summaries = {"u0": "The user likes praise.", "u1": "The user wants harsh reviews."}
+    rows = build_rows(users, summaries, scorer, ReferenceCache(scorer, "tiny"), cfg)
+    return users, summaries, scorer, rows
+
+
+def test_rows_carry_x_only_reference_and_the_scorers_tokens(tiny_dir, data_dir, tmp_path):
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run")
+    users, summaries, scorer, rows = _fixture_rows(tiny_dir, cfg)
+    assert len(rows) == 4
+    pair, row = users[0].examples[0], rows[0]
+    ref = scorer.logprobs([prompt_only_messages(pair.prompt)] * 2, [pair.chosen, pair.rejected])
+    with_summary = scorer.logprobs([summary_messages(pair.prompt, summaries["u0"])], [pair.chosen])
+    assert row["ref_chosen_logps"] == pytest.approx(float(ref[0]), abs=1e-4)
+    assert row["ref_rejected_logps"] == pytest.approx(float(ref[1]), abs=1e-4)
+    assert row["ref_chosen_logps"] != pytest.approx(float(with_summary[0]), abs=1e-3)
+    prompt_ids, chosen_ids = scorer.encode_pair(summary_messages(pair.prompt, summaries["u0"]), pair.chosen)
+    assert row["prompt_ids"] == prompt_ids and row["chosen_ids"] == chosen_ids
+
+
+def test_dpo_loss_uses_the_supplied_x_only_reference(tiny_dir, data_dir, tmp_path):
+    """At initialization the policy equals the reference model. A reference read on prompt +
+    summary would make every log-ratio 0 and the loss exactly ln 2; the loss the trainer computes
+    is instead the summary-augmented loss with the x-only reference, term for term."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.train.stage2 import dpo_args, popi_dpo_trainer_class
+    from datasets import Dataset
+
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run")
+    users, summaries, scorer, rows = _fixture_rows(tiny_dir, cfg)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    trainer = popi_dpo_trainer_class()(
+        model=policy, args=dpo_args(cfg), train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(tiny_dir),
+    )
+    assert trainer.ref_model is None  # no second model: the reference is the columns
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(trainer.model, batch))
+
+    expected = []
+    for user in users:
+        summary = summaries[user.user_id]
+        for p in user.examples:
+            pol = scorer.logprobs([summary_messages(p.prompt, summary)] * 2, [p.chosen, p.rejected])
+            ref = scorer.logprobs([prompt_only_messages(p.prompt)] * 2, [p.chosen, p.rejected])
+            delta = float((pol[0] - ref[0]) - (pol[1] - ref[1]))
+            expected.append(math.log1p(math.exp(-cfg.beta * delta)))
+    assert loss == pytest.approx(sum(expected) / len(expected), rel=1e-4)
+    assert abs(loss - math.log(2)) > 1e-3
+
+
+def test_stock_dpo_trainer_would_ignore_the_supplied_reference(tiny_dir, data_dir, tmp_path):
+    """Why the extension exists: without precompute_ref_log_probs, stock DPOTrainer runs its own
+    reference on prompt + summary and the loss at initialization is ln 2, whatever we supply."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    from popi_sdk.train.stage2 import dpo_args
+
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run")
+    _, _, _, rows = _fixture_rows(tiny_dir, cfg)
+    args = dpo_args(cfg)
+    args.precompute_ref_log_probs = False
+    text_rows = [{"prompt": [{"role": "user", "content": "Hi"}],
+                  "chosen": [{"role": "assistant", "content": "Hello!"}],
+                  "rejected": [{"role": "assistant", "content": "Go away."}],
+                  "ref_chosen_logps": -123.0, "ref_rejected_logps": 0.0}]
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_dir), args=args,
+        train_dataset=Dataset.from_list(text_rows), processing_class=AutoTokenizer.from_pretrained(tiny_dir),
+        ref_model=AutoModelForCausalLM.from_pretrained(tiny_dir),
+    )
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(trainer.model, batch))
+    assert loss == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_dpo_steps_change_weights_and_the_checkpoint_loads(tiny_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from popi_sdk import Personalizer
+    from popi_sdk.train import stage2
+
+    run = tmp_path / "run"
+    out = stage2.main(_cfg(tiny_dir, data_dir, run))
+    before = load_file(str(tiny_dir / "model.safetensors"))
+    after = load_file(str(run / "stage2" / "model.safetensors"))
+    assert any(not (before[k] == after[k]).all() for k in before)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "rewards/margins" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(r["stage"] == "stage2" for r in steps)
+    assert steps[0]["loss"] != steps[1]["loss"]  # the loss moved
+    assert (run / "summaries.sqlite").exists() and (run / "rewards.png").exists()
+    p = Personalizer(summarizer=str(tiny_dir), generator=out, store=":memory:")
+    assert isinstance(p.generate("Review a lamp.", summary="Likes praise.", max_new_tokens=3).text, str)
+
+
+def test_ipo_and_prompt_dependent_summaries(tiny_dir, data_dir, tmp_path):
+    from popi_sdk.train import stage2
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data_dir, run, loss_type="ipo", prompt_dependent=True,
+               **{"stage2.max_steps": 1})
+    summaries = stage2.summaries_for([UserRow.model_validate(_user(0))], cfg)
+    assert sorted(summaries) == ["u0#0", "u0#1"]
+    assert stage2.dpo_args(cfg).loss_type == ["ipo"]
+    stage2.main(cfg)
+    assert (run / "stage2" / "config.json").exists()
+
+
+def test_stage2_without_a_stage1_checkpoint_says_what_to_run(tiny_dir, data_dir, tmp_path):
+    from popi_sdk.errors import ConfigError
+    from popi_sdk.train import stage2
+
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{"stage2.summarizer": None})
+    with pytest.raises(ConfigError, match="popi train stage1"):
+        stage2.main(cfg)
