@@ -271,3 +271,26 @@ def test_missing_client_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "openai", None)  # what an uninstalled package looks like
     with pytest.raises(MissingDependencyError, match=r'pip install "openai>=3"'):
         OpenAIBackend("gpt-4o", api_key="sk-test")
+
+
+def test_a_failed_batch_keeps_what_was_done_and_resumes(tmp_path):
+    failing = {"on": True}
+    asked = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        signals = json.loads(request.content)["messages"][-1]["content"]
+        asked.append(signals)
+        if failing["on"] and "user number 3" in signals:
+            return httpx2.Response(400, json=error("This request is malformed.", "invalid_request_error", None))
+        return httpx2.Response(200, json=completion("The user prefers brevity."))
+
+    users = [UserSignals(user_id=f"u{i}", persona=f"I am user number {i}.") for i in range(5)]
+    p = Personalizer(summarizer=official(handler), store=tmp_path / "s.sqlite")
+    with pytest.raises(BackendError, match=r"rejected the request \(400\): This request is malformed"):
+        p.summarize_many(users, max_concurrency=1, progress=False)
+    assert [p.cached(u) is not None for u in users] == [True, True, True, False, False]
+    failing["on"] = False
+    asked.clear()
+    summaries = p.summarize_many(users, max_concurrency=1, progress=False)
+    assert [s.user_id for s in summaries] == [u.user_id for u in users]
+    assert len(asked) == 2  # only the two users not stored yet
