@@ -110,7 +110,11 @@ class AnthropicBackend(APIBackend):
         system, turns = split_system(messages)
         # The Messages API of anthropic 2.x takes no sampling parameters (temperature, top_p and
         # seed left the API and the client), so only the length cap travels.
-        params: dict[str, Any] = {"model": self.model, "messages": turns, "max_tokens": options.max_new_tokens}
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": turns,
+            "max_tokens": options.max_new_tokens,
+        }
         if system:
             params["system"] = system
         return params
