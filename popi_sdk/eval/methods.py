@@ -1,0 +1,100 @@
+"""The methods evaluation compares (paper §5.1): what each one puts in the generator's context and
+which generator reads it.
+
+============================  =================  =====================  ===================
+method                        context            summaries from         generator
+============================  =================  =====================  ===================
+``base`` (Base-Model)         the prompt alone   -                      base
+``raw`` (Raw-Prompting)       every raw signal   -                      base
+``inference``                 a summary          base summarizer        base
+``popi`` (Inference-Only)     a summary          ``--summarizer``       base
+``popi-full``                 a summary          ``--summarizer``       ``--generator``
+``raw-aligned``               every raw signal   -                      ``--generator``
+``inference-aligned``         a summary          base summarizer        ``--generator``
+============================  =================  =====================  ===================
+
+The contexts come only from :mod:`popi_sdk.templates`, the same functions training uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from popi_sdk.errors import InputError
+from popi_sdk.signals import Signals
+from popi_sdk.templates import (
+    Message,
+    prompt_only_messages,
+    raw_signals_messages,
+    summary_messages,
+)
+
+Context = Literal["prompt", "raw", "summary"]
+Source = Literal["base", "trained"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    context: Context
+    summarizer: Source | None  # whose summaries (``context == "summary"`` only)
+    generator: Source
+
+    def messages(self, prompt: str, signals: Signals, summary: str | None) -> list[Message]:
+        """The generator's messages for one prompt of one user."""
+        if self.context == "prompt":
+            return prompt_only_messages(prompt)
+        if self.context == "raw":
+            return raw_signals_messages(prompt, signals)
+        if summary is None:
+            raise InputError(f"method {self.name!r} needs a summary for every user")
+        return summary_messages(prompt, summary)
+
+    @property
+    def transferable(self) -> bool:
+        """Whether the method's conditioning can be handed to another generator (Tables 2-4):
+        the aligned methods are tied to the generator they trained."""
+        return self.generator == "base"
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("base", "Base-Model", "prompt", None, "base"),
+        Method("raw", "Raw-Prompting", "raw", None, "base"),
+        Method("inference", "Inference-Prompting", "summary", "base", "base"),
+        Method("popi", "POPI-Inference-Only", "summary", "trained", "base"),
+        Method("popi-full", "POPI-Full", "summary", "trained", "trained"),
+        Method("raw-aligned", "Raw-Aligned", "raw", None, "trained"),
+        Method("inference-aligned", "Inference-Aligned", "summary", "base", "trained"),
+    )
+}
+
+
+def parse_methods(
+    spec: str | Sequence[str], *, summarizer: str | None = None, generator: str | None = None
+) -> list[Method]:
+    """``"base,raw,inference"`` -> methods, checking that each one's checkpoints were given.
+    ``base`` is always evaluated (every metric is relative to it) and comes first."""
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS)}"
+        )
+    methods = [METHODS["base"]] + [METHODS[n] for n in dict.fromkeys(names) if n != "base"]
+    for m in methods:
+        if m.summarizer == "trained" and not summarizer:
+            raise InputError(
+                f"method {m.name!r} uses a trained summarizer: pass --summarizer RUN/stage1 "
+                "(a checkpoint folder or backend name)"
+            )
+        if m.generator == "trained" and not generator:
+            raise InputError(
+                f"method {m.name!r} uses a trained generator: pass --generator RUN/stage2 "
+                "(a checkpoint folder or hf:<model>)"
+            )
+    return methods

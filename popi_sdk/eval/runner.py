@@ -1,0 +1,286 @@
+"""Run the paper's evaluation (§5.1) on held-out users: ``popi eval`` calls :func:`evaluate`.
+
+For every method: its log-prob margin on each labeled example against the base model's margin
+(reward accuracy), the tokens its conditioning adds (context overhead), and a judge's verdict on
+its greedy answer against the base model's answer (win rate). The base model's log-probs are the
+reference policy's (:class:`~popi_sdk.scoring.ReferenceCache`: prompt only), computed once and
+reused as the Base-Model method's own numbers, so Base-Model is exactly 50% on both metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from popi_sdk.errors import InputError
+from popi_sdk.eval import metrics as M
+from popi_sdk.eval.judges import Comparison, Judge
+from popi_sdk.eval.methods import Method
+from popi_sdk.progress import progress_bar
+from popi_sdk.signals import UserRow
+
+
+@dataclass
+class GeneratorRun:
+    """One generator with its scorer, its prompt-only reference cache and its generations."""
+
+    spec: str
+    backend: Any
+    scorer: Any
+    ref: Any
+    margins: dict[tuple, list[float]] = field(default_factory=dict)
+    responses: dict[tuple, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, spec: str, *, batch_size: int, bf16: bool) -> "GeneratorRun":
+        from popi_sdk.backends import get_backend
+        from popi_sdk.scoring import ReferenceCache, SequenceScorer
+
+        backend = get_backend(spec)
+        if not hasattr(backend, "tokenizer") or not hasattr(backend, "model"):
+            raise InputError(
+                f"generator {spec!r} is not a local model: evaluation needs log-probs, so give an "
+                "hf:<model> name or a checkpoint folder (API models can still judge, --judge)"
+            )
+        scorer = SequenceScorer(backend.model, backend.tokenizer, batch_size=batch_size, bf16=bf16)
+        return cls(spec, backend, scorer, ReferenceCache(scorer, backend.name))
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+
+def _key(method: Method) -> tuple:
+    return (method.context, method.summarizer)
+
+
+class Evaluation:
+    """Holds the users, their summaries and the loaded generators for one evaluation."""
+
+    def __init__(
+        self,
+        users: Sequence[UserRow],
+        summaries: dict[str, list[str]],
+        judge: Judge,
+        *,
+        max_new_tokens: int = 48,
+        prompts_per_user: int | None = None,
+        progress: bool = True,
+    ):
+        self.users = list(users)
+        self.summaries = summaries
+        self.judge = judge
+        self.max_new_tokens = max_new_tokens
+        self.prompts_per_user = prompts_per_user
+        self.progress = progress
+        self.records: list[dict] = []
+
+    def _summary(self, method: Method, u: int) -> str | None:
+        return self.summaries[method.summarizer][u] if method.summarizer else None
+
+    def _judged_pairs(self) -> list[tuple[int, Any]]:
+        """(user index, pair) whose prompts get a generated answer and a judgment."""
+        out = []
+        for u, row in enumerate(self.users):
+            pairs = row.examples if self.prompts_per_user is None else row.examples[: self.prompts_per_user]
+            out.extend((u, p) for p in pairs)
+        return out
+
+    # -- the three measurements ----------------------------------------------------------------
+    def margins(self, run: GeneratorRun, method: Method) -> list[float]:
+        """Margin on every example of every user, in order (cached per generator and context)."""
+        key = _key(method)
+        if key in run.margins:
+            return run.margins[key]
+        out: list[float] = []
+        with progress_bar(f"Scoring {method.name} on {run.name}", len(self.users), enabled=self.progress) as advance:
+            for u, row in enumerate(self.users):
+                pairs = row.examples
+                if not pairs:
+                    advance()
+                    continue
+                if method.context == "prompt":  # the reference: prompt-only, cached
+                    chosen, rejected = run.ref.pairs(pairs)
+                else:
+                    contexts = [method.messages(p.prompt, row.signals, self._summary(method, u)) for p in pairs]
+                    groups = run.scorer.logprobs_grouped(contexts, [[p.chosen, p.rejected] for p in pairs])
+                    chosen = [float(g[0]) for g in groups]
+                    rejected = [float(g[1]) for g in groups]
+                out.extend(M.margins(list(map(float, chosen)), list(map(float, rejected))))
+                advance()
+        run.margins[key] = out
+        return out
+
+    def overheads(self, run: GeneratorRun, method: Method) -> list[int]:
+        tok = run.backend.tokenizer
+        return [
+            M.context_overhead(tok, method.messages(p.prompt, row.signals, self._summary(method, u)), p.prompt)
+            for u, row in enumerate(self.users)
+            for p in row.examples
+        ]
+
+    def responses(self, run: GeneratorRun, method: Method) -> list[str]:
+        """Greedy answers to the judged prompts (cached per generator and context)."""
+        from popi_sdk.backends import GenerateOptions
+
+        key = _key(method)
+        if key in run.responses:
+            return run.responses[key]
+        todo = [
+            method.messages(p.prompt, self.users[u].signals, self._summary(method, u))
+            for u, p in self._judged_pairs()
+        ]
+        options = GenerateOptions(max_new_tokens=self.max_new_tokens, temperature=0.0)
+        out: list[str] = []
+        step = 8
+        with progress_bar(f"Generating {method.name} on {run.name}", len(todo), enabled=self.progress) as advance:
+            for start in range(0, len(todo), step):
+                out.extend(run.backend.generate_batch(todo[start : start + step], options))
+                advance(len(todo[start : start + step]))
+        run.responses[key] = out
+        return out
+
+    # -- one method ------------------------------------------------------------------------
+    def evaluate_method(
+        self, method: Method, run: GeneratorRun, baseline: GeneratorRun, *, table: str
+    ) -> dict:
+        """Metrics of ``method`` generating with ``run``, relative to ``baseline``'s base model."""
+        from popi_sdk.eval.methods import METHODS
+
+        base = METHODS["base"]
+        method_margins = self.margins(run, method)
+        base_margins = self.margins(baseline, base)
+        acc = M.accuracy_outcomes(method_margins, base_margins)
+        overhead = self.overheads(run, method)
+        judged = self._judged_pairs()
+        if method.name == "base" and run is baseline:
+            wins = [0.5] * len(judged)  # the same answers: a tie by definition, nothing to ask
+            answers = baseline_answers = self.responses(baseline, base) if judged else []
+        else:
+            answers = self.responses(run, method)
+            baseline_answers = self.responses(baseline, base)
+            wins = self.judge.judge_many(
+                [
+                    Comparison(self.users[u].persona or "", p.prompt, a, b)
+                    for (u, p), a, b in zip(judged, answers, baseline_answers)
+                ]
+            )
+        i = 0
+        for u, row in enumerate(self.users):
+            for p in row.examples:
+                self.records.append(
+                    {"table": table, "generator": run.name, "method": method.name, "user_id": row.user_id,
+                     "kind": "example", "prompt": p.prompt, "margin": method_margins[i],
+                     "base_margin": base_margins[i], "correct": acc[i], "overhead": overhead[i]}
+                )
+                i += 1
+        for (u, p), a, b, w in zip(judged, answers, baseline_answers, wins):
+            self.records.append(
+                {"table": table, "generator": run.name, "method": method.name,
+                 "user_id": self.users[u].user_id, "kind": "judged", "prompt": p.prompt,
+                 "response": a, "base_response": b, "win": w}
+            )
+        return {
+            "title": method.title,
+            "generator": run.name,
+            "reward_accuracy": M.mean(acc),
+            "reward_accuracy_se": M.stderr(acc),
+            "context_overhead": M.mean(overhead),
+            "win_rate": M.win_rate(wins),
+            "win_rate_se": M.stderr(wins),
+            "mean_margin": M.mean(method_margins),
+            "n_examples": len(acc),
+            "n_judged": len(wins),
+        }
+
+
+def summarize_users(
+    users: Sequence[UserRow], summarizer: str, store: Any, *, progress: bool = True, batch_size: int = 8
+) -> tuple[list[str], dict]:
+    """Summaries of every user by ``summarizer`` (cached in ``store``) and their length stats."""
+    from popi_sdk.personalizer import Personalizer
+
+    p = Personalizer(summarizer=summarizer, generator=summarizer, store=store)
+    summaries = p.summarize_many(users, batch_size=batch_size, progress=progress)
+    tokens = [s.n_tokens for s in summaries]
+    return [s.text for s in summaries], {
+        "summarizer": p.summarizer.name,
+        "mean_tokens": M.mean(tokens),
+        "users": len(summaries),
+    }
+
+
+def evaluate(
+    users: Sequence[UserRow],
+    methods: Sequence[Method],
+    judge: Judge,
+    *,
+    base: str = "hf",
+    summarizer: str | None = None,
+    generator: str | None = None,
+    generators: Sequence[str] = (),
+    store: Any = ":memory:",
+    max_new_tokens: int = 48,
+    prompts_per_user: int | None = None,
+    batch_size: int = 8,
+    bf16: bool = False,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Evaluate ``methods`` on ``users``; returns ``(results, per-example records)``.
+
+    ``base`` is the base model (the Base-Model method, the default summarizer of
+    Inference-Prompting, and the generator of the unaligned methods); ``summarizer`` and
+    ``generator`` are trained checkpoints; ``generators`` adds a transfer table: the same
+    summaries conditioning each of those generators, scored against that generator's own base.
+    """
+    started = time.perf_counter()
+    users = list(users)
+    if not any(row.examples for row in users):
+        raise InputError(
+            "no user has labeled 'examples': evaluation scores each user's examples (the held-out "
+            "preference pairs); give a test file such as DIR/test.jsonl from `popi data synth`"
+        )
+    summaries: dict[str, list[str]] = {}
+    summary_stats: dict[str, dict] = {}
+    for source, spec in (("base", base), ("trained", summarizer)):
+        if any(m.summarizer == source for m in methods):
+            summaries[source], summary_stats[source] = summarize_users(
+                users, spec, store, progress=progress, batch_size=batch_size
+            )
+    ev = Evaluation(
+        users, summaries, judge, max_new_tokens=max_new_tokens, prompts_per_user=prompts_per_user,
+        progress=progress,
+    )
+    runs: dict[str, GeneratorRun] = {}
+
+    def load(spec: str) -> GeneratorRun:  # one run per model: its caches serve every table
+        if spec not in runs:
+            runs[spec] = GeneratorRun.load(spec, batch_size=batch_size, bf16=bf16)
+        return runs[spec]
+
+    base_run = load(base)
+    trained_run = load(generator) if generator and any(m.generator == "trained" for m in methods) else None
+    results: dict[str, Any] = {"methods": {}, "transfer": {}, "summaries": summary_stats}
+    for m in methods:
+        run = trained_run if m.generator == "trained" else base_run
+        results["methods"][m.name] = ev.evaluate_method(m, run, base_run, table="main")
+    for spec in generators:
+        run = load(spec)
+        results["transfer"][run.name] = {
+            m.name: ev.evaluate_method(m, run, run, table=f"transfer:{run.name}")
+            for m in methods
+            if m.transferable
+        }
+    results["stats"] = {
+        "users": len(users),
+        "examples": sum(len(r.examples) for r in users),
+        "judged_per_method": len(ev._judged_pairs()),
+        "reference_cache": {"entries": len(base_run.ref), "hits": base_run.ref.hits, "misses": base_run.ref.misses},
+        "forward_tokens": base_run.scorer.forward_tokens,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if hasattr(judge, "unparsed"):
+        results["stats"]["judge_unparsed"] = judge.unparsed
+    return results, ev.records
