@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Modules that add top-level commands to ``app`` (each defines ``register(app)``).
-_COMMAND_MODULES = ["popi_sdk.cli.sdk"]
+_COMMAND_MODULES = ["popi_sdk.cli.sdk", "popi_sdk.cli.eval"]
 # Sub-command groups: ``popi <name> ...`` -> module exposing a ``typer.Typer`` named ``app``.
 _GROUPS: dict[str, str] = {
     "data": "popi_sdk.cli.data",
