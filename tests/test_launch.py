@@ -192,6 +192,7 @@ def test_training_run_calls_both_stages_across_nodes(tmp_path, stubs, rank):
         assert flags["--num_machines"] == "2" and flags["--machine_rank"] == str(rank)
         assert flags["--main_process_ip"] == "10.0.0.1" and flags["--main_process_port"] == "29500"
         assert flags["--num_processes"] == "16"
+        assert flags["--rdzv_conf"] == "timeout=4200"  # the head outwaits the stage-1 handoff
         assert argv[argv.index("-m"):] == [
             "-m", "popi_sdk.cli", "train", stage,
             "--config", str(REPO / "popi_sdk" / "train" / "presets" / "paper.yaml"),
@@ -521,3 +522,50 @@ def test_hf_token_falls_back_to_the_saved_login(tmp_path):
     assert overrides == [("HF_TOKEN", "hf_saved")] and not notes
     overrides, _ = L.resolve_secrets(L.build_task("train"), {"HF_HOME": str(tmp_path), "HF_TOKEN": "hf_env"})
     assert overrides == [("HF_TOKEN", "hf_env")]
+
+
+PROBE = """
+import os, pathlib, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+total = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(total)
+line = f"rank {dist.get_rank()} of {dist.get_world_size()} on node {os.environ['GROUP_RANK']}: sum {total.item():.0f}"
+pathlib.Path(f"probe-{dist.get_rank()}.txt").write_text(line)  # one file each: a shared pipe interleaves
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_accelerate_accepts_the_run_scripts_flags_across_two_nodes(tmp_path, stubs):
+    """Replay the exact `accelerate launch` flags the two nodes' run scripts pass, with the real
+    accelerate (plain data parallelism on CPU, gloo) and a probe module in place of the trainer:
+    the two "nodes" must meet and all-reduce across all four processes."""
+    pytest.importorskip("accelerate")
+    pytest.importorskip("torch")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "probe.py").write_text(PROBE)
+    launches = []
+    for rank in (0, 1):
+        if rank == 1:
+            stage1 = tmp_path / "bucket" / "paper" / "stage1"
+            (tmp_path / "bucket" / "paper" / "stage1.manifest").write_text("")
+            stage1.mkdir(parents=True, exist_ok=True)
+        out, calls = run_script("train", tmp_path, stubs, SKYPILOT_NODE_RANK=rank, SKYPILOT_NUM_NODES=2,
+                                SKYPILOT_NUM_GPUS_PER_NODE=2, SKYPILOT_NODE_IPS="127.0.0.1\n127.0.0.2",
+                                MAIN_PROCESS_PORT=port, ACCELERATE_CONFIG="ddp", DATA="/data")
+        assert out.returncode == 0, out.stderr
+        (tmp_path / "calls.jsonl").unlink()
+        argv = calls[0]["argv"]
+        launches.append([sys.executable, "-m", "accelerate.commands.launch", *argv[1:argv.index("-m")],
+                         "-m", "probe"])
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    nodes = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for cmd in launches]
+    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    lines = [(tmp_path / f"probe-{r}.txt").read_text() for r in range(4)]
+    assert lines == [f"rank {r} of 4 on node {r // 2}: sum 10" for r in range(4)]
