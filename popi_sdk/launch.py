@@ -102,8 +102,12 @@ def load_task(kind: str) -> dict[str, Any]:
 
 def default_bucket() -> str:
     """``popi-runs-<user>-<hash>``: bucket names are global, so a bare name would collide."""
-    user = re.sub(r"[^a-z0-9-]", "", getpass.getuser().lower())[:20] or "user"
-    digest = hashlib.sha1(f"{getpass.getuser()}@{socket.gethostname()}".encode()).hexdigest()[:8]
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name
+        login = "user"
+    user = re.sub(r"[^a-z0-9-]", "", login.lower())[:20] or "user"
+    digest = hashlib.sha1(f"{login}@{socket.gethostname()}".encode()).hexdigest()[:8]
     return f"popi-runs-{user}-{digest}"
 
 

@@ -308,6 +308,13 @@ def test_build_task_two_nodes_spot():
     assert task["file_mounts"]["${RUNS_DIR}"]["store"] == "S3"
     assert task["workdir"] == str(REPO)
     assert L.results_location("train", task).startswith("s3://b1/r1/")
+    try:
+        import sky  # noqa: F401
+    except ImportError:
+        return
+    parsed = L.validate(task)
+    (resources,) = parsed.resources
+    assert resources.use_spot and parsed.num_nodes == 2
 
 
 def test_build_task_refuses_unknown_variables_and_bad_gpus():
