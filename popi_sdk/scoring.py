@@ -270,9 +270,12 @@ class ReferenceCache:
         self.misses += n_new
         self.hits += len(keys) - n_new
         if todo:
-            # One shared-prefix call per prompt: its responses (chosen and rejected) batch together.
-            for x, ys in todo.items():
-                values = self.scorer.logprobs_shared(prompt_only_messages(x), ys)
+            # One grouped call for every missing example: the chat template's opening (a default
+            # system prompt, for some models) runs once, and all responses batch together.
+            groups = self.scorer.logprobs_grouped(
+                [prompt_only_messages(x) for x in todo], list(todo.values())
+            )
+            for (x, ys), values in zip(todo.items(), groups):
                 for y, v in zip(ys, values.tolist()):
                     self._values[(self.model_id, x, y)] = v
         return torch.tensor([self._values[k] for k in keys], dtype=torch.float32)

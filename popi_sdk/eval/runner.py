@@ -76,6 +76,7 @@ class Evaluation:
         self.prompts_per_user = prompts_per_user
         self.progress = progress
         self.records: list[dict] = []
+        self.seconds: dict[str, float] = {"scoring": 0.0, "generation": 0.0, "judging": 0.0}
 
     def _summary(self, method: Method, u: int) -> str | None:
         return self.summaries[method.summarizer][u] if method.summarizer else None
@@ -94,6 +95,7 @@ class Evaluation:
         key = _key(method)
         if key in run.margins:
             return run.margins[key]
+        started = time.perf_counter()
         out: list[float] = []
         with progress_bar(f"Scoring {method.name} on {run.name}", len(self.users), enabled=self.progress) as advance:
             for u, row in enumerate(self.users):
@@ -111,6 +113,7 @@ class Evaluation:
                 out.extend(M.margins(list(map(float, chosen)), list(map(float, rejected))))
                 advance()
         run.margins[key] = out
+        self.seconds["scoring"] += time.perf_counter() - started
         return out
 
     def overheads(self, run: GeneratorRun, method: Method) -> list[int]:
@@ -133,6 +136,7 @@ class Evaluation:
             for u, p in self._judged_pairs()
         ]
         options = GenerateOptions(max_new_tokens=self.max_new_tokens, temperature=0.0)
+        started = time.perf_counter()
         out: list[str] = []
         step = 8
         with progress_bar(f"Generating {method.name} on {run.name}", len(todo), enabled=self.progress) as advance:
@@ -140,6 +144,7 @@ class Evaluation:
                 out.extend(run.backend.generate_batch(todo[start : start + step], options))
                 advance(len(todo[start : start + step]))
         run.responses[key] = out
+        self.seconds["generation"] += time.perf_counter() - started
         return out
 
     # -- one method ------------------------------------------------------------------------
@@ -161,12 +166,14 @@ class Evaluation:
         else:
             answers = self.responses(run, method)
             baseline_answers = self.responses(baseline, base)
+            started = time.perf_counter()
             wins = self.judge.judge_many(
                 [
                     Comparison(self.users[u].persona or "", p.prompt, a, b)
                     for (u, p), a, b in zip(judged, answers, baseline_answers)
                 ]
             )
+            self.seconds["judging"] += time.perf_counter() - started
         i = 0
         for u, row in enumerate(self.users):
             for p in row.examples:
@@ -246,9 +253,11 @@ def evaluate(
     summary_stats: dict[str, dict] = {}
     for source, spec in (("base", base), ("trained", summarizer)):
         if any(m.summarizer == source for m in methods):
+            t0 = time.perf_counter()
             summaries[source], summary_stats[source] = summarize_users(
                 users, spec, store, progress=progress, batch_size=batch_size
             )
+            summary_stats[source]["seconds"] = round(time.perf_counter() - t0, 1)
     ev = Evaluation(
         users, summaries, judge, max_new_tokens=max_new_tokens, prompts_per_user=prompts_per_user,
         progress=progress,
@@ -280,6 +289,7 @@ def evaluate(
         "reference_cache": {"entries": len(base_run.ref), "hits": base_run.ref.hits, "misses": base_run.ref.misses},
         "forward_tokens": base_run.scorer.forward_tokens,
         "seconds": round(time.perf_counter() - started, 1),
+        "phase_seconds": {k: round(v, 1) for k, v in ev.seconds.items()},
     }
     if hasattr(judge, "unparsed"):
         results["stats"]["judge_unparsed"] = judge.unparsed

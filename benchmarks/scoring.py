@@ -1,0 +1,173 @@
+"""Reward cost per summary: the naive way against popi_sdk.scoring, on the same inputs.
+
+The workload is one GRPO reward call's worth of stage 1: ``--users`` users, ``--summaries``
+candidate summaries per user (the group), each scored on the user's ``--examples`` labeled pairs.
+
+- **naive** (as the official POPI code does): for every summary, four forward passes (policy
+  chosen, policy rejected, reference chosen, reference rejected), each batched over the user's
+  examples with right padding, LM head over every position, and the prompt-only reference
+  recomputed for every summary.
+- **popi-sdk**: :func:`popi_sdk.scoring.summary_rewards`: the reference comes from a
+  :class:`~popi_sdk.scoring.ReferenceCache` (computed once per example: its cost is included
+  here), the summary's system prefix runs once and its KV cache serves every chosen and rejected
+  sequence of the user, and the LM head runs over response positions only.
+
+Both give the same rewards to 1e-4 (asserted). Prints forward tokens (every position fed through
+the model, padding included) and wall time, and their ratios, as a Markdown table.
+
+    python benchmarks/scoring.py                      # defaults: 4 users x 4 summaries x 2 examples
+    python benchmarks/scoring.py --users 8 --summaries 8 --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+SUMMARY_TEMPLATES = [
+    "The user prefers {a} reviews. They value {b} and dislike {c}.",
+    "The user enjoys {a} writing and responds well to {b}. They find {c} off-putting, and they "
+    "appreciate when a review gets to the point about what matters to them.",
+    "This user likes {a} reviews with {b}. Avoid {c}. Keep the tone consistent and match the level "
+    "of detail they have shown in the examples: they reward answers that feel written for them "
+    "rather than for a general audience, and penalize filler.",
+    "Preferences: {a} tone; {b}; no {c}.",
+]
+FILL = {
+    "a": ["positive", "negative", "short", "detailed", "upbeat", "critical"],
+    "b": ["concrete details", "a clear verdict", "brevity", "a warm tone", "specific praise"],
+    "c": ["long-winded openings", "vague statements", "sarcasm", "lists of specs", "hedging"],
+}
+
+
+def candidate_summaries(rng: random.Random, n: int) -> list[str]:
+    """A group of ``n`` summaries of varied length, like the samples GRPO scores per user."""
+    return [
+        rng.choice(SUMMARY_TEMPLATES).format(**{k: rng.choice(v) for k, v in FILL.items()})
+        for _ in range(n)
+    ]
+
+
+class Naive:
+    """Four forward passes per summary, the reference recomputed every time."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tok = model, tokenizer
+        self.forward_tokens = 0
+        self.forward_calls = 0
+
+    def _ids(self, context, response) -> tuple[list[int], int]:
+        """Template the whole conversation; the response is what follows the prompt's tokens."""
+        prompt = self.tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+        full = self.tok.apply_chat_template(
+            [*context, {"role": "assistant", "content": response}], tokenize=False
+        )
+        p_ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
+        f_ids = self.tok(full, add_special_tokens=False)["input_ids"]
+        while self.tok.decode(f_ids[-1:]).strip() == "":  # the newline after the end-of-turn
+            f_ids = f_ids[:-1]
+        return f_ids, len(p_ids)
+
+    def batch_logprobs(self, contexts, responses):
+        import torch
+
+        seqs = [self._ids(c, y) for c, y in zip(contexts, responses)]
+        width = max(len(s) for s, _ in seqs)
+        pad = self.tok.pad_token_id or 0
+        ids = torch.full((len(seqs), width), pad)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, (s, _) in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        self.forward_tokens += ids.numel()
+        self.forward_calls += 1
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        out = []
+        for row, (s, n_prompt) in enumerate(seqs):
+            out.append(sum(float(logp[row, i - 1, s[i]]) for i in range(n_prompt, len(s))))
+        return torch.tensor(out)
+
+    def rewards(self, examples, summaries, *, beta):
+        from popi_sdk.objective import popi_reward
+        from popi_sdk.templates import prompt_only_messages, summary_messages
+
+        out = []
+        for pairs, summary in zip(examples, summaries):
+            with_summary = [summary_messages(p.prompt, summary) for p in pairs]
+            alone = [prompt_only_messages(p.prompt) for p in pairs]
+            pc = self.batch_logprobs(with_summary, [p.chosen for p in pairs])
+            pr = self.batch_logprobs(with_summary, [p.rejected for p in pairs])
+            rc = self.batch_logprobs(alone, [p.chosen for p in pairs])
+            rr = self.batch_logprobs(alone, [p.rejected for p in pairs])
+            out.append(float(popi_reward(pc, pr, rc, rr, beta=beta).mean()))
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--summaries", type=int, default=4, help="Summaries per user (GRPO group).")
+    parser.add_argument("--examples", type=int, default=2, help="Labeled pairs per user.")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--bf16", action="store_true", help="popi-sdk under bf16 (rewards then differ).")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+
+    from popi_sdk.backends import get_backend
+    from popi_sdk.data.synth import synth_users
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer, summary_rewards
+
+    backend = get_backend("hf")
+    model, tok = backend.model, backend.tokenizer
+    rng = random.Random(args.seed)
+    users = synth_users("review", args.users, args.seed, examples=(args.examples, args.examples))
+    examples, summaries = [], []
+    for row in users:
+        for summary in candidate_summaries(rng, args.summaries):
+            examples.append(row.examples)
+            summaries.append(summary)
+    n = len(summaries)
+    print(
+        f"{args.users} users x {args.summaries} summaries x {args.examples} examples "
+        f"= {n} summaries, {n * args.examples} (summary, example) rewards; torch threads "
+        f"{torch.get_num_threads()}"
+    )
+
+    naive = Naive(model, tok)
+    t0 = time.perf_counter()
+    want = naive.rewards(examples, summaries, beta=args.beta)
+    naive_s = time.perf_counter() - t0
+
+    scorer = SequenceScorer(model, tok, batch_size=args.batch_size, bf16=args.bf16)
+    ref = ReferenceCache(scorer, backend.name)
+    t0 = time.perf_counter()
+    got = summary_rewards(scorer, ref, examples, summaries, beta=args.beta)
+    ours_s = time.perf_counter() - t0
+
+    worst = max(abs(a - b) for a, b in zip(got, want))
+    print(f"largest reward difference: {worst:.2e}")
+    if not args.bf16:
+        assert worst <= 1e-4, f"rewards differ by {worst}"
+
+    rows = [
+        ("naive (4 passes per summary)", naive.forward_calls, naive.forward_tokens, naive_s),
+        ("popi-sdk" + (" bf16" if args.bf16 else ""), scorer.forward_calls, scorer.forward_tokens, ours_s),
+    ]
+    print("\n| way | forward calls | forward tokens | wall time (s) | per summary (ms) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, calls, tokens, secs in rows:
+        print(f"| {name} | {calls} | {tokens:,} | {secs:.1f} | {1000 * secs / n:.0f} |")
+    print(
+        f"| ratio naive / popi-sdk | {naive.forward_calls / scorer.forward_calls:.1f}x | "
+        f"{naive.forward_tokens / scorer.forward_tokens:.1f}x | {naive_s / ours_s:.1f}x | |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Evaluation: metrics by hand, judges (the synthetic oracle, a pairwise LLM judge), methods,
+reports, and ``popi eval`` end to end on the bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from popi_sdk.backends import Backend, GenerateOptions
+from popi_sdk.errors import InputError
+from popi_sdk.eval import metrics as M
+from popi_sdk.eval.judges import Comparison, LLMJudge, OracleJudge, get_judge, parse_verdict
+from popi_sdk.eval.methods import METHODS, parse_methods
+from popi_sdk.eval.report import main_table, render_markdown, transfer_table
+from popi_sdk.signals import PreferencePair, Signals, Summary, UserRow
+from popi_sdk.templates import prompt_only_messages, raw_signals_messages
+
+POSITIVE = "This user prefers positive reviews."
+
+
+# -- metrics --------------------------------------------------------------------------------------
+def test_reward_accuracy_counts_ties_half():
+    assert M.accuracy_outcomes([2.0, 1.0, 0.5], [1.0, 1.0, 1.0]) == [1.0, 0.5, 0.0]
+    assert M.reward_accuracy([2.0, 1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 1.0]) == pytest.approx(0.625)
+    base = [-3.0, 4.0]
+    assert M.reward_accuracy(base, base) == 0.5  # the base model against itself
+    with pytest.raises(InputError, match="one base margin per method margin"):
+        M.accuracy_outcomes([1.0], [])
+
+
+def test_win_rate_and_standard_error():
+    assert M.win_rate([1.0, 0.5, 0.0, 1.0]) == pytest.approx(0.625)
+    assert M.win_rate([]) is None
+    assert M.stderr([1.0, 0.0]) == pytest.approx(0.5)
+    with pytest.raises(InputError, match="0, 0.5 or 1"):
+        M.win_rate([0.7])
+
+
+@pytest.mark.model
+def test_context_overhead_counts_template_tokens(smollm2):
+    tok = smollm2.tokenizer
+    prompt = "Review the Orbit 2 smartwatch."
+    assert M.context_overhead(tok, prompt_only_messages(prompt), prompt) == 0
+    signals = Signals(pairs=[PreferencePair(prompt="p", chosen="Great!", rejected="Awful.")])
+    messages = raw_signals_messages(prompt, signals)
+    want = len(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+    want -= len(tok.apply_chat_template(prompt_only_messages(prompt), add_generation_prompt=True, tokenize=True)["input_ids"])
+    assert M.context_overhead(tok, messages, prompt) == want > 0
+
+
+# -- judges -------------------------------------------------------------------------------------
+def test_oracle_judge_follows_the_persona():
+    judge = OracleJudge()
+    good = "I loved it. The staff were wonderful and the food was excellent. Highly recommended!"
+    bad = "Awful place. The food was terrible and the staff were rude. Avoid it."
+    verdicts = judge.judge_many(
+        [
+            Comparison(POSITIVE, "Review the cafe.", good, bad),
+            Comparison(POSITIVE, "Review the cafe.", bad, good),
+            Comparison(POSITIVE, "Review the cafe.", good, good),
+        ]
+    )
+    assert verdicts == [1.0, 0.0, 0.5]
+    with pytest.raises(InputError, match="ground-truth 'persona'"):
+        judge.judge_many([Comparison("", "x", good, bad)])
+
+
+class ScriptedJudge(Backend):
+    """A stand-in for an API judge (a paid API cannot run in tests): always answers ``answer``
+    and keeps every conversation it was asked."""
+
+    name = "scripted"
+
+    def __init__(self, answer: str):
+        self.answer = answer
+        self.history: list[list[dict]] = []
+
+    def generate(self, messages, options: GenerateOptions) -> str:
+        self.history.append(list(messages))
+        return self.answer
+
+
+def _comparisons(n: int) -> list[Comparison]:
+    return [Comparison(POSITIVE, f"Review place {i}.", f"method answer {i}", f"base answer {i}") for i in range(n)]
+
+
+def test_llm_judge_randomizes_positions_and_maps_verdicts_back():
+    backend = ScriptedJudge("The first one is warmer.\nVerdict: A")
+    judge = LLMJudge(backend, seed=3)
+    items = _comparisons(40)
+    verdicts = judge.judge_many(items)
+    swapped = [judge.swapped(c) for c in items]
+    assert 5 < sum(swapped) < 35  # both orders happen
+    # "A" wins: the method wins exactly when it was shown first
+    assert verdicts == [0.0 if s else 1.0 for s in swapped]
+    for convo, item, s in zip(backend.history, items, swapped):
+        text = convo[-1]["content"]
+        first, second = (item.baseline, item.response) if s else (item.response, item.baseline)
+        assert text.index(first) < text.index(second)
+        assert POSITIVE in text and item.prompt in text
+    # the same seed gives the same order; another seed another one
+    assert [LLMJudge(backend, seed=3).swapped(c) for c in items] == swapped
+    assert [LLMJudge(backend, seed=4).swapped(c) for c in items] != swapped
+
+
+def test_llm_judge_ties_and_unparsed_answers_count_half():
+    judge = LLMJudge(ScriptedJudge("Both are fine. Verdict: tie"))
+    assert judge.judge_many(_comparisons(3)) == [0.5] * 3
+    vague = LLMJudge(ScriptedJudge("I cannot decide."))
+    assert vague.judge_many(_comparisons(2)) == [0.5, 0.5]
+    assert vague.unparsed == 2
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("Reasoning...\nVerdict: B", "B"),
+        ("verdict: **A**", "A"),
+        ("Verdict - tie", "tie"),
+        ("A", "A"),
+        ("Verdict: A\nOn reflection, Verdict: B", "B"),
+        ("no idea", None),
+    ],
+)
+def test_parse_verdict(text, want):
+    assert parse_verdict(text) == want
+
+
+def test_get_judge():
+    assert isinstance(get_judge("oracle"), OracleJudge)
+    with pytest.raises(InputError, match="unknown backend"):
+        get_judge("nosuchbackend:x")
+
+
+# -- methods and reports -------------------------------------------------------------------------
+def test_parse_methods_puts_base_first_and_checks_checkpoints():
+    assert [m.name for m in parse_methods("inference,raw,inference")] == ["base", "inference", "raw"]
+    with pytest.raises(InputError, match="unknown method"):
+        parse_methods("base,magic")
+    with pytest.raises(InputError, match="--summarizer"):
+        parse_methods("popi")
+    with pytest.raises(InputError, match="--generator"):
+        parse_methods("raw-aligned", summarizer="s")
+    assert {m.name for m in METHODS.values() if m.transferable} == {"base", "raw", "inference", "popi"}
+
+
+def test_report_tables():
+    def metrics(title, acc, overhead, win):
+        return {"title": title, "reward_accuracy": acc, "context_overhead": overhead, "win_rate": win}
+
+    results = {
+        "methods": {"base": metrics("Base-Model", 0.5, 0, 0.5), "raw": metrics("Raw-Prompting", 0.75, 250.4, 0.6)},
+        "transfer": {"hf:other": {"raw": metrics("Raw-Prompting", 0.25, 300.0, None)}},
+    }
+    assert main_table(results)[2] == ["Raw-Prompting", "75.0", "250.4", "60.0"]
+    assert transfer_table(results)[1] == ["Raw-Prompting", "25.0 / -"]
+    md = render_markdown(results)
+    assert "| Raw-Prompting | 75.0 | 250.4 | 60.0 |" in md and "## Transfer" in md
+
+
+# -- end to end on the bundled model --------------------------------------------------------------
+def _users() -> list[UserRow]:
+    from popi_sdk.data.synth import synth_users
+
+    return synth_users("review", 1, seed=7, pairs=2, examples=(1, 1))
+
+
+def _stored_summary(store_path, row: UserRow, summarizer: str, text: str) -> None:
+    """Put a summary in the store, so the test does not spend a minute writing one."""
+    from popi_sdk.store import open_store
+
+    open_store(str(store_path)).put(
+        Summary(user_id=row.user_id, text=text, summarizer=summarizer,
+                signals_hash=row.user_signals().signals_hash(), n_tokens=len(text.split()))
+    )
+
+
+@pytest.mark.model
+def test_popi_eval_cli_writes_the_tables(smollm2, tmp_path):
+    from popi_sdk.cli import app
+    from popi_sdk.data.jsonl import write_jsonl
+
+    users = _users()
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, users)
+    out = tmp_path / "eval"
+    out.mkdir()
+    _stored_summary(out / "summaries.sqlite", users[0], "hf", users[0].persona)
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--data", str(data), "--methods", "base,raw,inference", "--judge", "oracle",
+         "--out", str(out), "--max-new-tokens", "4", "--generators", "hf", "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Raw-Prompting" in result.output
+    results = json.loads((out / "results.json").read_text())
+    methods = results["methods"]
+    assert list(methods) == ["base", "raw", "inference"]
+    assert methods["base"]["reward_accuracy"] == 0.5 and methods["base"]["win_rate"] == 0.5
+    assert methods["base"]["context_overhead"] == 0
+    assert methods["raw"]["context_overhead"] > methods["inference"]["context_overhead"] > 0
+    for m in methods.values():
+        assert m["n_examples"] == 1 and m["n_judged"] == 1
+        assert m["reward_accuracy"] in (0.0, 0.5, 1.0) and m["win_rate"] in (0.0, 0.5, 1.0)
+    # the summary came from the store; the reference was computed once and reused
+    assert results["summaries"]["base"]["users"] == 1
+    assert results["stats"]["reference_cache"]["misses"] == 2
+    # the transfer table on the same generator repeats the main numbers (and costs nothing more)
+    assert results["transfer"]["hf"]["raw"]["reward_accuracy"] == methods["raw"]["reward_accuracy"]
+    md = (out / "results.md").read_text()
+    assert "| Base-Model | 50.0" in md and "## Transfer" in md
+    records = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    judged = [r for r in records if r["kind"] == "judged" and r["table"] == "main"]
+    assert {r["method"] for r in judged} == {"base", "raw", "inference"}
+    assert all(r["response"] for r in judged)
+
+
+@pytest.mark.model
+def test_eval_needs_examples_and_local_generators(smollm2, tmp_path):
+    from popi_sdk.eval.runner import evaluate
+
+    row = _users()[0].model_copy(update={"examples": []})
+    with pytest.raises(InputError, match="no user has labeled 'examples'"):
+        evaluate([row], parse_methods("base"), OracleJudge())
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_every_method_with_checkpoints(smollm2, smollm2_dir, tmp_path):
+    """popi / popi-full / *-aligned with a "trained" checkpoint (here: the base model's folder)."""
+    from popi_sdk.eval.runner import evaluate
+
+    users = _users()
+    store = tmp_path / "s.sqlite"
+    _stored_summary(store, users[0], "hf", "The user likes upbeat reviews.")
+    _stored_summary(store, users[0], f"hf:{smollm2_dir}", users[0].persona)
+    methods = parse_methods(list(METHODS), summarizer=str(smollm2_dir), generator=str(smollm2_dir))
+    results, _ = evaluate(
+        users, methods, OracleJudge(), summarizer=str(smollm2_dir), generator=str(smollm2_dir),
+        store=str(store), max_new_tokens=4, progress=False,
+    )
+    got = results["methods"]
+    assert list(got) == list(METHODS)
+    # the "trained" generator is the same weights: aligned methods equal their unaligned twins
+    assert got["raw-aligned"]["mean_margin"] == pytest.approx(got["raw"]["mean_margin"], abs=1e-4)
+    assert got["popi-full"]["mean_margin"] == pytest.approx(got["popi"]["mean_margin"], abs=1e-4)
+    assert got["popi"]["mean_margin"] != got["inference"]["mean_margin"]  # different summaries
