@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,33 +212,3 @@ def read_metrics(run: str | os.PathLike, stage: str | None = None) -> list[dict[
         return []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [r for r in rows if stage is None or r.get("stage") == stage]
-
-
-def warm_reference(reference: Any, pairs: Sequence[Any]) -> None:
-    """Fill a :class:`~popi_sdk.scoring.ReferenceCache` for many examples in one batched pass.
-
-    ``ReferenceCache.get`` scores prompt by prompt (two responses per forward pass), which is
-    right for a few lookups but makes thousands of tiny passes up front; here every (prompt,
-    response) goes through ``SequenceScorer.logprobs`` in full batches, then lands in the cache.
-    """
-    import torch
-
-    from popi_sdk.templates import prompt_only_messages
-
-    values = getattr(reference, "_values", None)
-    if not isinstance(values, dict):  # a cache without the dict: let it fill itself
-        reference.pairs(pairs)
-        return
-    todo = {}
-    for pair in pairs:
-        for y in (pair.chosen, pair.rejected):
-            if (reference.model_id, pair.prompt, y) not in values:
-                todo[(reference.model_id, pair.prompt, y)] = None
-    if not todo:
-        return
-    keys = list(todo)
-    with torch.inference_mode():
-        scores = reference.scorer.logprobs([prompt_only_messages(x) for _, x, _ in keys],
-                                           [y for _, _, y in keys])
-    values.update(zip(keys, scores.tolist()))
-    reference.misses += len(keys)

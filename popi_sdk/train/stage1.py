@@ -108,7 +108,7 @@ class SummaryReward:
         """Fill the reference cache for every example now, once (the reference never changes)."""
         pairs = [p for ps in self.examples.values() for p in ps]
         with self._generator():
-            common.warm_reference(self.reference, pairs)
+            self.reference.pairs(pairs)  # one grouped, batched pass
         return len(pairs)
 
     def __call__(

@@ -117,7 +117,6 @@ def build_rows(
                 texts.append(summaries[key])
     if not pairs:
         raise InputError("no training examples: rows of train.jsonl need non-empty 'examples'")
-    common.warm_reference(reference, pairs)  # one batched pass, then cache hits
     ref_chosen, ref_rejected = reference.pairs(pairs)
     rows = []
     limit = cfg.stage2.max_length
