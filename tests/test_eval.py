@@ -227,7 +227,6 @@ def test_eval_needs_examples_and_local_generators(smollm2, tmp_path):
 
 
 @pytest.mark.model
-@pytest.mark.slow
 def test_every_method_with_checkpoints(smollm2, smollm2_dir, tmp_path):
     """popi / popi-full / *-aligned with a "trained" checkpoint (here: the base model's folder)."""
     from popi_sdk.eval.runner import evaluate
