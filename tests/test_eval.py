@@ -65,6 +65,11 @@ def test_oracle_judge_follows_the_persona():
     assert verdicts == [1.0, 0.0, 0.5]
     with pytest.raises(InputError, match="ground-truth 'persona'"):
         judge.judge_many([Comparison("", "x", good, bad)])
+    judge.check({"u1": POSITIVE})
+    with pytest.raises(InputError, match="'u2' has no ground-truth 'persona'"):
+        judge.check({"u1": POSITIVE, "u2": None})
+    with pytest.raises(InputError, match="'u3'.*oracle judge scores only synthetic personas"):
+        judge.check({"u3": "Likes jazz and long walks."})
 
 
 class ScriptedJudge(Backend):

@@ -83,7 +83,7 @@ def eval_command(
             continue
         table = Table(title=title)
         for i, head in enumerate(rows_[0]):
-            table.add_column(head, justify="left" if i == 0 else "right")
+            table.add_column(head, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for r in rows_[1:]:
             table.add_row(*r)
         console.print(table)

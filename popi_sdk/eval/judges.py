@@ -47,6 +47,9 @@ class Judge:
     def _judge(self, items: Sequence[Comparison]) -> list[float]:
         raise NotImplementedError
 
+    def check(self, personas: dict[str, str | None]) -> None:
+        """Fail before any model runs when this judge cannot judge these users (by user id)."""
+
 
 class OracleJudge(Judge):
     """Deterministic judge for synthetic personas: the response with the higher
@@ -56,6 +59,20 @@ class OracleJudge(Judge):
 
     def __init__(self, tolerance: float = 1e-9):
         self.tolerance = tolerance
+
+    def check(self, personas: dict[str, str | None]) -> None:
+        from popi_sdk.data.synth import persona_attributes
+
+        for user_id, persona in personas.items():
+            if not persona:
+                raise InputError(
+                    f"user {user_id!r} has no ground-truth 'persona'; the oracle judge needs one "
+                    "(use an LLM judge, e.g. --judge openai:gpt-4o, for data without personas)"
+                )
+            try:
+                persona_attributes(persona)
+            except InputError as e:
+                raise InputError(f"user {user_id!r}: {e}") from None
 
     def _judge(self, items: Sequence[Comparison]) -> list[float]:
         from popi_sdk.data.synth import persona_score

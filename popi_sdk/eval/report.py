@@ -82,6 +82,12 @@ def render_markdown(results: dict) -> str:
         "in the generator's tokenizer. Win rate: judge's verdict on the method's answer against the "
         "base model's (positions randomized, ties half). ± is one standard error.",
     ]
+    if stats.get("judge_unparsed"):
+        parts += [
+            "",
+            f"{stats['judge_unparsed']} judge answer(s) gave no verdict and counted as ties "
+            "(see examples.jsonl); a small judge model often ignores the format.",
+        ]
     transfer = transfer_table(results)
     if transfer:
         parts += ["", "## Transfer: the same summaries, other generators", "", markdown_table(transfer), ""]

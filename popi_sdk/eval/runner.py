@@ -249,6 +249,7 @@ def evaluate(
             "no user has labeled 'examples': evaluation scores each user's examples (the held-out "
             "preference pairs); give a test file such as DIR/test.jsonl from `popi data synth`"
         )
+    judge.check({row.user_id: row.persona for row in users})
     summaries: dict[str, list[str]] = {}
     summary_stats: dict[str, dict] = {}
     for source, spec in (("base", base), ("trained", summarizer)):
