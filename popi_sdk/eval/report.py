@@ -80,7 +80,7 @@ def render_markdown(results: dict) -> str:
         "Reward accuracy: share of examples whose log-prob margin log π(y_c|x,c) − log π(y_r|x,c) "
         "beats the base model's (ties half). Context overhead: extra tokens the conditioning adds "
         "in the generator's tokenizer. Win rate: judge's verdict on the method's answer against the "
-        "base model's (positions randomized, ties half). ± is one standard error.",
+        "base model's (ties half; an LLM judge sees the two in a seeded random order). ± is one standard error.",
     ]
     if stats.get("judge_unparsed"):
         parts += [
