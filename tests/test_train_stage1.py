@@ -47,7 +47,8 @@ def _cfg(tiny_dir, data_dir, out, **overrides):
 
     base = {
         "model": str(tiny_dir), "precision": "fp32", "save_steps": 1,
-        "stage1.max_steps": 2, "stage2.max_steps": 2,
+        "stage1.max_steps": 2, "stage2.max_steps": 2, "lora.enabled": False,
+        "stage1.kl_weight": None,  # 0.002·β: TRL's reference model is reloaded from the folder
         "stage1.batch_size": 2, "stage1.num_generations": 2, "stage1.max_summary_tokens": 6,
         "stage1.learning_rate": 1e-2, "stage1.warmup_steps": 0, "stage1.lr_scheduler": "constant",
     }

@@ -46,7 +46,8 @@ def _cfg(tiny_dir, data_dir, out, **overrides):
 
     base = {
         "model": str(tiny_dir), "precision": "fp32", "save_steps": 1,
-        "stage1.max_steps": 2, "stage2.max_steps": 2, "beta": 0.5,
+        "stage1.max_steps": 2, "stage2.max_steps": 2, "lora.enabled": False,
+        "beta": 0.5,
         # The base model writes the summaries (the Inference-Aligned setting): no stage 1 needed.
         "stage2.summarizer": str(tiny_dir), "stage1.max_summary_tokens": 6,
         "stage2.batch_size": 2, "stage2.learning_rate": 1e-3, "stage2.warmup_steps": 0,
