@@ -173,9 +173,10 @@ def print_table(report: dict) -> None:
     print("|---|---|---:|---:|---:|---:|")
     for group, rows in report["fixed_users"].items():
         for name, r in rows.items():
-            ratio = r["raw_signal_tokens"] / max(r["summary_tokens"], 1e-9)
+            ratio = (f"{r['raw_signal_tokens'] / r['summary_tokens']:.1f}x"
+                     if r["summary_tokens"] else "n/a")
             print(f"| {group} | {name} | {r['mean_reward']:.4f} | {r['summary_tokens']:.1f} | "
-                  f"{r['raw_signal_tokens']:.1f} | {ratio:.1f}x |")
+                  f"{r['raw_signal_tokens']:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":
