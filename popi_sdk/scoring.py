@@ -121,60 +121,107 @@ class SequenceScorer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 
-    def _prefix_cache(self, prefix: list[int]) -> Any:
-        """Run ``prefix`` once (batch of one) and return its KV cache."""
+    def _prefix_cache(self, prefixes: Sequence[list[int]]) -> tuple[Any, Any, list[int]]:
+        """Run non-empty ``prefixes`` once, as one left-padded batch; return (KV cache, padding
+        mask ``[P, width]``, lengths)."""
         import torch
 
-        ids = torch.tensor([prefix], device=self.model.device)
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        pos = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for row, prefix in enumerate(prefixes):
+            n = len(prefix)
+            ids[row, width - n :] = torch.tensor(prefix)
+            mask[row, width - n :] = 1
+            pos[row, width - n :] = torch.arange(n)
+        device = self.model.device
         with self._autocast():
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        self.forward_tokens += len(prefix)
+            out = self.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=pos.to(device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.forward_tokens += ids.numel()
         self.forward_calls += 1
-        return out.past_key_values
+        return out.past_key_values, mask, [len(p) for p in prefixes]
 
-    def _score_items(self, prefix: list[int], items: Sequence[_Item]) -> list[float]:
-        """Sum the response log-probs of each item, every item following ``prefix``.
+    def _score_items(
+        self,
+        prefixes: Sequence[list[int]],
+        items: Sequence[_Item],
+        owners: Sequence[int] | None = None,
+    ) -> list[float]:
+        """Sum the response log-probs of each item; item ``i`` follows ``prefixes[owners[i]]``
+        (all items follow ``prefixes[0]`` when ``owners`` is None; no prefix when ``prefixes``
+        is empty or its only prefix is empty).
 
-        The prefix runs once; items are batched with left padding between the prefix and the item
-        (masked, with explicit position ids), so every response ends at the last position."""
-        import torch
-
+        Prefixes run once, ``batch_size`` of them per forward pass; each item batch reuses their
+        KV cache. Items are left-padded (the padding sits between prefix and item, masked, with
+        explicit position ids), so every response ends at the last position and the LM head runs
+        over the response positions only."""
         for item in items:
             if item.n_response < 1 or len(item.tokens) <= item.n_response:
                 raise InputError("each scored sequence needs a non-empty response after a context")
-        cache = self._prefix_cache(prefix) if prefix else None
-        p = len(prefix)
-        device = self.model.device
+        owners = list(owners) if owners is not None else [0] * len(items)
         out = [0.0] * len(items)
+        if not prefixes or not any(prefixes):
+            self._score_batches(None, items, list(range(len(items))), [0] * len(items), out)
+            return out
+        if not all(prefixes):
+            raise InputError("either every prefix or none may be empty")
+        # Prefixes in chunks, so the cache held at once stays bounded.
+        for start in range(0, len(prefixes), self.batch_size):
+            chunk = list(range(start, min(start + self.batch_size, len(prefixes))))
+            members = [i for i in range(len(items)) if start <= owners[i] < start + len(chunk)]
+            if not members:
+                continue
+            cache = self._prefix_cache([prefixes[p] for p in chunk])
+            self._score_batches(cache, items, members, [owners[i] - start for i in members], out)
+        return out
+
+    def _score_batches(
+        self, cache: Any, items: Sequence[_Item], members: list[int], rows_of: list[int], out: list[float]
+    ) -> None:
+        import torch
+
+        kv, pmask, plens = cache if cache is not None else (None, None, None)
+        p = pmask.shape[1] if pmask is not None else 0
+        device = self.model.device
+        owner_of = dict(zip(members, rows_of))
         # Similar lengths together, so batches pad little.
-        order = sorted(range(len(items)), key=lambda i: len(items[i].tokens))
+        order = sorted(members, key=lambda i: len(items[i].tokens))
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = [items[i] for i in idx]
             width = max(len(it.tokens) for it in batch)
-            keep = max(it.n_response for it in batch) + 1  # logits before each response token
-            keep = min(keep, width)
+            keep = min(max(it.n_response for it in batch) + 1, width)  # logits before each response token
             ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), p + width), dtype=torch.long)
             pos = torch.zeros((len(batch), width), dtype=torch.long)
             targets = torch.full((len(batch), keep - 1), -1, dtype=torch.long)
-            for row, it in enumerate(batch):
+            for row, (i, it) in enumerate(zip(idx, batch)):
                 n = len(it.tokens)
+                start_pos = plens[owner_of[i]] if plens is not None else 0
                 ids[row, width - n :] = torch.tensor(it.tokens)
-                mask[row, :p] = 1
+                if pmask is not None:
+                    mask[row, :p] = pmask[owner_of[i]]
                 mask[row, p + width - n :] = 1
-                pos[row, width - n :] = torch.arange(p, p + n)
+                pos[row, width - n :] = torch.arange(start_pos, start_pos + n)
                 targets[row, keep - 1 - it.n_response :] = torch.tensor(it.tokens[n - it.n_response :])
             kwargs: dict[str, Any] = {}
-            if cache is not None:
-                kwargs["past_key_values"] = copy.deepcopy(cache)
-                kwargs["past_key_values"].batch_repeat_interleave(len(batch))
+            if kv is not None:
+                batch_kv = copy.deepcopy(kv)
+                batch_kv.batch_select_indices(torch.tensor([owner_of[i] for i in idx], device=device))
+                kwargs["past_key_values"] = batch_kv
             with torch.inference_mode(), self._autocast():
                 logits = self.model(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),
                     position_ids=pos.to(device),
-                    use_cache=cache is not None,
+                    use_cache=kv is not None,
                     logits_to_keep=keep,
                     **kwargs,
                 ).logits
@@ -188,7 +235,6 @@ class SequenceScorer:
             sums = torch.where(targets >= 0, picked, torch.zeros_like(picked)).sum(-1)
             for row, i in enumerate(idx):
                 out[i] = float(sums[row])
-        return out
 
     # -- the API ---------------------------------------------------------------------------
     def logprobs(self, contexts: Sequence[list[Message]], responses: Sequence[str]) -> Any:
@@ -216,27 +262,45 @@ class SequenceScorer:
         """``responses[i]`` scored after ``contexts[i]``; the token prefix *all* contexts share
         (e.g. one summary's system message before several prompts) runs once, and each response
         batch reuses its KV cache. Returns one float32 tensor per context."""
+        return self.logprobs_forest([(contexts, responses)])[0]
+
+    def logprobs_forest(
+        self, groups: Sequence[tuple[Sequence[list[Message]], Sequence[Sequence[str]]]]
+    ) -> list[list[Any]]:
+        """Several :meth:`logprobs_grouped` calls in one: each group's shared prefix (e.g. one
+        summary each) runs once, the prefixes of several groups batch together, and the
+        responses of all groups share batches. Returns, per group, one tensor per context."""
         import torch
 
-        if len(contexts) != len(responses):
-            raise InputError("contexts and responses must have the same length")
-        prompts = [self.encode(self.prompt_text(c)) for c in contexts]
-        # Keep at least the last prompt token out of the prefix: its logit predicts the response.
-        shared = max(0, min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1))
-        prefix = prompts[0][:shared]
-        items, owners = [], []
-        for g, (context, prompt, group) in enumerate(zip(contexts, prompts, responses)):
-            text = self.prompt_text(context)
-            for response in group:
-                resp = self.encode(self.completion_text(context, text, response))
-                items.append(_Item(prompt[shared:] + resp, len(resp)))
-                owners.append(g)
+        prefixes, items, where = [], [], []
+        for g, (contexts, responses) in enumerate(groups):
+            if len(contexts) != len(responses):
+                raise InputError("contexts and responses must have the same length")
+            texts = [self.prompt_text(c) for c in contexts]
+            prompts = [self.encode(t) for t in texts]
+            # Keep at least the last prompt token out of the prefix: its logit predicts the response.
+            shared = (
+                max(0, min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1))
+                if prompts
+                else 0
+            )
+            prefixes.append(prompts[0][:shared] if prompts else [])
+            for c, (context, text, prompt, group) in enumerate(zip(contexts, texts, prompts, responses)):
+                for response in group:
+                    resp = self.encode(self.completion_text(context, text, response))
+                    items.append(_Item(prompt[shared:] + resp, len(resp)))
+                    where.append((g, c))
+        owners = [g for g, _ in where]
+        if any(prefixes) and not all(prefixes):  # mixed: run the short ones without a prefix
+            for i, (g, _) in enumerate(where):
+                items[i] = _Item(prefixes[g] + items[i].tokens, items[i].n_response)
+            prefixes = []
         with torch.inference_mode():
-            scores = self._score_items(prefix, items) if items else []
-        out: list[list[float]] = [[] for _ in contexts]
-        for g, s in zip(owners, scores):
-            out[g].append(s)
-        return [torch.tensor(s, dtype=torch.float32) for s in out]
+            scores = self._score_items(prefixes, items, owners) if items else []
+        out: list[list[list[float]]] = [[[] for _ in contexts] for contexts, _ in groups]
+        for (g, c), value in zip(where, scores):
+            out[g][c].append(value)
+        return [[torch.tensor(v, dtype=torch.float32) for v in per_context] for per_context in out]
 
 
 class ReferenceCache:
@@ -331,8 +395,8 @@ def summary_rewards(
         )
     if prompts_for_summary is not None and len(prompts_for_summary) != len(summaries):
         raise InputError("prompts_for_summary must give one prompt (or None) per summary")
-    rewards = []
-    for i, (pairs, summary) in enumerate(zip(examples, summaries)):
+    chosen_sets = []
+    for i, pairs in enumerate(examples):
         pairs = list(pairs)
         if prompts_for_summary is not None and prompts_for_summary[i] is not None:
             pairs = [p for p in pairs if p.prompt == prompts_for_summary[i]]
@@ -341,8 +405,22 @@ def summary_rewards(
                 f"summary {i} has no examples to score it on: give each summary at least one "
                 "preference pair (with prompts_for_summary, one whose prompt matches)"
             )
+        chosen_sets.append(pairs)
+    ref.pairs([p for pairs in chosen_sets for p in pairs])  # every missing reference, one call
+    # Every summary's policy log-probs in one forest: each summary's prefix runs once, and the
+    # prefixes and the chosen/rejected continuations of several summaries share batches.
+    policy = scorer.logprobs_forest(
+        [
+            ([summary_messages(p.prompt, summary) for p in pairs], [[p.chosen, p.rejected] for p in pairs])
+            for pairs, summary in zip(chosen_sets, summaries)
+        ]
+    )
+    import torch
+
+    rewards = []
+    for pairs, per_context in zip(chosen_sets, policy):
         ref_c, ref_r = ref.pairs(pairs)
-        pol_c, pol_r = policy_pairs(scorer, pairs, summary)
-        r = popi_reward(pol_c, pol_r, ref_c, ref_r, beta=beta, loss_type=loss_type)
+        stacked = torch.stack(per_context)
+        r = popi_reward(stacked[:, 0], stacked[:, 1], ref_c, ref_r, beta=beta, loss_type=loss_type)
         rewards.append(float(r.mean()))
     return rewards

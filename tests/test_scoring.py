@@ -107,6 +107,18 @@ def test_shared_and_grouped_prefixes_give_the_same_numbers_with_fewer_tokens(smo
     assert shared.forward_tokens < flat.forward_tokens
 
 
+def test_forest_of_summaries_matches_one_sequence_at_a_time(smollm2):
+    # three summaries of different lengths, two per prefix batch: the prefixes pad and chunk
+    scorer = SequenceScorer(smollm2.model, smollm2.tokenizer, batch_size=2)
+    summaries = [SUMMARIES[0], SUMMARIES[1] + " They dislike filler and long introductions.", "Short."]
+    groups = [([summary_messages(PAIRS[0].prompt, z)], [[PAIRS[0].chosen, PAIRS[0].rejected]]) for z in summaries]
+    forest = scorer.logprobs_forest(groups)
+    flat = SequenceScorer(smollm2.model, smollm2.tokenizer, batch_size=2)
+    for (contexts, responses), got in zip(groups, forest):
+        want = flat.logprobs([contexts[0]] * 2, responses[0])
+        assert got[0].tolist() == pytest.approx(want.tolist(), abs=1e-4)
+
+
 def test_response_tokens_are_located_exactly(scorer, smollm2):
     tok = smollm2.tokenizer
     prompt_ids, response_ids = scorer.encode_pair(prompt_only_messages("Hi"), "Hello there!")
