@@ -97,21 +97,25 @@ class Evaluation:
             return run.margins[key]
         started = time.perf_counter()
         out: list[float] = []
-        with progress_bar(f"Scoring {method.name} on {run.name}", len(self.users), enabled=self.progress) as advance:
-            for u, row in enumerate(self.users):
-                pairs = row.examples
-                if not pairs:
-                    advance()
-                    continue
+        users = [(u, row) for u, row in enumerate(self.users) if row.examples]
+        step = run.scorer.batch_size  # users per call: their prefixes batch together
+        with progress_bar(f"Scoring {method.name} on {run.name}", len(users), enabled=self.progress) as advance:
+            for start in range(0, len(users), step):
+                chunk = users[start : start + step]
                 if method.context == "prompt":  # the reference: prompt-only, cached
+                    pairs = [p for _, row in chunk for p in row.examples]
                     chosen, rejected = run.ref.pairs(pairs)
+                    out.extend(M.margins(chosen.tolist(), rejected.tolist()))
                 else:
-                    contexts = [method.messages(p.prompt, row.signals, self._summary(method, u)) for p in pairs]
-                    groups = run.scorer.logprobs_grouped(contexts, [[p.chosen, p.rejected] for p in pairs])
-                    chosen = [float(g[0]) for g in groups]
-                    rejected = [float(g[1]) for g in groups]
-                out.extend(M.margins(list(map(float, chosen)), list(map(float, rejected))))
-                advance()
+                    groups = []
+                    for u, row in chunk:
+                        summary = self._summary(method, u)
+                        contexts = [method.messages(p.prompt, row.signals, summary) for p in row.examples]
+                        groups.append((contexts, [[p.chosen, p.rejected] for p in row.examples]))
+                    for per_context in run.scorer.logprobs_forest(groups):
+                        chosen = [float(g[0]) for g in per_context]
+                        out.extend(M.margins(chosen, [float(g[1]) for g in per_context]))
+                advance(len(chunk))
         run.margins[key] = out
         self.seconds["scoring"] += time.perf_counter() - started
         return out
