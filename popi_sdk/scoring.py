@@ -13,7 +13,8 @@ Three things make it cheap:
   only over the last ``max(len(response))`` positions instead of the whole sequence.
 - **Shared prefixes**: sequences that start with the same tokens (a user's summary and prompt
   before the chosen and the rejected response, or one summary before several prompts) run the
-  common prefix once and reuse its KV cache.
+  common prefix once and reuse its KV cache; the prefixes of several groups (several summaries)
+  run as one batch, and all their continuations share batches (:meth:`SequenceScorer.logprobs_forest`).
 - **A reference cache**: ``log πref(y|x)`` depends only on the prompt and the response, never on
   the summary, so :class:`ReferenceCache` computes it once per example and model.
 """
@@ -61,8 +62,9 @@ class SequenceScorer:
         model: a causal LM (``transformers`` ``AutoModelForCausalLM``), any device.
         tokenizer: its tokenizer, with a chat template.
         batch_size: sequences per forward pass.
-        bf16: run the forward passes under bfloat16 autocast (faster on recent CPUs and GPUs;
-            log-probs then differ from float32 by roughly 1e-2 per token).
+        bf16: run the forward passes under bfloat16 autocast (faster on GPUs and on CPUs with
+            bf16 support; summed log-probs then differ from float32 slightly, see
+            docs/benchmarks.md).
 
     ``forward_tokens`` counts every position fed through the model (padding included), so
     benchmarks can compare the work two scoring strategies do.
