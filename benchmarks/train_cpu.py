@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None, help="Override both stages' steps.")
     ap.add_argument("--set", action="append", default=[], help="Config override key=value.")
     ap.add_argument("--eval", action="store_true", help="Run `popi eval` with the checkpoints.")
+    ap.add_argument("--stage1-only", action="store_true", help="Train and measure stage 1 only.")
     ap.add_argument("--test-fraction", type=float, default=0.2, help="Share of users held out.")
     ap.add_argument("--long-pairs", type=int, default=8,
                     help="Also measure on test users with this many signal pairs (0: skip).")
@@ -121,7 +122,8 @@ def main() -> None:
     t0 = time.perf_counter()
     stage1.main(cfg)
     t1 = time.perf_counter()
-    stage2.main(cfg)
+    if not args.stage1_only:
+        stage2.main(cfg)
     t2 = time.perf_counter()
     report["seconds"] = {"stage1": round(t1 - t0), "stage2": round(t2 - t1)}
     report["stage1_curve"] = curve(run)
@@ -145,7 +147,7 @@ def main() -> None:
     report["seconds"]["measure"] = round(time.perf_counter() - t2)
     (run / "benchmark.json").write_text(json.dumps(report, indent=2))
 
-    if args.eval:
+    if args.eval and not args.stage1_only:
         t3 = time.perf_counter()
         cmd = ["popi", "eval", "--data", str(data / "test.jsonl"),
                "--methods", "base,raw,inference,popi,popi-full",
@@ -163,7 +165,8 @@ def main() -> None:
 
 def print_table(report: dict) -> None:
     s = report["seconds"]
-    print(f"\nstage 1: {s['stage1']} s, stage 2: {s['stage2']} s, measuring: {s['measure']} s")
+    print(f"\nstage 1: {s['stage1']} s, stage 2: {s['stage2']} s, measuring: {s['measure']} s"
+          + (f", eval: {s['eval']} s" if "eval" in s else ""))
     c = report.get("stage1_curve") or {}
     if c:
         print(f"stage-1 reward per step ({c['steps']} steps): first third {c['first_third_mean']:.4f}, "
