@@ -14,7 +14,12 @@ Local::
 Several GPUs or nodes (batch sizes in the config are global)::
 
     accelerate launch --config_file popi_sdk/train/accelerate/zero3.yaml \\
+        --num_processes $(nvidia-smi -L | wc -l) \\
         -m popi_sdk.cli train stage1 --preset paper --data DATA --out runs/paper
+
+Cloud (SkyPilot, both stages; see docs/launch.md)::
+
+    popi launch train --cloud aws --gpus H100:8 --bucket MY-BUCKET
 """
 
 from __future__ import annotations

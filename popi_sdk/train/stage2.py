@@ -19,7 +19,12 @@ Local::
 Several GPUs or nodes::
 
     accelerate launch --config_file popi_sdk/train/accelerate/zero3.yaml \\
+        --num_processes $(nvidia-smi -L | wc -l) \\
         -m popi_sdk.cli train stage2 --preset paper --data DATA --out runs/paper
+
+Cloud (SkyPilot, both stages; see docs/launch.md)::
+
+    popi launch train --cloud aws --gpus H100:8 --bucket MY-BUCKET
 """
 
 from __future__ import annotations
@@ -170,6 +175,9 @@ def main(cfg: TrainConfig) -> str:
     args = dpo_args(cfg)
     with PartialState().main_process_first():  # the main process writes the summaries once
         summaries = summaries_for(users, cfg)
+    from popi_sdk.backends import clear_backend_cache
+
+    clear_backend_cache()  # the stage-1 model is not needed while the generator trains
     gen_path = resolve_model(cfg.generator_model)
     tokenizer = common.load_tokenizer(gen_path)
     # The initial generator scores log πref(y|x) once per example, then is freed: training keeps
