@@ -188,6 +188,12 @@ class Personalizer:
         """The exact messages the summarizer reads for these signals."""
         return summarizer_messages(as_user_signals(signals), max_words=self.summary_words)
 
+    def cache_hash(self, signals: SignalsLike) -> str:
+        """The store key of these signals' summary: their content and this personalizer's summary
+        length settings (the same signals summarized at another length are a different summary)."""
+        settings = f"tokens={self.summary_tokens};words={self.summary_words}"
+        return as_user_signals(signals).signals_hash(settings=settings)
+
     def _make_summary(self, user: UserSignals, text: str) -> Summary:
         text = clean_summary(text)
         summarizer = self.summarizer
@@ -195,14 +201,14 @@ class Personalizer:
             user_id=user.user_id,
             text=text,
             summarizer=summarizer.name,
-            signals_hash=user.signals_hash(),
+            signals_hash=self.cache_hash(user),
             n_tokens=summarizer.count_tokens(text),
         )
 
     def cached(self, signals: SignalsLike) -> Summary | None:
-        """The stored summary for exactly these signals and this summarizer, if any."""
+        """The stored summary for exactly these signals, settings and summarizer, if any."""
         user = as_user_signals(signals)
-        return self.store.get(user.user_id, self.summarizer.name, user.signals_hash())
+        return self.store.get(user.user_id, self.summarizer.name, self.cache_hash(user))
 
     def summarize(self, signals: SignalsLike, *, refresh: bool = False) -> Summary:
         """The user's preference summary: from the store when these signals were already

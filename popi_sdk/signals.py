@@ -100,10 +100,12 @@ class Signals(_Model):
             )
         return self
 
-    def signals_hash(self) -> str:
-        """A stable hash of the signal content (not the user id), used as the cache key."""
+    def signals_hash(self, *, settings: str = "") -> str:
+        """A stable hash of the signal content (not the user id), used as the cache key.
+        ``settings`` folds in whatever else shapes the summary (its requested length), so a
+        summary written under other settings is not reused."""
         payload = self.model_dump(mode="json", include=set(Signals.model_fields))
-        blob = json.dumps([SIGNALS_HASH_VERSION, payload], sort_keys=True, ensure_ascii=False)
+        blob = json.dumps([SIGNALS_HASH_VERSION, payload, settings], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 

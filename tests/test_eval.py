@@ -14,6 +14,7 @@ from popi_sdk.eval import metrics as M
 from popi_sdk.eval.judges import Comparison, LLMJudge, OracleJudge, get_judge, parse_verdict
 from popi_sdk.eval.methods import METHODS, parse_methods
 from popi_sdk.eval.report import main_table, render_markdown, transfer_table
+from popi_sdk.personalizer import Personalizer
 from popi_sdk.signals import PreferencePair, Signals, Summary, UserRow
 from popi_sdk.templates import prompt_only_messages, raw_signals_messages
 
@@ -178,7 +179,7 @@ def _stored_summary(store_path, row: UserRow, summarizer: str, text: str) -> Non
 
     open_store(str(store_path)).put(
         Summary(user_id=row.user_id, text=text, summarizer=summarizer,
-                signals_hash=row.user_signals().signals_hash(), n_tokens=len(text.split()))
+                signals_hash=Personalizer(store=":memory:").cache_hash(row), n_tokens=len(text.split()))
     )
 
 

@@ -44,12 +44,14 @@ def test_summarize_writes_a_real_summary_then_hits_the_cache(personalizer):
     changed = KID.model_copy(update={"persona": "I am 9 years old."})
     personalizer.summarize(changed)
     assert personalizer.counter.calls == 2  # changed signals recompute
-    assert personalizer.get_summary("kid").signals_hash == changed.signals_hash()
+    assert personalizer.get_summary("kid").signals_hash == personalizer.cache_hash(changed)
+    longer = Personalizer(store=personalizer.store, summary_tokens=32)
+    assert longer.cached(changed) is None  # other length settings: not the same summary
 
 
 def test_the_store_survives_a_new_personalizer(personalizer, store_path):
     summary = personalizer.summarize(KID)
-    fresh = Personalizer(store=store_path)
+    fresh = Personalizer(store=store_path, summary_tokens=24)  # same settings as the fixture
     assert fresh.cached(KID) == summary
 
 

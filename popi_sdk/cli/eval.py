@@ -29,6 +29,12 @@ def eval_command(
         None, min=1, help="Judge answers to only the first N examples of each user (default: all)."
     ),
     max_new_tokens: int = typer.Option(48, min=1, help="Length cap of each generated answer."),
+    summary_tokens: int = typer.Option(
+        96, min=1, help="Length cap of each summary (match stage1.max_summary_tokens of a trained run)."
+    ),
+    summary_words: int = typer.Option(
+        60, min=1, help="Summary length asked of the summarizer (match stage1.summary_words)."
+    ),
     batch_size: int = typer.Option(8, min=1, help="Sequences per forward pass."),
     bf16: bool = typer.Option(False, help="Score under bfloat16 autocast."),
     seed: int = typer.Option(0, help="Seed of the LLM judge's position randomization."),
@@ -68,11 +74,14 @@ def eval_command(
         batch_size=batch_size,
         bf16=bf16,
         progress=progress,
+        summary_tokens=summary_tokens,
+        summary_words=summary_words,
     )
     results["config"] = {
         "data": str(data), "methods": [m.name for m in chosen], "judge": judge, "base": base,
         "summarizer": summarizer, "generator": generator, "generators": gens, "limit": limit,
         "prompts_per_user": prompts_per_user, "max_new_tokens": max_new_tokens, "seed": seed,
+        "summary_tokens": summary_tokens, "summary_words": summary_words,
         "bf16": bf16,
     }
     paths = write_results(out, results, records)

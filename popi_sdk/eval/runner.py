@@ -208,12 +208,24 @@ class Evaluation:
 
 
 def summarize_users(
-    users: Sequence[UserRow], summarizer: str, store: Any, *, progress: bool = True, batch_size: int = 8
+    users: Sequence[UserRow],
+    summarizer: str,
+    store: Any,
+    *,
+    progress: bool = True,
+    batch_size: int = 8,
+    summary_tokens: int = 96,
+    summary_words: int = 60,
 ) -> tuple[list[str], dict]:
-    """Summaries of every user by ``summarizer`` (cached in ``store``) and their length stats."""
+    """Summaries of every user by ``summarizer`` (cached in ``store``) and their length stats.
+    ``summary_tokens`` / ``summary_words`` should match the training config's
+    ``stage1.max_summary_tokens`` / ``stage1.summary_words`` when evaluating a trained summarizer."""
     from popi_sdk.personalizer import Personalizer
 
-    p = Personalizer(summarizer=summarizer, generator=summarizer, store=store)
+    p = Personalizer(
+        summarizer=summarizer, generator=summarizer, store=store,
+        summary_tokens=summary_tokens, summary_words=summary_words,
+    )
     summaries = p.summarize_many(users, batch_size=batch_size, progress=progress)
     tokens = [s.n_tokens for s in summaries]
     return [s.text for s in summaries], {
@@ -238,6 +250,8 @@ def evaluate(
     batch_size: int = 8,
     bf16: bool = False,
     progress: bool = True,
+    summary_tokens: int = 96,
+    summary_words: int = 60,
 ) -> tuple[dict, list[dict]]:
     """Evaluate ``methods`` on ``users``; returns ``(results, per-example records)``.
 
@@ -260,7 +274,8 @@ def evaluate(
         if any(m.summarizer == source for m in methods):
             t0 = time.perf_counter()
             summaries[source], summary_stats[source] = summarize_users(
-                users, spec, store, progress=progress, batch_size=batch_size
+                users, spec, store, progress=progress, batch_size=batch_size,
+                summary_tokens=summary_tokens, summary_words=summary_words,
             )
             summary_stats[source]["seconds"] = round(time.perf_counter() - t0, 1)
     ev = Evaluation(
