@@ -282,7 +282,10 @@ def test_serve_run_starts_generator_then_summarizer(tmp_path, stubs, gpus):
     out, calls = run_script("serve", tmp_path, stubs, SKYPILOT_NUM_GPUS_PER_NODE=gpus,
                             VLLM_API_KEY="k3y", GENERATOR="meta-llama/Llama-3.2-3B-Instruct")
     assert out.returncode == 0, out.stderr
-    servers = [c for c in calls if c["cmd"] == "vllm"]
+    # Background servers log when their process starts, which may interleave with the other's:
+    # identify them by port rather than by log order.
+    servers = sorted((c for c in calls if c["cmd"] == "vllm"),
+                     key=lambda s: s["argv"][s["argv"].index("--port") + 1])
     assert [s["argv"][1] for s in servers] == [
         "meta-llama/Llama-3.2-3B-Instruct", str(tmp_path / "bucket" / "paper" / "stage1"),
     ]
