@@ -114,3 +114,11 @@ def openai_server(smollm2_dir):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, smollm2_dir):
+    """A tiny randomly initialized Llama checkpoint with the SmolLM2 tokenizer (training tests)."""
+    from popi_sdk.train.random_model import random_llama
+
+    return random_llama(tmp_path_factory.mktemp("tiny") / "tiny", smollm2_dir)

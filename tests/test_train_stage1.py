@@ -27,13 +27,6 @@ def _user(i: int, n_examples: int = 2) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smollm2_dir):
-    from popi_sdk.train.random_model import random_llama
-
-    return random_llama(tmp_path_factory.mktemp("tiny") / "tiny", smollm2_dir)
-
-
 @pytest.fixture
 def data_dir(tmp_path):
     folder = tmp_path / "data"
