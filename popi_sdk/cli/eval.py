@@ -12,7 +12,9 @@ def eval_command(
     data: Path = typer.Option(..., "--data", help="Held-out users (JSON Lines), e.g. DIR/test.jsonl."),
     methods: str = typer.Option(
         "base,raw,inference",
-        help="Comma-separated: base, raw, inference, popi, popi-full, raw-aligned, inference-aligned.",
+        help="Comma-separated: base, raw, inference, popi, popi-full, raw-aligned, inference-aligned, "
+        "and the references oracle (the true persona as the summary) and shuffled (another "
+        "user's summary).",
     ),
     judge: str = typer.Option(
         "oracle", help="'oracle' (synthetic personas) or a backend name, e.g. openai:gpt-4o."
@@ -37,7 +39,9 @@ def eval_command(
     ),
     batch_size: int = typer.Option(8, min=1, help="Sequences per forward pass."),
     bf16: bool = typer.Option(False, help="Score under bfloat16 autocast."),
-    seed: int = typer.Option(0, help="Seed of the LLM judge's position randomization."),
+    seed: int = typer.Option(
+        0, help="Seed of the LLM judge's position randomization and of the shuffled control."
+    ),
     store: Optional[str] = typer.Option(
         None, help="Summary store (default: OUT/summaries.sqlite, so a rerun reuses the summaries)."
     ),
@@ -76,6 +80,7 @@ def eval_command(
         progress=progress,
         summary_tokens=summary_tokens,
         summary_words=summary_words,
+        shuffle_seed=seed,
     )
     results["config"] = {
         "data": str(data), "methods": [m.name for m in chosen], "judge": judge, "base": base,

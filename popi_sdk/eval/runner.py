@@ -207,6 +207,34 @@ class Evaluation:
         }
 
 
+def check_personas(users: Sequence[UserRow], why: str) -> None:
+    """Fail before any model runs when a reference method needs personas the data lacks."""
+    missing = [row.user_id for row in users if not row.persona]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(
+            f"{why}, but {len(missing)} user(s) have no 'persona' ({shown}). Use data with "
+            "ground-truth personas (e.g. `popi data synth`), or leave the method out"
+        )
+    if len({row.persona for row in users}) < 2:
+        raise InputError(
+            f"{why}, but every user has the same persona: a control needs at least two personas"
+        )
+
+
+def shuffled_summaries(users: Sequence[UserRow], summaries: Sequence[str], *, seed: int = 0) -> list[str]:
+    """Each user's summary replaced by the summary of a user with a *different* persona, drawn
+    with ``seed`` (the control of paper-style ablations: a summary of someone else)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for row in users:
+        donors = [i for i, other in enumerate(users) if other.persona != row.persona]
+        out.append(summaries[rng.choice(donors)])
+    return out
+
+
 def summarize_users(
     users: Sequence[UserRow],
     summarizer: str,
@@ -252,6 +280,7 @@ def evaluate(
     progress: bool = True,
     summary_tokens: int = 96,
     summary_words: int = 60,
+    shuffle_seed: int = 0,
 ) -> tuple[dict, list[dict]]:
     """Evaluate ``methods`` on ``users``; returns ``(results, per-example records)``.
 
@@ -267,17 +296,29 @@ def evaluate(
             "no user has labeled 'examples': evaluation scores each user's examples (the held-out "
             "preference pairs); give a test file such as DIR/test.jsonl from `popi data synth`"
         )
+    sources = {m.summarizer for m in methods if m.summarizer}
+    if "oracle" in sources:
+        check_personas(users, "method 'oracle' puts each user's ground-truth persona in the summary")
+    if "shuffled" in sources:
+        check_personas(users, "method 'shuffled' gives each user a summary of a user with another persona")
+        sources.add("trained" if summarizer else "base")
     judge.check({row.user_id: row.persona for row in users})
     summaries: dict[str, list[str]] = {}
     summary_stats: dict[str, dict] = {}
     for source, spec in (("base", base), ("trained", summarizer)):
-        if any(m.summarizer == source for m in methods):
+        if source in sources:
             t0 = time.perf_counter()
             summaries[source], summary_stats[source] = summarize_users(
                 users, spec, store, progress=progress, batch_size=batch_size,
                 summary_tokens=summary_tokens, summary_words=summary_words,
             )
             summary_stats[source]["seconds"] = round(time.perf_counter() - t0, 1)
+    if "oracle" in sources:
+        summaries["oracle"] = [row.persona or "" for row in users]
+    if "shuffled" in sources:
+        donor = "trained" if summarizer else "base"
+        summaries["shuffled"] = shuffled_summaries(users, summaries[donor], seed=shuffle_seed)
+        summary_stats["shuffled"] = {**summary_stats[donor], "shuffled_from": donor}
     ev = Evaluation(
         users, summaries, judge, max_new_tokens=max_new_tokens, prompts_per_user=prompts_per_user,
         progress=progress,
