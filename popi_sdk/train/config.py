@@ -70,6 +70,35 @@ class Stage1Options(_Section):
     grpo_loss: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
         default="grpo", description="TRL GRPO loss aggregation (paper: grpo)."
     )
+    scale_rewards: Literal["none", "group", "batch"] = Field(
+        default="none",
+        description="GRPO advantage scaling: none (the paper: reward minus the group's mean), group "
+        "(also divide by the group's std) or batch (by the batch's std).",
+    )
+    validation_users: int = Field(
+        default=0,
+        ge=0,
+        description="Training users held out (drawn with seed) for the learning curve: their greedy "
+        "summaries are scored at step 0 and every eval_every steps; 0: none.",
+    )
+    eval_every: int = Field(
+        default=10, ge=1, description="Validate every N GRPO steps (and at the last step)."
+    )
+    warm_start_samples: int = Field(
+        default=0,
+        ge=0,
+        description="Best-of-N warm start: summaries sampled per training user before GRPO; the one "
+        "with the highest reward gets a supervised pass (rejection-sampling fine-tuning); 0: off.",
+    )
+    warm_start_learning_rate: float | None = Field(
+        default=None, gt=0, description="Learning rate of the warm start pass (None: learning_rate)."
+    )
+    warm_start_epochs: int = Field(
+        default=1, ge=1, description="Supervised passes over the best-of-N summaries."
+    )
+    warm_start_batch_size: int = Field(
+        default=4, ge=1, description="Summaries per optimizer step of the warm start pass."
+    )
     kl_weight: float | None = Field(
         default=None,
         ge=0,
@@ -158,6 +187,10 @@ class TrainConfig(_Section):
             raise ValueError("stage1.max_steps must be a positive step count or -1 (use epochs)")
         if self.stage2.max_steps == 0 or self.stage2.max_steps < -1:
             raise ValueError("stage2.max_steps must be a positive step count or -1 (use epochs)")
+        if self.stage1.warm_start_samples == 1:
+            raise ValueError(
+                "stage1.warm_start_samples = 1 picks from one summary: use 0 (off) or at least 2"
+            )
         return self
 
     # -- derived values --------------------------------------------------------------------

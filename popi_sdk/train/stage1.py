@@ -25,6 +25,8 @@ Cloud (SkyPilot, both stages; see docs/launch.md)::
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +37,13 @@ from popi_sdk.signals import PreferencePair, UserRow
 from popi_sdk.templates import Message, clean_summary, summarizer_messages
 from popi_sdk.train import common
 from popi_sdk.train.config import TrainConfig
+from popi_sdk.train.validation import (
+    Validator,
+    split_validation,
+    validate_and_log,
+    validation_callback,
+    write_summaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +105,9 @@ class SummaryReward:
         self._adapter_model = peft_model
 
     @contextlib.contextmanager
-    def _generator(self):
+    def generator_context(self):
+        """The frozen generator ready to score: eval mode, and the adapter off when the
+        generator is the LoRA policy's base."""
         model = self.scorer.model
         was_training = model.training
         model.eval()  # no dropout; and training-mode checkpointing would turn the KV cache off
@@ -112,25 +123,25 @@ class SummaryReward:
     def precompute_reference(self) -> int:
         """Fill the reference cache for every example now, once (the reference never changes)."""
         pairs = [p for ps in self.examples.values() for p in ps]
-        with self._generator():
+        with self.generator_context():
             self.reference.pairs(pairs)  # one grouped, batched pass
         return len(pairs)
+
+    def score(self, examples: list[list[PreferencePair]], texts: list[str]) -> list[float]:
+        """Rewards of cleaned summaries ``texts[i]`` on ``examples[i]`` (call inside
+        :meth:`generator_context`)."""
+        from popi_sdk.scoring import summary_rewards
+
+        return summary_rewards(
+            self.scorer, self.reference, examples, texts, beta=self.beta, loss_type=self.loss_type
+        )
 
     def __call__(
         self, prompts: list, completions: list, example_key: list[str], **_: Any
     ) -> list[float]:
-        from popi_sdk.scoring import summary_rewards
-
         texts = [clean_summary(_completion_text(c)) for c in completions]
-        with self._generator():
-            return summary_rewards(
-                self.scorer,
-                self.reference,
-                [self.examples[k] for k in example_key],
-                texts,
-                beta=self.beta,
-                loss_type=self.loss_type,
-            )
+        with self.generator_context():
+            return self.score([self.examples[k] for k in example_key], texts)
 
 
 def _completion_text(completion: str | list[Message]) -> str:
@@ -164,7 +175,7 @@ def grpo_args(cfg: TrainConfig) -> Any:
         temperature=opts.temperature,
         top_p=opts.top_p,
         beta=cfg.kl,
-        scale_rewards="none",
+        scale_rewards=opts.scale_rewards,
         loss_type=opts.grpo_loss,
         use_vllm=opts.use_vllm,
         vllm_mode=opts.vllm_mode,
@@ -187,7 +198,9 @@ def main(cfg: TrainConfig) -> str:
     from popi_sdk.data import read_users
     from popi_sdk.scoring import ReferenceCache, SequenceScorer
 
-    users = read_users(cfg.train_file())
+    users, val_users = split_validation(
+        read_users(cfg.train_file()), cfg.stage1.validation_users, seed=cfg.seed
+    )
     rows, examples = build_rows(users, cfg)
     args = grpo_args(cfg)
     policy_path, policy = common.load_policy(cfg.model)
@@ -205,6 +218,17 @@ def main(cfg: TrainConfig) -> str:
         scorer, ReferenceCache(scorer, cfg.generator_model), examples,
         beta=cfg.beta, loss_type=cfg.loss_type,
     )
+    callbacks = [common.metrics_callback(cfg, "stage1")]
+    summarize = functools.partial(
+        write_summaries, max_tokens=cfg.stage1.max_summary_tokens, clean=clean_summary,
+        batch_size=cfg.stage1.score_batch_size,
+    )
+    if val_users:
+        validator = Validator(
+            val_users, [summarizer_messages(u.signals, max_words=cfg.stage1.summary_words) for u in val_users],
+            reward, summarize, run / "validation",
+        )
+        callbacks.append(validation_callback(validator, cfg.stage1.eval_every, run / "metrics.jsonl", tokenizer))
     trainer = GRPOTrainer(
         model=policy,
         reward_funcs=[reward],
@@ -212,14 +236,33 @@ def main(cfg: TrainConfig) -> str:
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=common.lora_config(cfg),
-        callbacks=[common.metrics_callback(cfg, "stage1")],
+        callbacks=callbacks,
     )
     if shared_base:
         reward.share_base_with(trainer.accelerator.unwrap_model(trainer.model))
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.
     n = reward.precompute_reference()
     log.info("reference log-probs of %d examples computed once", n)
-    trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage1"))
+    resume = common.last_checkpoint(cfg, "stage1")
+    main_process = trainer.accelerator.is_main_process
+    metrics = run / "metrics.jsonl"
+    if val_users and resume is None:
+        validate_and_log(validator, trainer.model, tokenizer, metrics, step=0, phase="initial",
+                         main_process=main_process)
+    if cfg.stage1.warm_start_samples and resume is None:
+        from popi_sdk.train.warmstart import warm_start
+
+        record = warm_start(
+            trainer.model, tokenizer, reward, rows, cfg.stage1, clean=clean_summary,
+            max_tokens=cfg.stage1.max_summary_tokens, run=run, seed=cfg.seed,
+        )
+        if main_process:
+            with metrics.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if val_users:
+            validate_and_log(validator, trainer.model, tokenizer, metrics, step=0,
+                             phase="warm_start", main_process=main_process)
+    trainer.train(resume_from_checkpoint=resume)
     dest = common.save_final(trainer, tokenizer, cfg, "stage1")
     if trainer.accelerator.is_main_process:
         from popi_sdk.train.plot import plot_run
