@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -311,3 +312,37 @@ def test_validation_curve_and_warm_start_in_a_run(tiny_dir, tmp_path):
     assert len(picked) == 4 and held_out.isdisjoint(p["example_key"] for p in picked)
     assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-00000.jsonl", "step-00001.jsonl", "step-00002.jsonl"]
     assert (run / "rewards.png").stat().st_size > 0
+
+
+def test_validation_scores_with_the_training_reward(tiny_dir):
+    """One forest pass gives the validation reward and accuracy; the reward must equal the GRPO
+    reward (summary_rewards) on the same summaries, and the accuracy must follow the margins."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.train.stage1 import SummaryReward
+    from popi_sdk.train.validation import Validator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    scorer = SequenceScorer(model, tok)
+    users = [UserRow.model_validate(_user(i)) for i in range(2)]
+    reward = SummaryReward(scorer, ReferenceCache(scorer, "tiny"), {u.user_id: u.examples for u in users},
+                           beta=0.1, loss_type="dpo")
+    texts = ["The user likes praise.", "The user is harsh."]
+    validator = Validator(users, [[] for _ in users], reward, lambda m, t, msgs: texts, Path("unused"))
+    record = validator.run(model, tok, 3, write=False)
+    want = reward.score([u.examples for u in users], texts)
+    assert record["val_reward"] == pytest.approx(sum(want) / 2, abs=1e-5)
+    assert record["step"] == 3 and record["val_examples"] == 4 and record["val_users"] == 2
+
+    def margin(context, pair):
+        lp = scorer.logprobs([context, context], [pair.chosen, pair.rejected])
+        return float(lp[0] - lp[1])
+
+    outcomes = []
+    for user, text in zip(users, texts):
+        for pair in user.examples:
+            m, b = margin(summary_messages(pair.prompt, text), pair), margin(prompt_only_messages(pair.prompt), pair)
+            outcomes.append(1.0 if m > b + 1e-6 else 0.0 if m < b - 1e-6 else 0.5)
+    assert record["val_accuracy"] == pytest.approx(sum(outcomes) / len(outcomes))

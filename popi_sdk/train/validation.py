@@ -23,6 +23,7 @@ from typing import Any
 
 from popi_sdk.errors import ConfigError
 from popi_sdk.eval import metrics as M
+from popi_sdk.objective import popi_reward
 from popi_sdk.signals import UserRow
 from popi_sdk.templates import Message, summary_messages
 
@@ -47,16 +48,20 @@ def split_validation(
     return [u for i, u in enumerate(users) if i not in held], [users[i] for i in sorted(held)]
 
 
-def summary_margins(scorer: Any, examples: Sequence[Sequence[Any]], summaries: Sequence[str]) -> list[float]:
-    """The generator's margin ``log π(y_c|x,z) − log π(y_r|x,z)`` on every example of every user,
-    in order, with ``summaries[i]`` as user ``i``'s summary (the context evaluation scores)."""
+def summary_logprobs(scorer: Any, examples: Sequence[Sequence[Any]], summaries: Sequence[str]) -> list[tuple[Any, Any]]:
+    """Per user ``i``, the generator's (chosen, rejected) log-prob tensors on ``examples[i]`` with
+    ``summaries[i]`` as the summary: the context :func:`popi_sdk.scoring.summary_rewards` and
+    evaluation score, in one batched forest."""
+    import torch
+
     groups = [
         ([summary_messages(p.prompt, s) for p in pairs], [[p.chosen, p.rejected] for p in pairs])
         for pairs, s in zip(examples, summaries)
     ]
-    out: list[float] = []
+    out = []
     for per_context in scorer.logprobs_forest(groups):
-        out.extend(float(g[0]) - float(g[1]) for g in per_context)
+        stacked = torch.stack(per_context)
+        out.append((stacked[:, 0], stacked[:, 1]))
     return out
 
 
@@ -136,8 +141,16 @@ class Validator:
         texts = self.summarize(model, tokenizer, self.messages)
         base = self.base_margins()
         with self.reward.generator_context():
-            rewards = self.reward.score(self.examples, texts)
-            margins = summary_margins(self.reward.scorer, self.examples, texts)
+            policy = summary_logprobs(self.reward.scorer, self.examples, texts)
+        # One pass gives both numbers: the reward is popi_reward on these log-probs and the
+        # cached reference (what summary_rewards computes), the accuracy compares margins.
+        rewards, margins = [], []
+        for pairs, (chosen, rejected) in zip(self.examples, policy):
+            ref_c, ref_r = self.reward.reference.pairs(pairs)
+            r = popi_reward(chosen, rejected, ref_c, ref_r, beta=self.reward.beta,
+                            loss_type=self.reward.loss_type)
+            rewards.append(float(r.mean()))
+            margins.extend((chosen - rejected).tolist())
         correct = M.accuracy_outcomes(margins, base)
         tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         record = {
