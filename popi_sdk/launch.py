@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from popi_sdk.errors import ConfigError, MissingDependencyError, PopiError
+from popi_sdk.errors import CloudSetupError, ConfigError, LaunchError, MissingDependencyError
 
 SKY_INSTALL = 'pip install "popi-sdk[launch]"'
 TASK_FILES = {
@@ -51,14 +51,6 @@ _CREDENTIAL_HINTS = {
     "lambda": "put your API key in ~/.lambda_cloud/lambda_keys",
     "runpod": "run `runpod config`",
 }
-
-
-class LaunchError(PopiError):
-    """SkyPilot could not launch the task (no capacity, a rejected request)."""
-
-
-class CloudSetupError(LaunchError):
-    """No cloud is enabled in SkyPilot, or the chosen cloud's credentials are missing or rejected."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ _FIXES = {
     "dict_type": "give a JSON object",
     "float_type": "give a number",
     "float_parsing": "give a number",
+    "finite_number": "give a finite number (JSON cannot store NaN or Infinity)",
     "model_type": "give a JSON object",
     "model_attributes_type": "give a JSON object",
 }
