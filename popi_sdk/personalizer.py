@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from popi_sdk.backends import Backend, GenerateOptions, get_backend
 from popi_sdk.data.jsonl import describe_validation_error
-from popi_sdk.errors import InputError, NotFoundError
+from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import Summary, UserRow, UserSignals
@@ -195,8 +195,19 @@ class Personalizer:
         return as_user_signals(signals).signals_hash(settings=settings)
 
     def _make_summary(self, user: UserSignals, text: str) -> Summary:
+        """The summary to store for ``text``; every path that stores one comes through here, so
+        an empty answer is refused once, for every backend, before anything is stored."""
+        raw = text
         text = clean_summary(text)
         summarizer = self.summarizer
+        if not text.strip():
+            shown = raw if len(raw) <= 200 else raw[:200] + "..."
+            raise EmptySummaryError(
+                f"the summarizer wrote no summary for user {user.user_id!r} (it returned "
+                f"{shown!r}); nothing was stored. Try again, check the summarizer model, or "
+                "raise summary_tokens if the answer was cut off",
+                backend=summarizer.name,
+            )
         return Summary(
             user_id=user.user_id,
             text=text,
@@ -347,9 +358,10 @@ class Personalizer:
         used directly; with neither, the prompt is answered un-personalized. ``backend`` overrides
         the generator for this call (any registered name, e.g. ``"openai:gpt-4o"``).
         """
+        # Options first: a bad value is reported before any store read or model load.
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         text = model.generate(messages, options)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -366,11 +378,11 @@ class Personalizer:
         **backend_options: Any,
     ) -> Generation:
         """Async :meth:`generate`, for web apps: server backends use their async client."""
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         messages, used = await asyncio.to_thread(
             self.conditioning, prompt, user_id=user_id, summary=summary
         )
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         text = await model.agenerate(messages, options)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -405,8 +417,8 @@ class Personalizer:
 
         A local generator answers in batches; a server generator gets concurrent requests, at
         most ``max_concurrency`` in flight (default: the backend's own)."""
-        prepared = self._prepare_many(prompts, user_ids, summaries)
         options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        prepared = self._prepare_many(prompts, user_ids, summaries)
         model = self.generator
         texts = [""] * len(prepared)
 
@@ -441,6 +453,7 @@ class Personalizer:
     ) -> list[Generation]:
         """Async :meth:`generate_many`: a server generator gets at most ``max_concurrency``
         requests in flight; a local one runs :meth:`generate_many` in a worker thread."""
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         model = self.generator
         limit = server_concurrency(model, max_concurrency)
         if limit is None:
@@ -455,7 +468,6 @@ class Personalizer:
                 progress=progress,
             )
         prepared = await asyncio.to_thread(self._prepare_many, prompts, user_ids, summaries)
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         with progress_bar("Generating", len(prepared), enabled=progress) as advance:
             jobs = [lambda m=m: model.agenerate(m, options) for m, _ in prepared]
             texts = await _gather_bounded(jobs, limit, advance)

@@ -177,7 +177,10 @@ class TrainConfig(_Section):
     def run_dir(self) -> Path:
         if not self.out:
             raise ConfigError("no run folder: pass --out RUN (or set out: in the config file)")
-        return Path(self.out).expanduser()
+        run = Path(self.out).expanduser()
+        if run.exists() and not run.is_dir():
+            raise ConfigError(f"out: {run} is a file; the run folder must be a folder (or not exist yet)")
+        return run
 
     def train_file(self) -> Path:
         if not self.data:
