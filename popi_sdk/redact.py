@@ -9,7 +9,7 @@ any free text that may quote one (a server's or a client's error message) throug
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -30,19 +30,25 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if pairs:
-            query = "&".join(
-                f"{quote(name, safe='')}={MASK if _SECRET_NAME.search(name) else quote(value, safe='')}"
-                for name, value in pairs
-            )
-        elif _SECRET_NAME.search(query):  # a bare token, "?SECRET", is masked whole
-            query = MASK
+    query = "&".join(_mask_param(item) for item in parts.query.split("&")) if parts.query else ""
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _mask_param(item: str) -> str:
+    """``api-key=SECRET`` -> ``api-key=***``; other parameters are kept as written."""
+    name, eq, _value = item.partition("=")
+    if not eq:  # a bare "?sk-..." is a token itself unless it is a short flag ("?debug")
+        return MASK if len(item) >= 16 or _SECRET_NAME.search(unquote_plus(item)) else item
+    return f"{name}={MASK}" if _SECRET_NAME.search(unquote_plus(name)) else item
+
+
 def redact_text(text: str) -> str:
-    """``text`` with every URL in it passed through :func:`redact_url`."""
-    return _URL.sub(lambda m: redact_url(m.group(0)), str(text))
+    """``text`` with every URL in it passed through :func:`redact_url` (punctuation that ends a
+    sentence after a URL stays outside it)."""
+
+    def one(match: re.Match) -> str:
+        url = match.group(0)
+        core = url.rstrip(".,;:!?)]}")
+        return redact_url(core) + url[len(core):]
+
+    return _URL.sub(one, str(text))
