@@ -194,13 +194,13 @@ class Personalizer:
         settings = f"tokens={self.summary_tokens};words={self.summary_words}"
         return as_user_signals(signals).signals_hash(settings=settings)
 
-    def _make_summary(self, user: UserSignals, text: str) -> Summary:
+    def _make_summary(self, user: UserSignals, text: str, *, allow_empty: bool = False) -> Summary:
         """The summary to store for ``text``; every path that stores one comes through here, so
         an empty answer is refused once, for every backend, before anything is stored."""
         raw = text
         text = clean_summary(text)
         summarizer = self.summarizer
-        if not text.strip():
+        if not text.strip() and not allow_empty:
             shown = raw if len(raw) <= 200 else raw[:200] + "..."
             raise EmptySummaryError(
                 f"the summarizer wrote no summary for user {user.user_id!r} (it returned "
@@ -240,13 +240,18 @@ class Personalizer:
         refresh: bool = False,
         progress: bool = True,
         max_concurrency: int | None = None,
+        keep_empty: bool = False,
     ) -> list[Summary]:
         """Summarize many users; cached users cost nothing. Order is kept.
 
         A local summarizer works in batches of ``batch_size``; a server summarizer (``openai:``,
         ``anthropic:``) gets concurrent requests, at most ``max_concurrency`` in flight (default:
         the backend's own). Each summary is stored as soon as it is written, so a run that fails
-        part-way resumes where it stopped."""
+        part-way resumes where it stopped.
+
+        An empty summary raises :class:`EmptySummaryError`; with ``keep_empty=True`` it is
+        returned instead (text ``""``, for callers that use whatever the model wrote, as training
+        does), but still never stored."""
         todo = [as_user_signals(u) for u in users]
         out: list[Summary | None] = [None] * len(todo)
         missing = []
@@ -258,7 +263,13 @@ class Personalizer:
 
         def store(j: int, text: str) -> None:
             i = missing[j]
-            summary = self._make_summary(todo[i], text)
+            try:
+                summary = self._make_summary(todo[i], text)
+            except EmptySummaryError:
+                if not keep_empty:
+                    raise
+                out[i] = self._make_summary(todo[i], text, allow_empty=True)
+                return
             self.store.put(summary)
             out[i] = summary
 

@@ -377,5 +377,8 @@ def test_an_empty_summary_is_never_stored(tmp_path, case, api, handler, mode):
                                                  r"for user 'bob' \(it returned '"):
         run()
     assert stored_rows(store) == [] and p.cached(user) is None
-    with pytest.raises(EmptySummaryError):  # asked again: asked again, not served from a cache
+    with pytest.raises(EmptySummaryError):  # asked again, not served from a cache
         run()
+    # Training takes whatever the model wrote: returned, still never stored.
+    kept = p.summarize_many([user], progress=False, keep_empty=True)
+    assert [s.text for s in kept] == [""] and stored_rows(store) == []
