@@ -175,7 +175,7 @@ def test_memory_store_iteration_races_are_gone():
 
     def reader() -> None:
         try:
-            for _ in range(200):
+            for _ in range(1000):
                 store.latest("u7")
                 store.user_ids()
         except BaseException as e:  # noqa: BLE001

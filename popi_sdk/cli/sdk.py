@@ -125,7 +125,7 @@ def forget(
     user_id: str = typer.Argument(..., help="The user to remove."),
     store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
 ) -> None:
-    """Delete every stored summary of USER_ID."""
+    """Delete every stored summary version and the stored signals of USER_ID."""
     from popi_sdk.store import open_store
 
     n = open_store(store).delete_user(user_id)
