@@ -5,8 +5,8 @@ Each user is first summarized from the first half ("old"); then the second half 
 summary is rewritten two ways with :meth:`Personalizer.add_signals`:
 
 - **refresh**: from the merged signals with the current summary as extra context
-  (``with_current=True``, the default);
-- **fresh**: from the merged signals alone (``with_current=False``).
+  (``with_current=True``);
+- **fresh**: from the merged signals alone (``with_current=False``, the default).
 
 Two situations:
 
@@ -18,7 +18,7 @@ Every summary is scored with :meth:`Personalizer.score` on the labeled pairs of 
 now is (the embedded model scores; 0.5 = no better than no summary). Prints a Markdown table.
 
     python benchmarks/refresh.py                     # defaults: 4 users, 6 pairs, 4 examples, 48-token summaries
-    python benchmarks/refresh.py --users 8 --summary-tokens 64
+    python benchmarks/refresh.py --users 8           # the run in docs/lifecycle.md
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ def main() -> None:
         print(f"first summary of {user.user_id} written", file=sys.stderr)
 
     results: dict[str, dict[str, list]] = {}
+    same: dict[str, dict[str, int]] = {}
     for situation in ("more evidence", "changed"):
         arms = {"old": [], "refresh": [], "fresh": []}
+        copies = {"old": 0, "refresh": 0, "fresh": 0}
         for user, other, (half, first, old) in zip(users, others, firsts):
             source = user if situation == "more evidence" else other
             later = {"pairs": [p.model_dump() for p in source.signals.pairs[half:]]}
@@ -80,16 +82,18 @@ def main() -> None:
                 )
                 if arm == "refresh":
                     arms["old"].append(p.score(user.user_id, examples))
-                p.add_signals(user.user_id, later, with_current=(arm == "refresh"))
+                new = p.add_signals(user.user_id, later, with_current=(arm == "refresh"))
+                copies[arm] += new.text == old.text
                 arms[arm].append(p.score(user.user_id, examples))
             print(f"{situation}: {user.user_id} done", file=sys.stderr)
         results[situation] = arms
+        same[situation] = copies
 
     print(f"\n{args.users} synthetic review users, {args.pairs} signal pairs each (half old, half "
           f"new), scored on {args.examples} labeled pairs each; summaries of at most "
           f"{args.summary_tokens} tokens; embedded model scores.\n")
-    print("| situation | summary | reward accuracy | margin gain (nats) | wins vs fresh |")
-    print("|---|---|---:|---:|---:|")
+    print("| situation | summary | reward accuracy | margin gain (nats) | wins vs fresh | text = old |")
+    print("|---|---|---:|---:|---:|---:|")
     for situation, arms in results.items():
         for arm in ("old", "refresh", "fresh"):
             scores = arms[arm]
@@ -98,7 +102,8 @@ def main() -> None:
             wins = "" if arm == "fresh" else str(sum(
                 a.margin_gain > f.margin_gain for a, f in zip(scores, arms["fresh"])
             )) + f"/{len(scores)}"
-            print(f"| {situation} | {arm} | {acc:.3f} | {gain:+.3f} | {wins} |")
+            copied = "" if arm == "old" else f"{same[situation][arm]}/{len(scores)}"
+            print(f"| {situation} | {arm} | {acc:.3f} | {gain:+.3f} | {wins} | {copied} |")
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 

@@ -74,7 +74,9 @@ def test_add_signals_merges_and_refreshes_with_the_current_summary(p):
     third = {"prompt": "What is snow?", "chosen": "Frozen fluffy rain!",
              "rejected": "Ice crystals nucleated around aerosol particles."}
     calls = p.counter.calls
-    refreshed = p.add_signals("kid", {"pairs": [new_pair, third]}, examples=EXAMPLES[:1])
+    refreshed = p.add_signals(
+        "kid", {"pairs": [new_pair, third]}, examples=EXAMPLES[:1], with_current=True
+    )
     assert p.counter.calls == calls + 1 and refreshed.version == 2 and refreshed.source == "model"
     stored = p.stored_signals("kid")
     # at most 2 pairs kept: the original (oldest) one was evicted; the persona stays
@@ -86,7 +88,7 @@ def test_add_signals_merges_and_refreshes_with_the_current_summary(p):
     assert refreshed.signals_hash == p.cache_hash(stored, current_summary=first.text)
     assert p.add_signals("kid", {"pairs": [third]}) == refreshed  # nothing new: no model call
     assert p.counter.calls == calls + 1
-    fresh = p.add_signals("kid", {"persona": "I am 9."}, with_current=False)
+    fresh = p.add_signals("kid", {"persona": "I am 9."})  # default: a fresh summary
     assert fresh.signals_hash == p.cache_hash(p.stored_signals("kid"))
     with pytest.raises(InputError, match="not 'kid'"):
         p.add_signals("kid", UserSignals(user_id="other", persona="x"))
