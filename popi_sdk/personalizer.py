@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from popi_sdk.backends import Backend, GenerateOptions, get_backend
 from popi_sdk.data.jsonl import describe_validation_error
-from popi_sdk.errors import InputError, NotFoundError
+from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore, UserRow, UserSignals
@@ -214,10 +214,26 @@ class Personalizer:
         return as_user_signals(signals).signals_hash(settings=settings)
 
     def _make_summary(
-        self, user: UserSignals, text: str, *, current_summary: str | None = None
+        self,
+        user: UserSignals,
+        text: str,
+        *,
+        current_summary: str | None = None,
+        allow_empty: bool = False,
     ) -> Summary:
+        """The summary to store for ``text``; every path that stores one comes through here, so
+        an empty answer is refused once, for every backend, before anything is stored."""
+        raw = text
         text = clean_summary(text)
         summarizer = self.summarizer
+        if not text.strip() and not allow_empty:
+            shown = raw if len(raw) <= 200 else raw[:200] + "..."
+            raise EmptySummaryError(
+                f"the summarizer wrote no summary for user {user.user_id!r} (it returned "
+                f"{shown!r}); nothing was stored. Try again, check the summarizer model, or "
+                "raise summary_tokens if the answer was cut off",
+                backend=summarizer.name,
+            )
         return Summary(
             user_id=user.user_id,
             text=text,
@@ -252,10 +268,11 @@ class Personalizer:
                 hit = self.store.put(hit.model_copy(update={"score": None}))
         return hit
 
-    def _store_new(self, user: UserSignals, text: str) -> Summary:
-        summary = self.store.put(self._make_summary(user, text))
+    def _store_new(self, user: UserSignals, summary: Summary) -> Summary:
+        """Store a newly written summary as the user's next version, with its signals."""
+        stored = self.store.put(summary)
         self._record_signals(user, replace=True)
-        return summary
+        return stored
 
     def cached(self, signals: SignalsLike) -> Summary | None:
         """The stored summary for exactly these signals, settings and summarizer, if any."""
@@ -277,7 +294,7 @@ class Personalizer:
         if not refresh and (hit := self._hit(user, replace_user_edit)) is not None:
             return hit
         text = self.summarizer.generate(self.summarizer_input(user), self._summary_options())
-        return self._store_new(user, text)
+        return self._store_new(user, self._make_summary(user, text))
 
     def summarize_many(
         self,
@@ -288,6 +305,7 @@ class Personalizer:
         progress: bool = True,
         max_concurrency: int | None = None,
         replace_user_edit: bool = False,
+        keep_empty: bool = False,
     ) -> list[Summary]:
         """Summarize many users; cached users (and users whose own edit is current) cost
         nothing. Order is kept.
@@ -295,7 +313,11 @@ class Personalizer:
         A local summarizer works in batches of ``batch_size``; a server summarizer (``openai:``,
         ``anthropic:``) gets concurrent requests, at most ``max_concurrency`` in flight (default:
         the backend's own). Each summary is stored as soon as it is written, so a run that fails
-        part-way resumes where it stopped."""
+        part-way resumes where it stopped.
+
+        An empty summary raises :class:`EmptySummaryError`; with ``keep_empty=True`` it is
+        returned instead (text ``""``, for callers that use whatever the model wrote, as training
+        does), but still never stored."""
         todo = [as_user_signals(u) for u in users]
         out: list[Summary | None] = [None] * len(todo)
         missing = []
@@ -309,7 +331,14 @@ class Personalizer:
 
         def store(j: int, text: str) -> None:
             i = missing[j]
-            out[i] = self._store_new(todo[i], text)
+            try:
+                summary = self._make_summary(todo[i], text)
+            except EmptySummaryError:
+                if not keep_empty:
+                    raise
+                out[i] = self._make_summary(todo[i], text, allow_empty=True)
+                return
+            out[i] = self._store_new(todo[i], summary)
 
         with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
             advance(len(todo) - len(missing))
@@ -336,7 +365,8 @@ class Personalizer:
         if not refresh and (hit := await asyncio.to_thread(self._hit, user, replace_user_edit)):
             return hit
         text = await self.summarizer.agenerate(self.summarizer_input(user), self._summary_options())
-        return await asyncio.to_thread(self._store_new, user, text)
+        summary = self._make_summary(user, text)
+        return await asyncio.to_thread(self._store_new, user, summary)
 
     async def asummarize_many(
         self,
@@ -611,9 +641,10 @@ class Personalizer:
         used directly; with neither, the prompt is answered un-personalized. ``backend`` overrides
         the generator for this call (any registered name, e.g. ``"openai:gpt-4o"``).
         """
+        # Options first: a bad value is reported before any store read or model load.
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         text = model.generate(messages, options)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -630,11 +661,11 @@ class Personalizer:
         **backend_options: Any,
     ) -> Generation:
         """Async :meth:`generate`, for web apps: server backends use their async client."""
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         messages, used = await asyncio.to_thread(
             self.conditioning, prompt, user_id=user_id, summary=summary
         )
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         text = await model.agenerate(messages, options)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -669,8 +700,8 @@ class Personalizer:
 
         A local generator answers in batches; a server generator gets concurrent requests, at
         most ``max_concurrency`` in flight (default: the backend's own)."""
-        prepared = self._prepare_many(prompts, user_ids, summaries)
         options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        prepared = self._prepare_many(prompts, user_ids, summaries)
         model = self.generator
         texts = [""] * len(prepared)
 
@@ -705,6 +736,7 @@ class Personalizer:
     ) -> list[Generation]:
         """Async :meth:`generate_many`: a server generator gets at most ``max_concurrency``
         requests in flight; a local one runs :meth:`generate_many` in a worker thread."""
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         model = self.generator
         limit = server_concurrency(model, max_concurrency)
         if limit is None:
@@ -719,7 +751,6 @@ class Personalizer:
                 progress=progress,
             )
         prepared = await asyncio.to_thread(self._prepare_many, prompts, user_ids, summaries)
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         with progress_bar("Generating", len(prepared), enabled=progress) as advance:
             jobs = [lambda m=m: model.agenerate(m, options) for m, _ in prepared]
             texts = await _gather_bounded(jobs, limit, advance)

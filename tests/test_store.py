@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from popi_sdk.errors import StoreError
+from popi_sdk.errors import InputError, StoreError
 from popi_sdk.signals import Summary, SummaryScore
 from popi_sdk.store import MemoryStore, PostgresStore, SQLiteStore, SummaryStore, open_store
 
@@ -249,7 +249,7 @@ def test_open_store_variants(store_path, monkeypatch):
     assert isinstance(open_store(store_path), SQLiteStore)
     monkeypatch.setenv("POPI_STORE", str(store_path))
     assert open_store().path == store_path
-    with pytest.raises(TypeError, match="SummaryStore"):
+    with pytest.raises(InputError, match="SummaryStore"):
         open_store(42)
 
 

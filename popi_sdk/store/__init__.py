@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from popi_sdk.errors import InputError
 from popi_sdk.signals import Summary, SummaryScore
 
 #: Default of how many pairs, history items and labeled examples a store keeps per user (each
@@ -179,7 +180,7 @@ def open_store(store: SummaryStore | str | os.PathLike | None = None) -> Summary
             return PostgresStore(str(raw))
         return SQLiteStore(raw)
     if not isinstance(store, SummaryStore):
-        raise TypeError(
+        raise InputError(
             "store must implement popi_sdk.store.SummaryStore (get, put, latest, history, "
             "set_score, signals, merge_signals, delete_user, user_ids), a SQLite path, a "
             f"postgresql:// URL, ':memory:' or None; got {type(store).__name__}"
