@@ -6,6 +6,12 @@ visible in the traceback while the first line a user reads is ours.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class PopiError(Exception):
     """Root of every error popi-sdk raises on purpose."""
@@ -80,3 +86,39 @@ class StoreError(PopiError):
 
 class NotFoundError(PopiError, LookupError):
     """A requested object (e.g. a user's summary) does not exist."""
+
+
+# -- describing pydantic validation errors in our words ------------------------------------
+_FIXES = {
+    "missing": "add the field",
+    "extra_forbidden": "remove it (or check its spelling)",
+    "string_type": "give a JSON string",
+    "list_type": "give a JSON list",
+    "dict_type": "give a JSON object",
+    "float_type": "give a number",
+    "float_parsing": "give a number",
+    "model_type": "give a JSON object",
+    "model_attributes_type": "give a JSON object",
+}
+
+
+def format_loc(loc: Iterable[object]) -> str:
+    """``('signals', 'pairs', 0, 'chosen')`` -> ``signals.pairs[0].chosen``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(row)"
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One human line per pydantic error: field path, message, and a fix where we know one."""
+    lines = []
+    for err in exc.errors():
+        where = format_loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        fix = _FIXES.get(err["type"])
+        lines.append(f"field {where}: {msg}" + (f". Fix: {fix}" if fix else ""))
+    return lines

@@ -11,31 +11,25 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from popi_sdk.backends import Backend, GenerateOptions, get_backend
-from popi_sdk.data.jsonl import describe_validation_error
-from popi_sdk.errors import InputError, NotFoundError
+from popi_sdk.backends.base import Message
+from popi_sdk.errors import InputError, NotFoundError, describe_validation_error
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import Summary, UserRow, UserSignals
 from popi_sdk.store import SummaryStore, open_store
-from popi_sdk.templates import (
-    Message,
-    clean_summary,
-    prompt_only_messages,
-    summarizer_messages,
-    summary_messages,
-)
+from popi_sdk.summary_spec import SummarySpec, check_field
+from popi_sdk.templates import prompt_only_messages, summary_messages
 
 SignalsLike = UserSignals | UserRow | dict
 
 
 def server_concurrency(backend: Backend, requested: int | None = None) -> int | None:
     """How many requests to keep in flight for ``backend``, or ``None`` for a local model (which
-    batches instead). A backend declares itself a server by having a ``max_concurrency``
-    attribute, as the ``openai`` and ``anthropic`` backends do; ``requested`` overrides it."""
-    own = getattr(backend, "max_concurrency", None)
-    if own is None:
+    batches instead). A backend declares itself a server by its ``max_concurrency``, as the
+    ``openai`` and ``anthropic`` backends do; ``requested`` overrides it."""
+    if backend.max_concurrency is None:
         return None
-    n = requested if requested is not None else own
+    n = requested if requested is not None else backend.max_concurrency
     if n < 1:
         raise InputError(f"max_concurrency must be at least 1, got {n}")
     return n
@@ -101,14 +95,15 @@ async def _gather_bounded(jobs: Sequence[Callable[[], Any]], limit: int, advance
 
 
 class Generation(BaseModel):
-    """A generated answer. ``str(generation)`` is its text."""
+    """A generated answer. ``str(generation)`` is its text; ``summary`` is the summary it was
+    conditioned on, as given (a stored :class:`Summary` or the text passed), if any."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     text: str
     backend: str
     prompt: str
-    summary: Summary | None = None
+    summary: Summary | str | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -131,6 +126,15 @@ def as_user_signals(value: SignalsLike) -> UserSignals:
     )
 
 
+def _one_prompt_each(prompts: Sequence[str] | None, n: int) -> list[str | None]:
+    if prompts is None:
+        return [None] * n
+    prompts = list(prompts)
+    if len(prompts) != n:
+        raise InputError(f"got {len(prompts)} prompts for {n} users: give one prompt per user")
+    return prompts
+
+
 class Personalizer:
     """Summarize users' preferences with a summarizer model and answer with a generator model.
 
@@ -143,8 +147,16 @@ class Personalizer:
             A trained checkpoint folder works for either (``"runs/x/stage1"``).
         store: a :class:`SummaryStore`, a SQLite path, or ``":memory:"``
             (``POPI_STORE``; default ``$POPI_HOME/summaries.sqlite``).
-        summary_tokens: most tokens a summary may have (default 96).
-        summary_words: length the summarizer is asked for (default 60 words).
+        summary: how summaries are written (:class:`~popi_sdk.summary_spec.SummarySpec`);
+            default: the spec a trained summarizer saved with its weights
+            (``RUN/stage1/popi_summary.json``), else the defaults.
+        summary_tokens: override of the spec's ``max_tokens``, the most tokens a summary may have
+            (default 96, or the trained summarizer's).
+        summary_words: override of the spec's ``max_words``, the length the summarizer is asked
+            for (default 60 words, or the trained summarizer's).
+
+    An override changes the cache key: the same signals summarized under other settings are a
+    different summary.
     """
 
     def __init__(
@@ -153,9 +165,20 @@ class Personalizer:
         generator: str | Backend | None = None,
         store: SummaryStore | str | os.PathLike | None = None,
         *,
-        summary_tokens: int = 96,
-        summary_words: int = 60,
+        summary: SummarySpec | None = None,
+        summary_tokens: int | None = None,
+        summary_words: int | None = None,
     ):
+        if summary is not None and not isinstance(summary, SummarySpec):
+            raise InputError(f"summary must be a SummarySpec, got {type(summary).__name__}")
+        self._overrides: dict[str, int] = {}
+        for option, field, value in (
+            ("summary_tokens", "max_tokens", summary_tokens),
+            ("summary_words", "max_words", summary_words),
+        ):
+            if value is not None:
+                check_field(field, value, option=option)
+                self._overrides[field] = value
         self._summarizer_spec = summarizer if isinstance(summarizer, Backend) else resolve(
             summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND
         )
@@ -163,8 +186,8 @@ class Personalizer:
             generator, "POPI_GENERATOR", DEFAULT_BACKEND
         )
         self.store = open_store(store)
-        self.summary_tokens = summary_tokens
-        self.summary_words = summary_words
+        self._summary = summary
+        self._resolved: SummarySpec | None = None
 
     @property
     def summarizer(self) -> Backend:
@@ -174,6 +197,15 @@ class Personalizer:
     def generator(self) -> Backend:
         return get_backend(self._generator_spec)
 
+    @property
+    def summary_spec(self) -> SummarySpec:
+        """How this personalizer writes summaries: the given spec, else the trained summarizer's
+        saved one, else the defaults; then the explicit overrides."""
+        if self._resolved is None:
+            base = self._summary or SummarySpec.of_backend(self.summarizer)
+            self._resolved = base.replace(**self._overrides)
+        return self._resolved
+
     def __repr__(self) -> str:
         return (
             f"Personalizer(summarizer={self._summarizer_spec!r}, "
@@ -181,43 +213,46 @@ class Personalizer:
         )
 
     # -- summaries -------------------------------------------------------------------------
-    def _summary_options(self) -> GenerateOptions:
-        return GenerateOptions(max_new_tokens=self.summary_tokens, temperature=0.0)
-
-    def summarizer_input(self, signals: SignalsLike) -> list[Message]:
+    def summarizer_input(self, signals: SignalsLike, *, prompt: str | None = None) -> list[Message]:
         """The exact messages the summarizer reads for these signals."""
-        return summarizer_messages(as_user_signals(signals), max_words=self.summary_words)
+        return self.summary_spec.messages(as_user_signals(signals), prompt)
 
-    def cache_hash(self, signals: SignalsLike) -> str:
-        """The store key of these signals' summary: their content and this personalizer's summary
-        length settings (the same signals summarized at another length are a different summary)."""
-        settings = f"tokens={self.summary_tokens};words={self.summary_words}"
-        return as_user_signals(signals).signals_hash(settings=settings)
+    def cache_hash(self, signals: SignalsLike, *, prompt: str | None = None) -> str:
+        """The store key of these signals' summary: their content and this personalizer's
+        summary spec (the same signals summarized under another spec are a different summary)."""
+        return self._hash(as_user_signals(signals), prompt)
 
-    def _make_summary(self, user: UserSignals, text: str) -> Summary:
-        text = clean_summary(text)
-        summarizer = self.summarizer
+    def _hash(self, user: UserSignals, prompt: str | None) -> str:
+        return user.signals_hash(settings=self.summary_spec.cache_key(prompt))
+
+    def _make_summary(self, summarizer: Backend, user: UserSignals, key: str, text: str) -> Summary:
+        text = self.summary_spec.clean(text)
         return Summary(
             user_id=user.user_id,
             text=text,
             summarizer=summarizer.name,
-            signals_hash=self.cache_hash(user),
+            signals_hash=key,
             n_tokens=summarizer.count_tokens(text),
         )
 
-    def cached(self, signals: SignalsLike) -> Summary | None:
-        """The stored summary for exactly these signals, settings and summarizer, if any."""
+    def cached(self, signals: SignalsLike, *, prompt: str | None = None) -> Summary | None:
+        """The stored summary for exactly these signals, spec and summarizer, if any."""
         user = as_user_signals(signals)
-        return self.store.get(user.user_id, self.summarizer.name, self.cache_hash(user))
+        return self.store.get(user.user_id, self.summarizer.name, self._hash(user, prompt))
 
-    def summarize(self, signals: SignalsLike, *, refresh: bool = False) -> Summary:
+    def summarize(
+        self, signals: SignalsLike, *, prompt: str | None = None, refresh: bool = False
+    ) -> Summary:
         """The user's preference summary: from the store when these signals were already
-        summarized by this summarizer (no model call), else written now and stored."""
+        summarized by this summarizer under this spec (no model call), else written now and
+        stored. ``prompt`` is the upcoming question, for a prompt-dependent summarizer."""
         user = as_user_signals(signals)
-        if not refresh and (hit := self.cached(user)) is not None:
+        summarizer, spec = self.summarizer, self.summary_spec
+        key = self._hash(user, prompt)
+        if not refresh and (hit := self.store.get(user.user_id, summarizer.name, key)) is not None:
             return hit
-        text = self.summarizer.generate(self.summarizer_input(user), self._summary_options())
-        summary = self._make_summary(user, text)
+        text = summarizer.generate(spec.messages(user, prompt), spec.options())
+        summary = self._make_summary(summarizer, user, key, text)
         self.store.put(summary)
         return summary
 
@@ -225,38 +260,41 @@ class Personalizer:
         self,
         users: Iterable[SignalsLike],
         *,
+        prompts: Sequence[str] | None = None,
         batch_size: int = 8,
         refresh: bool = False,
         progress: bool = True,
         max_concurrency: int | None = None,
     ) -> list[Summary]:
-        """Summarize many users; cached users cost nothing. Order is kept.
+        """Summarize many users; cached users cost nothing. Order is kept. ``prompts`` (one per
+        user) are the upcoming questions, for a prompt-dependent summarizer.
 
         A local summarizer works in batches of ``batch_size``; a server summarizer (``openai:``,
         ``anthropic:``) gets concurrent requests, at most ``max_concurrency`` in flight (default:
         the backend's own). Each summary is stored as soon as it is written, so a run that fails
         part-way resumes where it stopped."""
         todo = [as_user_signals(u) for u in users]
-        out: list[Summary | None] = [None] * len(todo)
-        missing = []
-        for i, user in enumerate(todo):
-            hit = None if refresh else self.cached(user)
-            if hit is None:
-                missing.append(i)
-            out[i] = hit
+        asked = _one_prompt_each(prompts, len(todo))
+        summarizer, spec = self.summarizer, self.summary_spec
+        keys = [self._hash(user, prompt) for user, prompt in zip(todo, asked)]
+        out: list[Summary | None] = [
+            None if refresh else self.store.get(user.user_id, summarizer.name, key)
+            for user, key in zip(todo, keys)
+        ]
+        missing = [i for i, hit in enumerate(out) if hit is None]
 
         def store(j: int, text: str) -> None:
             i = missing[j]
-            summary = self._make_summary(todo[i], text)
+            summary = self._make_summary(summarizer, todo[i], keys[i], text)
             self.store.put(summary)
             out[i] = summary
 
         with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
             advance(len(todo) - len(missing))
             answer_all(
-                self.summarizer,
-                [self.summarizer_input(todo[i]) for i in missing],
-                self._summary_options(),
+                summarizer,
+                [spec.messages(todo[i], asked[i]) for i in missing],
+                spec.options(),
                 on_answer=store,
                 advance=advance,
                 batch_size=batch_size,
@@ -264,14 +302,20 @@ class Personalizer:
             )
         return [s for s in out if s is not None]
 
-    async def asummarize(self, signals: SignalsLike, *, refresh: bool = False) -> Summary:
+    async def asummarize(
+        self, signals: SignalsLike, *, prompt: str | None = None, refresh: bool = False
+    ) -> Summary:
         """Async :meth:`summarize`: the summarizer call awaits (server backends use their async
         client); the store is read and written in a worker thread."""
         user = as_user_signals(signals)
-        if not refresh and (hit := await asyncio.to_thread(self.cached, user)) is not None:
-            return hit
-        text = await self.summarizer.agenerate(self.summarizer_input(user), self._summary_options())
-        summary = self._make_summary(user, text)
+        summarizer, spec = self.summarizer, self.summary_spec
+        key = self._hash(user, prompt)
+        if not refresh:
+            hit = await asyncio.to_thread(self.store.get, user.user_id, summarizer.name, key)
+            if hit is not None:
+                return hit
+        text = await summarizer.agenerate(spec.messages(user, prompt), spec.options())
+        summary = self._make_summary(summarizer, user, key, text)
         await asyncio.to_thread(self.store.put, summary)
         return summary
 
@@ -279,6 +323,7 @@ class Personalizer:
         self,
         users: Iterable[SignalsLike],
         *,
+        prompts: Sequence[str] | None = None,
         refresh: bool = False,
         progress: bool = True,
         max_concurrency: int | None = None,
@@ -288,13 +333,18 @@ class Personalizer:
         requests in flight (default: the backend's own); a local one runs
         :meth:`summarize_many` in a worker thread. Order is kept."""
         todo = [as_user_signals(u) for u in users]
+        asked = _one_prompt_each(prompts, len(todo))
         limit = server_concurrency(self.summarizer, max_concurrency)
         if limit is None:
             return await asyncio.to_thread(
-                self.summarize_many, todo, batch_size=batch_size, refresh=refresh, progress=progress
+                self.summarize_many, todo, prompts=prompts, batch_size=batch_size,
+                refresh=refresh, progress=progress,
             )
         with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
-            jobs = [lambda u=u: self.asummarize(u, refresh=refresh) for u in todo]
+            jobs = [
+                lambda u=u, q=q: self.asummarize(u, prompt=q, refresh=refresh)
+                for u, q in zip(todo, asked)
+            ]
             return await _gather_bounded(jobs, limit, advance)
 
     def get_summary(self, user_id: str) -> Summary:
@@ -314,20 +364,18 @@ class Personalizer:
     # -- generation ------------------------------------------------------------------------
     def conditioning(
         self, prompt: str, *, user_id: str | None = None, summary: Summary | str | None = None
-    ) -> tuple[list[Message], Summary | None]:
-        """The generator's messages for ``prompt``: summary-conditioned when a summary is given or
-        stored for ``user_id``; the plain prompt when neither ``user_id`` nor ``summary`` is given."""
+    ) -> tuple[list[Message], Summary | str | None]:
+        """The generator's messages for ``prompt`` and the summary they carry: summary-conditioned
+        when a summary (a :class:`Summary` or its text) is given or stored for ``user_id``; the
+        plain prompt when neither ``user_id`` nor ``summary`` is given."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("prompt must be a non-empty string")
         if summary is None and user_id is not None:
             summary = self.get_summary(user_id)
         if summary is None:
             return prompt_only_messages(prompt), None
-        if isinstance(summary, str):
-            summary = Summary(
-                user_id=user_id or "", text=summary, summarizer="given", signals_hash="", n_tokens=0
-            )
-        return summary_messages(prompt, summary.text), summary
+        text = summary if isinstance(summary, str) else summary.text
+        return summary_messages(prompt, text), summary
 
     def generate(
         self,
@@ -379,7 +427,7 @@ class Personalizer:
         prompts: Sequence[str],
         user_ids: Sequence[str | None] | None,
         summaries: Sequence[Summary | str | None] | None,
-    ) -> list[tuple[list[Message], Summary | None]]:
+    ) -> list[tuple[list[Message], Summary | str | None]]:
         n = len(prompts)
         user_ids = list(user_ids) if user_ids is not None else [None] * n
         summaries = list(summaries) if summaries is not None else [None] * n

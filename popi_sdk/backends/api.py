@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from popi_sdk.backends.base import Backend, GenerateOptions
+from popi_sdk.backends.base import Backend, GenerateOptions, Message
 from popi_sdk.errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -27,7 +27,6 @@ from popi_sdk.errors import (
     ModelNotFoundError,
     RateLimitError,
 )
-from popi_sdk.templates import Message
 
 #: A key for servers that check none (vLLM, ``transformers serve``); the clients refuse to start
 #: without some key. Only used when the base URL is not the provider's own.

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from popi_sdk.templates import Message
+#: One chat message, ``{"role": "system" | "user" | "assistant", "content": "..."}``. Plain dicts,
+#: so every backend (a local chat template, OpenAI, Anthropic's ``system`` field) can take them.
+Message = dict[str, str]
+
 
 
 class GenerateOptions(BaseModel):
@@ -35,6 +38,17 @@ class Backend(ABC):
 
     #: Registry name, e.g. ``"hf:smollm2"`` or ``"openai:gpt-4o"``; used as the summarizer id.
     name: str = "backend"
+
+    # -- capabilities: what callers may rely on, declared rather than probed ------------------
+    #: Requests to keep in flight for batch work, for a backend that is a server (``openai``,
+    #: ``anthropic``); ``None`` for a local model, which batches in :meth:`generate_batch`.
+    max_concurrency: int | None = None
+    #: Whether ``model`` and ``tokenizer`` are a local causal LM whose log-probs can be read
+    #: (evaluation and training score with them).
+    supports_logprobs: bool = False
+    #: The local checkpoint folder the weights come from, if any. A trained summarizer's folder
+    #: holds ``popi_summary.json``, how it was trained to write summaries.
+    checkpoint: str | None = None
 
     @abstractmethod
     def generate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
