@@ -17,7 +17,7 @@ from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import Summary, UserRow, UserSignals
 from popi_sdk.store import SummaryStore, open_store
-from popi_sdk.summary_spec import SummarySpec, check_field
+from popi_sdk.summary_spec import SummarySpec, length_overrides
 from popi_sdk.templates import prompt_only_messages, summary_messages
 
 SignalsLike = UserSignals | UserRow | dict
@@ -171,14 +171,7 @@ class Personalizer:
     ):
         if summary is not None and not isinstance(summary, SummarySpec):
             raise InputError(f"summary must be a SummarySpec, got {type(summary).__name__}")
-        self._overrides: dict[str, int] = {}
-        for option, field, value in (
-            ("summary_tokens", "max_tokens", summary_tokens),
-            ("summary_words", "max_words", summary_words),
-        ):
-            if value is not None:
-                check_field(field, value, option=option)
-                self._overrides[field] = value
+        self._overrides = length_overrides(summary_tokens, summary_words)
         self._summarizer_spec = summarizer if isinstance(summarizer, Backend) else resolve(
             summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND
         )

@@ -195,3 +195,18 @@ def check_field(name: str, value: Any, *, option: str | None = None) -> None:
         reason = e.errors()[0]["msg"].removeprefix("Value error, ")
         what = field.description[:1].lower() + field.description[1:].rstrip(".")
         raise InputError(f"{option}{where}, got {value!r} ({what}): {reason}") from None
+
+
+def length_overrides(summary_tokens: int | None, summary_words: int | None) -> dict[str, int]:
+    """The spec fields that the ``summary_tokens`` / ``summary_words`` options (of the SDK, the
+    CLI and evaluation) override, checked now, so a bad value is reported under its option name."""
+    out: dict[str, int] = {}
+    for option, name, value in (
+        ("summary_tokens", "max_tokens", summary_tokens),
+        ("summary_words", "max_words", summary_words),
+    ):
+        if value is not None:
+            check_field(name, value, option=option)
+            out[name] = value
+    return out
+

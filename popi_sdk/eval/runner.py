@@ -20,7 +20,7 @@ from popi_sdk.eval.judges import Comparison, Judge
 from popi_sdk.eval.methods import Method
 from popi_sdk.progress import progress_bar
 from popi_sdk.signals import UserRow
-from popi_sdk.summary_spec import SummarySpec
+from popi_sdk.summary_spec import SummarySpec, length_overrides
 
 
 @dataclass
@@ -243,8 +243,9 @@ def summary_spec_for(
     only the weights differ), else the defaults; then the explicit overrides."""
     from popi_sdk.backends import get_backend
 
+    overrides = length_overrides(summary_tokens, summary_words)
     base = SummarySpec.of_backend(get_backend(summarizer)) if summarizer else SummarySpec()
-    spec = base.replace(max_tokens=summary_tokens, max_words=summary_words)
+    spec = base.replace(**overrides)
     if spec.prompt_dependent:
         raise InputError(
             f"{summarizer} writes prompt-dependent summaries (its popi_summary.json has "
