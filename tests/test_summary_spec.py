@@ -63,6 +63,37 @@ def test_personalizer_rejects_bad_lengths_at_construction():
         Personalizer(summary={"max_words": 10})
 
 
+def test_prompt_dependent_summaries_are_asked_and_cached_per_prompt():
+    from popi_sdk import Personalizer
+    from popi_sdk.backends import Backend
+    from popi_sdk.errors import InputError
+
+    class Echo(Backend):
+        name = "echo"
+
+        def __init__(self):
+            self.asked = []
+
+        def generate(self, messages, options):
+            self.asked.append(messages[-1]["content"])
+            return "Summary: The user wants it brief. The user wants it brief."
+
+    echo = Echo()
+    p = Personalizer(summarizer=echo, store=":memory:", summary=SummarySpec(prompt_dependent=True))
+    user = {"user_id": "u", "persona": "I like brevity."}
+    with pytest.raises(InputError, match="pass the upcoming prompt"):
+        p.summarize(user)
+    first = p.summarize(user, prompt="Plan a trip.")
+    assert first.text == "The user wants it brief."  # cleaned by the spec
+    assert echo.asked[-1].endswith("Upcoming question: Plan a trip.")
+    many = p.summarize_many([user, user], prompts=["Plan a trip.", "Cook dinner."], progress=False)
+    assert many[0] == first and len(echo.asked) == 2  # the first prompt came from the store
+    assert echo.asked[-1].endswith("Upcoming question: Cook dinner.")
+    assert many[1].signals_hash != first.signals_hash
+    with pytest.raises(InputError, match="one prompt per user"):
+        p.summarize_many([user], prompts=["a", "b"])
+
+
 # -- from a trained checkpoint ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def users():
