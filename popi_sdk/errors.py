@@ -7,7 +7,9 @@ visible in the traceback while the first line a user reads is ours.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from popi_sdk.redact import redact_text
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -39,6 +41,13 @@ class ConfigError(InputError):
     """A configuration file or override is invalid."""
 
 
+class SettingError(PopiError):
+    """An environment variable setting (``POPI_...``) is invalid; the message names it.
+
+    Deliberately not a ``ValueError``: a setting read while validating a user's data must not be
+    reported by pydantic as a problem of the field being validated."""
+
+
 class MissingDependencyError(PopiError, ImportError):
     """An optional dependency is not installed; the message gives the install command."""
 
@@ -53,7 +62,8 @@ class BackendError(PopiError):
     def __init__(self, message: str, backend: str | None = None):
         self.backend = backend
         prefix = f"[{backend}] " if backend else ""
-        super().__init__(prefix + message)
+        # Messages quote base URLs and servers' own words; neither may leak a credential.
+        super().__init__(redact_text(prefix + message))
 
 
 class UnknownBackendError(BackendError, InputError):
@@ -80,12 +90,29 @@ class BackendTimeoutError(BackendError):
     """A request timed out after the client's own retries."""
 
 
+class BadResponseError(BackendError):
+    """The server answered 200 but not with a reply of its API (not JSON, an HTML page, a
+    reply without choices or content); the message quotes what it sent."""
+
+
+class EmptySummaryError(BackendError):
+    """The summarizer wrote no usable text; nothing was stored."""
+
+
 class StoreError(PopiError):
     """The summary store could not be opened or written."""
 
 
 class NotFoundError(PopiError, LookupError):
     """A requested object (e.g. a user's summary) does not exist."""
+
+
+class LaunchError(PopiError):
+    """SkyPilot could not launch the task (no capacity, a rejected request)."""
+
+
+class CloudSetupError(LaunchError):
+    """No cloud is enabled in SkyPilot, or the chosen cloud's credentials are missing or rejected."""
 
 
 # -- describing pydantic validation errors in our words ------------------------------------
@@ -97,6 +124,7 @@ _FIXES = {
     "dict_type": "give a JSON object",
     "float_type": "give a number",
     "float_parsing": "give a number",
+    "finite_number": "give a finite number (JSON cannot store NaN or Infinity)",
     "model_type": "give a JSON object",
     "model_attributes_type": "give a JSON object",
 }
@@ -111,6 +139,19 @@ def format_loc(loc: Iterable[object]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out or "(row)"
+
+
+def range_rule(field: Any) -> str | None:
+    """``"must be a whole number from 1 to 32768"`` for a pydantic field bounded on both sides
+    (its ``ge``/``gt`` and ``le`` constraints), else ``None``."""
+    bounds = {type(m).__name__: m for m in field.metadata}
+    high = bounds.get("Le")
+    if high is None or not ("Ge" in bounds or "Gt" in bounds):
+        return None
+    kind = "a whole number" if field.annotation is int else "a number"
+    if "Ge" in bounds:
+        return f"must be {kind} from {bounds['Ge'].ge} to {high.le}"
+    return f"must be {kind} greater than {bounds['Gt'].gt} and at most {high.le}"
 
 
 def describe_validation_error(exc: ValidationError) -> list[str]:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from popi_sdk.backends import Backend, GenerateOptions, get_backend
 from popi_sdk.backends.base import Message
-from popi_sdk.errors import InputError, NotFoundError, describe_validation_error
+from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError, describe_validation_error
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import Summary, UserRow, UserSignals
@@ -218,8 +218,21 @@ class Personalizer:
     def _hash(self, user: UserSignals, prompt: str | None) -> str:
         return user.signals_hash(settings=self.summary_spec.cache_key(prompt))
 
-    def _make_summary(self, summarizer: Backend, user: UserSignals, key: str, text: str) -> Summary:
+    def _make_summary(
+        self, summarizer: Backend, user: UserSignals, key: str, text: str, *, allow_empty: bool = False
+    ) -> Summary:
+        """The summary to store for ``text``; every path that stores one comes through here, so
+        an empty answer is refused once, for every backend, before anything is stored."""
+        raw = text
         text = self.summary_spec.clean(text)
+        if not text.strip() and not allow_empty:
+            shown = raw if len(raw) <= 200 else raw[:200] + "..."
+            raise EmptySummaryError(
+                f"the summarizer wrote no summary for user {user.user_id!r} (it returned "
+                f"{shown!r}); nothing was stored. Try again, check the summarizer model, or "
+                "raise summary_tokens if the answer was cut off",
+                backend=summarizer.name,
+            )
         return Summary(
             user_id=user.user_id,
             text=text,
@@ -258,6 +271,7 @@ class Personalizer:
         refresh: bool = False,
         progress: bool = True,
         max_concurrency: int | None = None,
+        keep_empty: bool = False,
     ) -> list[Summary]:
         """Summarize many users; cached users cost nothing. Order is kept. ``prompts`` (one per
         user) are the upcoming questions, for a prompt-dependent summarizer.
@@ -265,7 +279,11 @@ class Personalizer:
         A local summarizer works in batches of ``batch_size``; a server summarizer (``openai:``,
         ``anthropic:``) gets concurrent requests, at most ``max_concurrency`` in flight (default:
         the backend's own). Each summary is stored as soon as it is written, so a run that fails
-        part-way resumes where it stopped."""
+        part-way resumes where it stopped.
+
+        An empty summary raises :class:`EmptySummaryError`; with ``keep_empty=True`` it is
+        returned instead (text ``""``, for callers that use whatever the model wrote, as training
+        does), but still never stored."""
         todo = [as_user_signals(u) for u in users]
         asked = _one_prompt_each(prompts, len(todo))
         summarizer, spec = self.summarizer, self.summary_spec
@@ -278,7 +296,13 @@ class Personalizer:
 
         def store(j: int, text: str) -> None:
             i = missing[j]
-            summary = self._make_summary(summarizer, todo[i], keys[i], text)
+            try:
+                summary = self._make_summary(summarizer, todo[i], keys[i], text)
+            except EmptySummaryError:
+                if not keep_empty:
+                    raise
+                out[i] = self._make_summary(summarizer, todo[i], keys[i], text, allow_empty=True)
+                return
             self.store.put(summary)
             out[i] = summary
 
@@ -388,9 +412,10 @@ class Personalizer:
         used directly; with neither, the prompt is answered un-personalized. ``backend`` overrides
         the generator for this call (any registered name, e.g. ``"openai:gpt-4o"``).
         """
+        # Options first: a bad value is reported before any store read or model load.
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         text = model.generate(messages, options)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -407,11 +432,11 @@ class Personalizer:
         **backend_options: Any,
     ) -> Generation:
         """Async :meth:`generate`, for web apps: server backends use their async client."""
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         messages, used = await asyncio.to_thread(
             self.conditioning, prompt, user_id=user_id, summary=summary
         )
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         text = await model.agenerate(messages, options)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -446,8 +471,8 @@ class Personalizer:
 
         A local generator answers in batches; a server generator gets concurrent requests, at
         most ``max_concurrency`` in flight (default: the backend's own)."""
-        prepared = self._prepare_many(prompts, user_ids, summaries)
         options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        prepared = self._prepare_many(prompts, user_ids, summaries)
         model = self.generator
         texts = [""] * len(prepared)
 
@@ -482,6 +507,7 @@ class Personalizer:
     ) -> list[Generation]:
         """Async :meth:`generate_many`: a server generator gets at most ``max_concurrency``
         requests in flight; a local one runs :meth:`generate_many` in a worker thread."""
+        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         model = self.generator
         limit = server_concurrency(model, max_concurrency)
         if limit is None:
@@ -496,7 +522,6 @@ class Personalizer:
                 progress=progress,
             )
         prepared = await asyncio.to_thread(self._prepare_many, prompts, user_ids, summaries)
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         with progress_bar("Generating", len(prepared), enabled=progress) as advance:
             jobs = [lambda m=m: model.agenerate(m, options) for m, _ in prepared]
             texts = await _gather_bounded(jobs, limit, advance)

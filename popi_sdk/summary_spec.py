@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from popi_sdk.backends.base import Backend, GenerateOptions, Message
-from popi_sdk.errors import ConfigError, InputError, describe_validation_error
+from popi_sdk.errors import ConfigError, InputError, describe_validation_error, range_rule
 from popi_sdk.signals import Signals
 from popi_sdk.templates import render_signals, summary_template
 
@@ -170,15 +170,6 @@ class SummarySpec(BaseModel):
         return cls.from_checkpoint(backend.checkpoint, default)
 
 
-def field_range(name: str) -> str:
-    """The valid range of a numeric :class:`SummarySpec` field, in words."""
-    low = high = None
-    for bound in SummarySpec.model_fields[name].metadata:
-        low = getattr(bound, "ge", getattr(bound, "gt", low))
-        high = getattr(bound, "le", getattr(bound, "lt", high))
-    return f"between {low} and {high}"
-
-
 def check_field(name: str, value: Any, *, option: str | None = None) -> None:
     """Raise an :class:`InputError` naming ``option`` (default: the field) and the valid range
     when ``value`` is not valid for field ``name``."""
@@ -190,11 +181,9 @@ def check_field(name: str, value: Any, *, option: str | None = None) -> None:
         SummarySpec.model_validate({name: value})
     except ValidationError as e:
         field = SummarySpec.model_fields[name]
-        numeric = field.annotation in (int, float, "int", "float")
-        where = f" must be {field_range(name)}" if numeric else ""
-        reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+        rule = range_rule(field) or e.errors()[0]["msg"].removeprefix("Value error, ").lower()
         what = field.description[:1].lower() + field.description[1:].rstrip(".")
-        raise InputError(f"{option}{where}, got {value!r} ({what}): {reason}") from None
+        raise InputError(f"{option} {rule}, got {value!r} ({what})") from None
 
 
 def length_overrides(summary_tokens: int | None, summary_words: int | None) -> dict[str, int]:

@@ -10,8 +10,9 @@ import pytest
 
 from popi_sdk.summary_spec import SPEC_FILE, SummarySpec
 
-# A spec unlike the defaults in every field that shapes a summary written for use.
-TRAINED = {"max_words": 17, "max_tokens": 5, "train_temperature": 0.9}
+# A spec unlike the defaults in every field that shapes a summary written for use. (Sampling, not
+# greedy: greedily, the tiny random model repeats a newline, which cleans to no summary at all.)
+TRAINED = {"max_words": 17, "max_tokens": 12, "temperature": 1.0, "train_temperature": 0.9}
 
 
 def test_json_round_trip_and_missing_file(tmp_path):
@@ -55,9 +56,9 @@ def test_personalizer_rejects_bad_lengths_at_construction():
     from popi_sdk import Personalizer
     from popi_sdk.errors import InputError
 
-    with pytest.raises(InputError, match=r"summary_tokens must be between 4 and 4096, got 0"):
+    with pytest.raises(InputError, match=r"summary_tokens must be a whole number from 4 to 4096, got 0"):
         Personalizer(summary_tokens=0)
-    with pytest.raises(InputError, match=r"summary_words must be between 5 and 1000, got -5"):
+    with pytest.raises(InputError, match=r"summary_words must be a whole number from 5 to 1000, got -5"):
         Personalizer(summary_words=-5)
     with pytest.raises(InputError, match="must be a SummarySpec"):
         Personalizer(summary={"max_words": 10})
@@ -152,7 +153,7 @@ def _assert_written_with_the_trained_spec(calls, n: int) -> None:
     assert len(calls) == n, calls
     for messages, options in calls:
         assert "at most 17 words" in messages[-1]["content"]
-        assert options.max_new_tokens == 5 and options.temperature == 0.0
+        assert options.max_new_tokens == 12 and options.temperature == 1.0
 
 
 def test_stage1_saves_its_spec_and_personalizer_reads_it(trained, users, monkeypatch):

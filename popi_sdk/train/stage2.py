@@ -107,13 +107,16 @@ def summaries_for(
     spec = spec or summary_spec(cfg, summarizer)
     p = Personalizer(summarizer=summarizer, store=cfg.run_dir() / "summaries.sqlite", summary=spec)
     with_examples = [u for u in users if u.examples]
+    # Training uses what the stage-1 model writes, nothing included; an empty summary is just
+    # never stored for the SDK to serve.
     batch_size = cfg.stage2.summary_batch_size
     if not spec.prompt_dependent:
-        done = p.summarize_many(with_examples, batch_size=batch_size)
+        done = p.summarize_many(with_examples, batch_size=batch_size, keep_empty=True)
         return {s.user_id: s.text for s in done}
     keyed = [(f"{u.user_id}#{j}", u, pair.prompt) for u in with_examples for j, pair in enumerate(u.examples)]
     done = p.summarize_many(
-        [u for _, u, _ in keyed], prompts=[q for _, _, q in keyed], batch_size=batch_size
+        [u for _, u, _ in keyed], prompts=[q for _, _, q in keyed], batch_size=batch_size,
+        keep_empty=True,
     )
     return {key: s.text for (key, _, _), s in zip(keyed, done)}
 
