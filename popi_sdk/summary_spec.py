@@ -69,9 +69,12 @@ class SummarySpec(BaseModel):
         return name
 
     # -- writing a summary -----------------------------------------------------------------
-    def messages(self, signals: Signals, prompt: str | None = None) -> list[Message]:
+    def messages(
+        self, signals: Signals, prompt: str | None = None, *, current_summary: str | None = None
+    ) -> list[Message]:
         """The summarizer's input for ``signals``; ``prompt`` is the upcoming question, required
-        exactly when the spec is prompt-dependent."""
+        exactly when the spec is prompt-dependent; ``current_summary`` adds the user's current
+        summary as context, for an incremental refresh."""
         if self.prompt_dependent and prompt is None:
             raise InputError(
                 "this summarizer writes prompt-dependent summaries (prompt_dependent: true): "
@@ -83,7 +86,10 @@ class SummarySpec(BaseModel):
                 "(prompt_dependent: false): drop the prompt, or use a prompt-dependent spec"
             )
         template = summary_template(self.template)
-        user = render_signals(signals) + "\n\n" + template.instruction.format(max_words=self.max_words)
+        user = render_signals(signals)
+        if current_summary is not None and current_summary.strip():
+            user += "\n\n" + template.current_summary_context.format(summary=current_summary.strip())
+        user += "\n\n" + template.instruction.format(max_words=self.max_words)
         if prompt is not None:
             user += "\n\n" + template.prompt_instruction.format(prompt=prompt)
         return [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
@@ -115,7 +121,8 @@ class SummarySpec(BaseModel):
         """Everything that shapes a summary written for use (the template's wording included, so
         an edited template is a different summary), and the prompt of a prompt-dependent one."""
         template = summary_template(self.template)
-        wording = "\n".join((template.system, template.instruction, template.prompt_instruction))
+        wording = "\n".join((template.system, template.instruction, template.prompt_instruction,
+                             template.current_summary_context))
         payload: dict[str, Any] = {
             "template": self.template,
             "wording": hashlib.sha256(wording.encode("utf-8")).hexdigest()[:16],

@@ -91,6 +91,12 @@ def render_signals(signals: Signals) -> str:
     return "\n\n".join(parts)
 
 
+CURRENT_SUMMARY_CONTEXT = (
+    "The user's current summary, written from earlier evidence (the evidence above may add to it "
+    "or contradict it; keep what still holds and correct what no longer does):\n{summary}"
+)
+
+
 def prompt_only_messages(prompt: str) -> list[Message]:
     """Base model: the prompt alone (also the reference policy's context in the POPI loss)."""
     return [{"role": "user", "content": prompt}]
@@ -118,13 +124,15 @@ class SummaryTemplate:
 
     ``instruction`` follows the rendered signals and must contain ``{max_words}``;
     ``prompt_instruction`` is appended for prompt-dependent summaries and must contain
-    ``{prompt}``."""
+    ``{prompt}``; ``current_summary_context`` (with ``{summary}``) precedes the instruction in an
+    incremental refresh (``Personalizer.add_signals(..., with_current=True)``)."""
 
     name: str
     system: str
     instruction: str
     prompt_instruction: str
     description: str = ""
+    current_summary_context: str = CURRENT_SUMMARY_CONTEXT
 
     def __post_init__(self) -> None:
         if "{max_words}" not in self.instruction:
