@@ -125,19 +125,19 @@ def warm_start(
     rows: Sequence[dict[str, Any]],
     opts: Any,
     *,
-    clean: Any,
-    max_tokens: int,
+    spec: Any,
     run: Path,
     seed: int,
 ) -> dict[str, Any]:
-    """Best-of-N sampling, then one supervised pass; writes ``RUN/warm_start.jsonl`` (the picked
-    summaries) and returns a record for ``RUN/metrics.jsonl``."""
+    """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
+    samples), then one supervised pass; writes ``RUN/warm_start.jsonl`` (the picked summaries)
+    and returns a record for ``RUN/metrics.jsonl``."""
     started = time.perf_counter()
     log.info("warm start: sampling %d summaries for each of %d training users",
              opts.warm_start_samples, len(rows))
     picked = best_of_n(
-        model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=max_tokens,
-        temperature=opts.temperature, top_p=opts.top_p, clean=clean,
+        model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
+        temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean,
     )
     sampled_at = time.perf_counter()
     losses = supervised_pass(
