@@ -1,7 +1,7 @@
 """``popi serve``: an OpenAI-compatible HTTP proxy that personalizes every chat completion with the
 requesting user's preference summary, so an app adopts POPI by changing its ``base_url``.
 
-Needs the ``serve`` extra (``pip install "popi-sdk[serve]"``: FastAPI on uvicorn). Nothing heavy is
+Needs the ``serve`` extra (``pip install "popi-sdk[serve]"``: FastAPI on uvicorn, aiohttp). Nothing heavy is
 imported until :func:`create_app` or :func:`serve` is called.
 """
 
@@ -18,10 +18,11 @@ def _need_web_stack() -> None:
     from popi_sdk.errors import MissingDependencyError
 
     try:
+        import aiohttp  # noqa: F401
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise MissingDependencyError("popi serve's web stack (FastAPI, uvicorn)", INSTALL) from e
+        raise MissingDependencyError("popi serve's web stack (FastAPI, uvicorn, aiohttp)", INSTALL) from e
 
 
 def create_app(personalizer: Any, config: ServeConfig, **options: Any) -> Any:

@@ -16,6 +16,7 @@ import json
 import logging
 import traceback
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from popi_sdk.errors import InputError, ModelNotFoundError, NotFoundError, PopiError
 from popi_sdk.serve.config import ServeConfig
-from popi_sdk.serve.errors import APIErrorBody, Redactor, to_api_error
+from popi_sdk.serve.errors import APIErrorBody, Redactor, install_log_redaction, to_api_error
 from popi_sdk.serve.upstreams import Upstream, build_upstream
 from popi_sdk.signals import Signals, Summary
 from popi_sdk.templates import personalize_messages
@@ -158,9 +159,17 @@ def create_app(personalizer: Any, config: ServeConfig, *,
             by_name.setdefault(name, up)
     passthrough = next((u for u in built if u.spec.passthrough), None)
     redact = Redactor.from_environment([s for u in built for s in u.secrets()])
+    install_log_redaction(redact)
     keys = [k.encode() for k in config.api_keys]
 
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for up in built:
+            await up.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="popi serve",
         version="1",
         description="An OpenAI-compatible proxy that personalizes every chat completion with the "

@@ -49,7 +49,8 @@ class GeneratorSpec:
 
     @property
     def ids(self) -> tuple[str, ...]:
-        names = [self.alias, self.model, self.target]
+        named = f"{self.kind}:{self.model}" if self.kind != BACKEND and self.model else None
+        names = [self.alias, self.model, named, self.target]
         return tuple(dict.fromkeys(n for n in names if n))
 
     @property

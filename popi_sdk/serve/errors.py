@@ -11,6 +11,7 @@ was fine), an upstream timeout a 504, a refused connection a 502. Every message 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -138,3 +139,35 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
         return APIErrorBody(500, msg, "server_error", None)
     return APIErrorBody(500, "the server failed on this request; its log has the details",
                         "server_error", None)
+
+
+#: Loggers whose records may carry an upstream's words (and so, in theory, a key it echoed).
+REDACTED_LOGGERS = ("popi_sdk.serve", "openai", "openai._base_client", "anthropic",
+                    "anthropic._base_client", "httpx2", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a log record's message (and traceback) through a :class:`Redactor`."""
+
+    def __init__(self, redact: Redactor):
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def install_log_redaction(redact: Redactor) -> RedactingFilter:
+    """Redact every record of :data:`REDACTED_LOGGERS` from now on (one filter per server)."""
+    found = RedactingFilter(redact)
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.filters = [f for f in logger.filters if not isinstance(f, RedactingFilter)]
+        logger.addFilter(found)
+    return found

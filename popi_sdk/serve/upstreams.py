@@ -1,8 +1,7 @@
 """Where a personalized chat request goes, and how its answer comes back in the OpenAI schema.
 
 - :class:`OpenAIUpstream` forwards the request body as it is (only ``model`` and ``messages``
-  change) to an OpenAI-compatible server through the ``openai`` client's transport, and passes the
-  answer's bytes back untouched, server-sent events included: every field the app sends (tools,
+  change) to an OpenAI-compatible server, and passes the answer's bytes back untouched, server-sent events included: every field the app sends (tools,
   response_format, logprobs, ...) reaches the server and every field it answers reaches the app.
 - :class:`AnthropicUpstream` translates to Anthropic's Messages API and back.
 - :class:`BackendUpstream` answers with any in-process backend (the local ``hf`` model, a plugin).
@@ -143,19 +142,55 @@ class Upstream:
 
 
 # -- OpenAI-compatible servers --------------------------------------------------------------------
+#: Statuses worth another attempt, as the ``openai`` client retries them.
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
 class OpenAIUpstream(Upstream):
+    """Relays to an OpenAI-compatible server over aiohttp, the hot path of the proxy: ``httpx2``
+    (what the ``openai`` client uses) costs several milliseconds per request here, aiohttp well
+    under one (``benchmarks/serve.py``). Failures become the ``openai`` client's own exception
+    classes and go through :meth:`OpenAIBackend.translate_error`, so they read as the SDK's do.
+    Retries follow the client's rules: connection errors, 408, 409, 429 and 5xx, with backoff."""
+
     def __init__(self, spec: GeneratorSpec, *, timeout: float, max_retries: int, **client: Any):
         super().__init__(spec)
         from popi_sdk.backends.openai_backend import OpenAIBackend
 
+        # The backend resolves the key and URL exactly as the SDK does and translates errors.
         self.backend = OpenAIBackend(spec.model or "(as requested)", base_url=spec.base_url,
                                      timeout=timeout, max_retries=max_retries, **client)
-        import httpx2
-
-        self._response_type = httpx2.Response
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._headers = {"authorization": f"Bearer {self.backend._api_key}",
+                         "content-type": "application/json"}
+        self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
 
     def secrets(self) -> list[str]:
         return [self.backend._api_key]
+
+    def _session(self) -> Any:
+        """One aiohttp session per event loop (its connections belong to the loop)."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        held = self._sessions.get(id(loop))
+        if held is None or held[0] is not loop or held[1].closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
+                                              sock_read=self.timeout),
+                auto_decompress=False,  # bytes are relayed as the server sent them
+            )
+            held = (loop, session)
+            self._sessions[id(loop)] = held
+        return held[1]
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        held = self._sessions.pop(id(loop), None)
+        if held is not None:
+            await held[1].close()
 
     def _translate(self, e: Exception, model: str) -> Exception:
         backend = self.backend
@@ -165,45 +200,101 @@ class OpenAIUpstream(Upstream):
             backend.name = f"openai:{model}"
         return backend.translate_error(e)
 
-    async def complete(self, body: dict[str, Any], stream: bool) -> Answer:
+    async def _status_error(self, response: Any, url: str) -> Exception:
+        import httpx2
+
+        content = await response.read()
+        response.release()
+        mirrored = httpx2.Response(response.status, headers=dict(response.headers),
+                                   content=content, request=httpx2.Request("POST", url))
+        return self.backend.client._make_status_error_from_response(mirrored)
+
+    async def _send(self, method: str, path: str, payload: bytes | None, model: str) -> Any:
+        """The server's response to a successful request (status < 400), after retries; the
+        caller releases it. Raises the SDK's error for anything else."""
+        import aiohttp
+        import httpx2
+
         sdk = self.backend.sdk
+        url = self.backend.base_url + path
+        attempt = 0
+        while True:
+            retry_after = None
+            try:
+                response = await self._session().request(method, url, data=payload,
+                                                         headers=self._headers)
+                if response.status < 400:
+                    return response
+                error: Exception = await self._status_error(response, url)
+                retryable = response.status in RETRY_STATUSES
+                retry_after = response.headers.get("retry-after")
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                error = sdk.APITimeoutError(request=httpx2.Request(method, url))
+                error.__cause__, retryable = exc, True
+            except aiohttp.ClientError as exc:
+                error = sdk.APIConnectionError(message=str(exc), request=httpx2.Request(method, url))
+                error.__cause__, retryable = exc, True
+            if not retryable or attempt >= self.max_retries:
+                raise self._translate(error, model) from error
+            attempt += 1
+            await asyncio.sleep(_backoff(attempt, retry_after))
+
+    async def complete(self, body: dict[str, Any], stream: bool) -> Answer:
         model = body.get("model") or ""
-        try:
-            response = await self.backend._async_client().post(
-                "/chat/completions", body=body, cast_to=self._response_type, stream=True
-            )
-        except sdk.APIError as e:
-            raise self._translate(e, model) from e
+        response = await self._send("POST", "/chat/completions", json.dumps(body).encode(), model)
         media = response.headers.get("content-type", "application/json")
         if not stream:
             try:
-                data = await response.aread()
-            except Exception as e:  # the connection broke while the answer was read
-                raise self._translate(sdk.APIConnectionError(request=response.request), model) from e
+                data = await response.read()
+            except Exception as exc:  # the connection broke while the answer was read
+                raise self._read_error(exc, model) from exc
             finally:
-                await response.aclose()
+                response.release()
             return Answer(body=data, media_type=media)
-        return Answer(events=self._relay(response), media_type=media)
+        return Answer(events=self._relay(response, model), media_type=media)
 
-    async def _relay(self, response: Any) -> Chunks:
+    def _read_error(self, exc: Exception, model: str) -> Exception:
+        import httpx2
+
+        url = self.backend.base_url + "/chat/completions"
+        error = self.backend.sdk.APIConnectionError(message=f"the answer broke off: {exc}",
+                                                    request=httpx2.Request("POST", url))
+        error.__cause__ = exc
+        return self._translate(error, model)
+
+    async def _relay(self, response: Any, model: str) -> Chunks:
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 yield chunk
+        except Exception as exc:
+            raise self._read_error(exc, model) from exc
         finally:
-            await response.aclose()
+            response.release()
 
     async def models(self) -> list[dict[str, Any]]:
         if not self.spec.passthrough:
             return await super().models()
-        sdk = self.backend.sdk
+        response = await self._send("GET", "/models", None, "")
         try:
-            response = await self.backend._async_client().get("/models", cast_to=self._response_type)
-            listed = json.loads(await response.aread()).get("data", [])
-        except sdk.APIError as e:
-            raise self._translate(e, "") from e
+            listed = json.loads(await response.read()).get("data", [])
         except (ValueError, AttributeError):
             return []
+        finally:
+            response.release()
         return [m for m in listed if isinstance(m, dict) and m.get("id")]
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    """Seconds before retry ``attempt``: the server's Retry-After when short, else 0.5 s doubling,
+    at most 8 s (the ``openai`` client's schedule)."""
+    if retry_after:
+        try:
+            wait = float(retry_after)
+            if 0 <= wait <= 60:
+                return wait
+        except ValueError:
+            pass
+    return min(0.5 * 2 ** (attempt - 1), 8.0)
 
 
 # -- Anthropic's Messages API ---------------------------------------------------------------------
