@@ -397,3 +397,84 @@ def test_anthropic_upstream_through_the_real_client(tmp_path, monkeypatch):
             c.chat.completions.create(model="claude", messages=HI, tools=[{"type": "function", "function": {"name": "f"}}])
         with pytest.raises(openai.BadRequestError, match="must start with a user message"):
             c.chat.completions.create(model="claude", messages=[{"role": "assistant", "content": "hi"}])
+
+
+# -- the command --------------------------------------------------------------------------------
+def _start_cli(args, env):
+    import subprocess
+    import sys
+    import tempfile
+
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "popi_sdk.cli", "serve", *args], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def test_popi_serve_command(tmp_path, upstream):
+    import os
+    import time
+
+    port = free_port()
+    p = make_personalizer(tmp_path)
+    env = {**os.environ, "POPI_SERVE_API_KEYS": f"{KEY},other-key-0123456789",
+           "OPENAI_API_KEY": UPSTREAM_KEY}
+    proc, log = _start_cli(["--port", str(port), "--store", str(p.store.path), "--no-access-log",
+                            "-g", f"stub=openai:echo-1@{upstream.url}",
+                            "-g", f"bad=openai:fail-401@{upstream.url}"], env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "popi serve did not start"
+            time.sleep(0.2)
+        c = client(f"http://127.0.0.1:{port}/v1", key=KEY)
+        answer = c.chat.completions.create(model="stub", user="maya", messages=HI)
+        assert personal(SUMMARIES["maya"]) in answer.choices[0].message.content
+        with pytest.raises(openai.APIStatusError):
+            c.chat.completions.create(model="bad", user="maya", messages=HI)
+        with pytest.raises(openai.AuthenticationError):
+            client(f"http://127.0.0.1:{port}/v1", key="nope").models.list()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    log.seek(0)
+    output = log.read().decode()
+    assert "2 proxy key(s)" in output and "rejected this server's credentials" in output
+    assert UPSTREAM_KEY not in output and KEY not in output
+
+
+def test_popi_serve_refuses_an_open_host_without_keys(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "POPI_SERVE_API_KEYS"}
+    done = subprocess.run([sys.executable, "-m", "popi_sdk.cli", "serve", "--host", "0.0.0.0",
+                           "-g", "openai:x@http://127.0.0.1:9/v1"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert "needs proxy API keys: pass --api-key KEY or set POPI_SERVE_API_KEYS" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_openapi_documents_every_endpoint(proxy):
+    url = proxy(api_keys=[KEY])
+    schema = httpx2.get(url.removesuffix("/v1") + "/openapi.json").json()
+    paths = schema["paths"]
+    assert {"/v1/chat/completions", "/v1/models", "/v1/users/{user_id}/summary",
+            "/v1/users/{user_id}/summaries", "/v1/users/{user_id}/signals",
+            "/v1/users/{user_id}/score", "/v1/users/{user_id}"} <= set(paths)
+    assert set(paths["/v1/users/{user_id}/summary"]) == {"get", "put"}
+    assert "delete" in paths["/v1/users/{user_id}"]
+    chat = paths["/v1/chat/completions"]["post"]
+    assert chat["security"] == [{"HTTPBearer": []}]
+    assert "user" in chat["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path in paths.values():
+        for op in path.values():
+            assert op.get("description") or op.get("summary"), op
