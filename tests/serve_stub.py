@@ -24,7 +24,8 @@ def echo_text(body: dict) -> str:
 class EchoServer:
     """``app`` serves ``/v1/chat/completions`` and ``/v1/models``; ``requests`` records each
     request's JSON body and headers. The requested model chooses a failure: ``fail-401``,
-    ``fail-429``, ``fail-500``, ``slow`` (sleeps 2 s)."""
+    ``fail-429``, ``fail-500``, ``fail-400``, ``slow`` (sleeps 2 s), ``fail-midstream`` (breaks off
+    a stream after its first chunk)."""
 
     def __init__(self, models=("echo-1",)):
         self.requests: list[tuple[dict, dict]] = []
@@ -79,6 +80,8 @@ class EchoServer:
                                                    "finish_reason": None}]}
             yield f"data: {json.dumps(chunk)}\n\n"
             await asyncio.sleep(0)
+            if model == "fail-midstream":  # the server dies after its first chunk
+                raise ConnectionAbortedError("the stub stops in the middle of its answer")
         done = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1,
                 "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         yield f"data: {json.dumps(done)}\n\n"

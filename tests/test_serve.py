@@ -320,6 +320,27 @@ def test_unreachable_and_slow_upstreams(proxy, upstream):
     assert caught.value.status_code == 504 and "no answer from" in caught.value.message
 
 
+def test_a_stream_that_breaks_off_ends_with_an_error_event(proxy, upstream):
+    c = client(proxy(generators=[f"m=openai:fail-midstream@{upstream.url}"]))
+    stream = c.chat.completions.create(model="m", user="maya", messages=HI, stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].delta.content
+    with pytest.raises(openai.APIError, match="broke off before its end"):
+        list(stream)
+
+
+def test_redactor_removes_keys_and_key_shaped_text():
+    from popi_sdk.serve.errors import Redactor
+
+    redact = Redactor(["my-secret-upstream-value"])
+    text = ("key my-secret-upstream-value; Incorrect API key provided: sk-proj-****abcd; "
+            "header Authorization: Bearer abc.def; token hf_abcdefghijkl")
+    cleaned = redact(text)
+    for leak in ("my-secret-upstream-value", "sk-proj", "abcd;", "abc.def", "hf_abcdefghijkl"):
+        assert leak not in cleaned
+    assert cleaned.count("[redacted]") == 4 and redact("a plain task-list stays") == "a plain task-list stays"
+
+
 def test_bad_requests_get_openai_shaped_400s(proxy):
     url = proxy()
     for body, says in [(b"not json", "must be a JSON object"),

@@ -254,13 +254,12 @@ class OpenAIUpstream(Upstream):
         return Answer(events=self._relay(response, model), media_type=media)
 
     def _read_error(self, exc: Exception, model: str) -> Exception:
-        import httpx2
+        from popi_sdk.errors import BackendConnectionError
 
-        url = self.backend.base_url + "/chat/completions"
-        error = self.backend.sdk.APIConnectionError(message=f"the answer broke off: {exc}",
-                                                    request=httpx2.Request("POST", url))
-        error.__cause__ = exc
-        return self._translate(error, model)
+        name = f"openai:{model}" if self.spec.passthrough else self.backend.name
+        return BackendConnectionError(
+            f"the answer from {self.backend.base_url} broke off before its end ({exc}). Try "
+            "again; if it keeps happening, the server's log says why", backend=name)
 
     async def _relay(self, response: Any, model: str) -> Chunks:
         try:
