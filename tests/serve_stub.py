@@ -62,12 +62,15 @@ class EchoServer:
         text = echo_text(body)
         if body.get("stream"):
             return StreamingResponse(self._chunks(model, text), media_type="text/event-stream")
+        if "gzip" in request.headers.get("accept-encoding", ""):  # relayed bytes must be plain
+            return JSONResponse({"error": {"message": "the stub does not compress"}}, status_code=400)
         return JSONResponse({
             "id": "chatcmpl-stub", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
-        })
+        }, headers={"x-request-id": "req-stub-1", "x-ratelimit-remaining-requests": "99",
+                    "openai-organization": "org-operator"})
 
     @staticmethod
     async def _chunks(model: str, text: str):

@@ -137,6 +137,8 @@ def test_sync_client_gets_the_users_summary_streaming_and_not(proxy, upstream):
     raw = c.chat.completions.with_raw_response.create(model="stub", user="maya", messages=HI)
     answer = raw.parse()
     assert raw.headers["x-popi-personalized"] == "true"
+    assert raw.headers["x-request-id"] == "req-stub-1" and raw.headers["x-ratelimit-remaining-requests"] == "99"
+    assert "openai-organization" not in raw.headers
     assert answer.choices[0].message.content == (
         f"SYSTEM[{personal(SUMMARIES['maya'])}] MODEL[echo-1] LAST[Why is the sky blue?]")
     sent, headers = upstream.requests[-1]

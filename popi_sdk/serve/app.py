@@ -298,6 +298,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
             body["model"] = model
         stream = bool(body.get("stream"))
         answer = await upstream.complete(body, stream)
+        headers.update(answer.headers)
         if answer.body is not None:
             return Response(answer.body, media_type=answer.media_type, headers=headers)
         return StreamingResponse(guarded(answer.events), media_type="text/event-stream",

@@ -36,13 +36,22 @@ Chunks = AsyncIterator[bytes]
 
 
 class Answer:
-    """An upstream's answer: either whole JSON bytes, or an iterator of SSE bytes."""
+    """An upstream's answer: either whole JSON bytes, or an iterator of SSE bytes; ``headers``
+    are the upstream's response headers worth passing on (request id, rate limits)."""
 
     def __init__(self, *, body: bytes | None = None, events: Chunks | None = None,
-                 media_type: str = "application/json"):
+                 media_type: str = "application/json", headers: dict[str, str] | None = None):
         self.body = body
         self.events = events
         self.media_type = media_type
+        self.headers = headers or {}
+
+
+def passed_on(headers: Any) -> dict[str, str]:
+    """The upstream's request id and rate-limit headers, which clients use to report and pace;
+    nothing that describes the operator's account (organization, project)."""
+    return {k: v for k, v in headers.items()
+            if k.lower() == "x-request-id" or k.lower().startswith("x-ratelimit-")}
 
 
 def text_of(content: Any, where: str) -> str:
@@ -162,8 +171,9 @@ class OpenAIUpstream(Upstream):
                                      timeout=timeout, max_retries=max_retries, **client)
         self.timeout = timeout
         self.max_retries = max_retries
+        # identity: the answer's bytes are relayed as they are, so they must not be compressed.
         self._headers = {"authorization": f"Bearer {self.backend._api_key}",
-                         "content-type": "application/json"}
+                         "content-type": "application/json", "accept-encoding": "identity"}
         self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
 
     def secrets(self) -> list[str]:
@@ -243,6 +253,7 @@ class OpenAIUpstream(Upstream):
         model = body.get("model") or ""
         response = await self._send("POST", "/chat/completions", json.dumps(body).encode(), model)
         media = response.headers.get("content-type", "application/json")
+        extra = passed_on(response.headers)
         if not stream:
             try:
                 data = await response.read()
@@ -250,8 +261,8 @@ class OpenAIUpstream(Upstream):
                 raise self._read_error(exc, model) from exc
             finally:
                 response.release()
-            return Answer(body=data, media_type=media)
-        return Answer(events=self._relay(response, model), media_type=media)
+            return Answer(body=data, media_type=media, headers=extra)
+        return Answer(events=self._relay(response, model), media_type=media, headers=extra)
 
     def _read_error(self, exc: Exception, model: str) -> Exception:
         from popi_sdk.errors import BackendConnectionError
