@@ -1,8 +1,8 @@
 """``popi serve``: an OpenAI-compatible HTTP proxy that personalizes every chat completion with the
 requesting user's preference summary, so an app adopts POPI by changing its ``base_url``.
 
-Needs the ``serve`` extra (``pip install "popi-sdk[serve]"``: FastAPI on uvicorn, aiohttp). Nothing heavy is
-imported until :func:`create_app` or :func:`serve` is called.
+Needs the ``serve`` extra (``pip install "popi-sdk[serve]"``: FastAPI on uvicorn, aiohttp).
+Nothing heavy is imported until :func:`create_app` or :func:`serve` is called.
 """
 
 from __future__ import annotations

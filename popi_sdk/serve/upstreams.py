@@ -1,8 +1,9 @@
 """Where a personalized chat request goes, and how its answer comes back in the OpenAI schema.
 
 - :class:`OpenAIUpstream` forwards the request body as it is (only ``model`` and ``messages``
-  change) to an OpenAI-compatible server, and passes the answer's bytes back untouched, server-sent events included: every field the app sends (tools,
-  response_format, logprobs, ...) reaches the server and every field it answers reaches the app.
+  change) to an OpenAI-compatible server, and passes the answer's bytes back untouched,
+  server-sent events included: every field the app sends (tools, response_format, logprobs, ...)
+  reaches the server and every field it answers reaches the app.
 - :class:`AnthropicUpstream` translates to Anthropic's Messages API and back.
 - :class:`BackendUpstream` answers with any in-process backend (the local ``hf`` model, a plugin).
 
