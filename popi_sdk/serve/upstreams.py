@@ -173,12 +173,12 @@ class OpenAIUpstream(Upstream):
         self.timeout = timeout
         self.max_retries = max_retries
         # identity: the answer's bytes are relayed as they are, so they must not be compressed.
-        self._headers = {"authorization": f"Bearer {self.backend._api_key}",
+        self._headers = {"authorization": f"Bearer {self.backend.client.api_key}",
                          "content-type": "application/json", "accept-encoding": "identity"}
         self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
 
     def secrets(self) -> list[str]:
-        return [self.backend._api_key]
+        return [self.backend.client.api_key]
 
     def _session(self) -> Any:
         """One aiohttp session per event loop (its connections belong to the loop)."""
