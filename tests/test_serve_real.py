@@ -74,3 +74,24 @@ def test_the_local_model_as_generator(smollm2, tmp_path):
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == answer.choices[0].message.content
         with pytest.raises(openai.BadRequestError, match="temperature"):
             c.chat.completions.create(model="hf", messages=messages, temperature=7)
+
+
+@pytest.mark.model
+def test_score_endpoint_with_the_embedded_scorer(smollm2, tmp_path):
+    import httpx2
+
+    p = store_with_maya(tmp_path)
+    config = ServeConfig(generators=parse_generators(["hf"]), api_keys=[KEY], max_retries=0)
+    pairs = [{"prompt": "What is rain?", "chosen": "Water falling like tiny toys!",
+              "rejected": "Precipitation is condensed atmospheric water vapour."}]
+    with running(create_app(p, config)) as base:
+        http = httpx2.Client(base_url=f"{base}/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+        score = http.post("/users/maya/score", json={"examples": pairs})
+        assert score.status_code == 200, score.text
+        got = score.json()
+        assert got["n_examples"] == 1 and 0 <= got["reward_accuracy"] <= 1 and got["scorer"] == smollm2.name
+        assert p.score("maya", pairs).reward_accuracy == got["reward_accuracy"]  # the SDK's number
+        (version,) = http.get("/users/maya/summaries").json()
+        assert version["score"]["reward_accuracy"] == got["reward_accuracy"]
+        missing = http.post("/users/maya/score")  # no stored pairs and none given
+        assert missing.status_code == 400 and "no labeled pairs stored" in missing.json()["error"]["message"]

@@ -18,6 +18,7 @@ import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +32,7 @@ from popi_sdk.errors import InputError, ModelNotFoundError, NotFoundError, PopiE
 from popi_sdk.serve.config import ServeConfig
 from popi_sdk.serve.errors import APIErrorBody, Redactor, install_log_redaction, to_api_error
 from popi_sdk.serve.upstreams import Upstream, build_upstream
-from popi_sdk.signals import Signals, Summary
+from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore
 from popi_sdk.store import MemoryStore, SQLiteStore
 from popi_sdk.templates import personalize_messages
 
@@ -91,6 +92,29 @@ class SummaryEdit(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, description="The new summary text; it becomes current.")
+
+
+class SignalsUpdate(BaseModel):
+    """New signals for a user, merged into the stored ones before the summary is refreshed."""
+
+    model_config = ConfigDict(extra="forbid")
+    signals: Signals = Field(description="Pairs, history, persona, demographics, traits.")
+    examples: list[PreferencePair] = Field(
+        default_factory=list, description="Labeled pairs kept for scoring, never summarized.")
+    with_current: bool = Field(
+        default=True, description="Let the summarizer read the current summary (an incremental "
+        "refresh); false writes a fresh summary from the merged signals.")
+    replace_user_edit: bool = Field(
+        default=False, description="Replace a summary the user wrote; by default it is kept.")
+
+
+class ScoreRequest(BaseModel):
+    """Which pairs and version to score; by default the stored pairs and the current version."""
+
+    model_config = ConfigDict(extra="forbid")
+    examples: list[PreferencePair] | None = Field(
+        default=None, description="Labeled pairs to score on (default: those stored).")
+    version: int | None = Field(default=None, ge=1, description="A version (default: current).")
 
 
 class Forgotten(BaseModel):
@@ -160,6 +184,9 @@ def create_app(personalizer: Any, config: ServeConfig, *,
             by_name.setdefault(name, up)
     passthrough = next((u for u in built if u.spec.passthrough), None)
     redact = Redactor.from_environment([s for u in built for s in u.secrets()])
+    store_url = getattr(personalizer.store, "url", None)  # a PostgreSQL URL may hold a password
+    if isinstance(store_url, str):
+        redact.add(urlsplit(store_url).password or "")
     install_log_redaction(redact)
     keys = [k.encode() for k in config.api_keys]
 
@@ -247,10 +274,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         return up, (up.spec.model if up.spec.model is not None else model)
 
     def current_summary(user_id: str) -> Summary | None:
-        try:
-            return personalizer.get_summary(user_id)
-        except NotFoundError:
-            return None
+        return personalizer.get_summary(user_id)
 
     # A local store (a SQLite file in WAL mode, where readers never wait for writers, or memory)
     # answers in tens of microseconds: reading it on the event loop costs less than the hop to a
@@ -288,9 +312,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         if summary is not None:
             body["messages"] = personalize_messages(body["messages"], summary.text)
             headers["x-popi-personalized"] = "true"
-            version = getattr(summary, "version", None)
-            if version is not None:
-                headers["x-popi-summary-version"] = str(version)
+            headers["x-popi-summary-version"] = str(summary.version)
         else:
             headers["x-popi-personalized"] = "false"
             headers["x-popi-reason"] = "no-summary" if user else "no-user"
@@ -356,16 +378,24 @@ def create_app(personalizer: Any, config: ServeConfig, *,
 
     @app.post("/v1/users/{user_id}/signals", response_model=Summary, dependencies=users,
               tags=["users"])
-    async def add_signals(user_id: str, signals: Signals) -> Summary:
-        """Merge new signals into the user's stored ones and re-summarize; returns the new
-        current summary."""
-        return await run_in_threadpool(personalizer.add_signals, user_id, signals)
+    async def add_signals(user_id: str, update: SignalsUpdate) -> Summary:
+        """Merge new signals into the user's stored ones (oldest evicted beyond the store's
+        per-user limit) and re-summarize; returns the new current summary. A summary the user
+        wrote is kept unless ``replace_user_edit`` is true."""
+        return await run_in_threadpool(
+            lambda: personalizer.add_signals(
+                user_id, update.signals, examples=update.examples,
+                with_current=update.with_current, replace_user_edit=update.replace_user_edit))
 
-    @app.post("/v1/users/{user_id}/score", dependencies=users, tags=["users"])
-    async def score(user_id: str) -> Any:
-        """The current summary's usefulness on the user's labeled pairs: reward accuracy and
-        mean margin gain over no summary (stored with the version)."""
-        return await run_in_threadpool(personalizer.score, user_id)
+    @app.post("/v1/users/{user_id}/score", response_model=SummaryScore, dependencies=users,
+              tags=["users"])
+    async def score(user_id: str, request: ScoreRequest | None = None) -> SummaryScore:
+        """The summary's usefulness on the user's labeled pairs: reward accuracy and mean margin
+        gain over no summary, with a local scoring model; stored with the version, so
+        ``/summaries`` shows it."""
+        request = request or ScoreRequest()
+        return await run_in_threadpool(
+            lambda: personalizer.score(user_id, request.examples, version=request.version))
 
     @app.delete("/v1/users/{user_id}", response_model=Forgotten, dependencies=users,
                 tags=["users"])
