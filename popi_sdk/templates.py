@@ -10,7 +10,9 @@ by name in a :class:`~popi_sdk.summary_spec.SummarySpec`, which alone turns it i
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from popi_sdk.backends.base import Message
 from popi_sdk.errors import InputError
@@ -102,12 +104,33 @@ def prompt_only_messages(prompt: str) -> list[Message]:
     return [{"role": "user", "content": prompt}]
 
 
+def personalize_messages(messages: Sequence[Mapping[str, Any]], summary: str) -> list[dict[str, Any]]:
+    """``messages`` with the preference summary as the system message: the one place a summary
+    enters a conversation (the SDK's :func:`summary_messages` and ``popi serve`` both use it).
+
+    A conversation without a system message gets one in front. One that has a system (or
+    ``developer``) message first keeps it, with the summary appended after the app's own text, so
+    the app's instructions still come first and the model still sees a single system message
+    (several chat templates accept only one, at the start). Text content and OpenAI content-part
+    lists both work. The input is not modified; other messages are passed through as they are."""
+    personal = GENERATOR_SUMMARY_SYSTEM.format(summary=summary.strip())
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") in ("system", "developer"):
+        first = out[0]
+        content = first.get("content")
+        if isinstance(content, list):
+            first["content"] = [*content, {"type": "text", "text": personal}]
+        elif content:
+            first["content"] = f"{content}\n\n{personal}"
+        else:
+            first["content"] = personal
+        return out
+    return [{"role": "system", "content": personal}, *out]
+
+
 def summary_messages(prompt: str, summary: str) -> list[Message]:
     """POPI / Inference-Prompting: the preference summary as system context, then the prompt."""
-    return [
-        {"role": "system", "content": GENERATOR_SUMMARY_SYSTEM.format(summary=summary.strip())},
-        {"role": "user", "content": prompt},
-    ]
+    return personalize_messages(prompt_only_messages(prompt), summary)
 
 
 def raw_signals_messages(prompt: str, signals: Signals) -> list[Message]:

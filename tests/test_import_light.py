@@ -4,7 +4,7 @@ personalizes an API model with cached summaries should not load a GPU stack."""
 import subprocess
 import sys
 
-HEAVY = ["torch", "transformers", "trl", "openai", "anthropic", "sky"]
+HEAVY = ["torch", "transformers", "trl", "openai", "anthropic", "sky", "fastapi", "uvicorn", "aiohttp"]
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -38,5 +38,5 @@ def test_cli_help_does_not_load_heavy_modules():
 def test_popi_help_runs():
     out = subprocess.run([sys.executable, "-m", "popi_sdk.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    for command in ("demo", "summarize", "generate", "forget"):
+    for command in ("demo", "summarize", "generate", "forget", "serve"):
         assert command in out.stdout

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Modules that add top-level commands to ``app`` (each defines ``register(app)``).
-_COMMAND_MODULES = ["popi_sdk.cli.sdk", "popi_sdk.cli.eval"]
+_COMMAND_MODULES = ["popi_sdk.cli.sdk", "popi_sdk.cli.eval", "popi_sdk.cli.serve"]
 # Sub-command groups: ``popi <name> ...`` -> module exposing a ``typer.Typer`` named ``app``.
 _GROUPS: dict[str, str] = {
     "data": "popi_sdk.cli.data",
