@@ -51,23 +51,28 @@ def test_fast_float32_gives_transformers_greedy_tokens_with_padding(embedded):
     model, tok, fp32, _ = embedded
     enc = _encode(tok, PROMPTS)  # two lengths: the shorter row is left-padded
     assert not bool(enc["attention_mask"].all())
-    want = _reference(model, enc, 20)
-    got = fp32.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=20, eos_ids=[2], pad_id=2)
+    want = _reference(model, enc, 16)
+    got = fp32.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=16, eos_ids=[2], pad_id=2)
     assert got.tokens == want
-    assert got.steps == max(len(r) for r in want) + (0 if all(len(r) == 20 for r in want) else 1)
+    assert got.steps == max(len(r) for r in want) + (0 if all(len(r) == 16 for r in want) else 1)
 
 
-def test_fast_float32_repetition_penalty_matches_transformers(embedded):
-    model, tok, fp32, _ = embedded
-    enc = _encode(tok, PROMPTS[:1])
-    want = _reference(model, enc, 16, repetition_penalty=1.3)
-    got = fp32.generate(
-        enc["input_ids"], enc["attention_mask"], max_new_tokens=16, eos_ids=[2], pad_id=2,
-        repetition_penalty=1.3,
-    )
+@pytest.mark.parametrize(
+    "settings", [{"repetition_penalty": 1.3}, {"repetition_penalty": 1.05, "no_repeat_ngram_size": 2}]
+)
+def test_fast_float32_small_model_settings_match_transformers(embedded, settings):
+    model, tok, fp32, int4 = embedded
+    enc = _encode(tok, PROMPTS)
+    want = _reference(model, enc, 16, **settings)
+    args = (enc["input_ids"], enc["attention_mask"])
+    got = fp32.generate(*args, max_new_tokens=16, eos_ids=[2], pad_id=2, **settings)
     assert got.tokens == want
-    plain = fp32.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=16, eos_ids=[2], pad_id=2)
-    assert plain.tokens != want  # the penalty changed something, so the match above means something
+    plain = fp32.generate(*args, max_new_tokens=16, eos_ids=[2], pad_id=2)
+    assert plain.tokens != want  # the settings changed something, so the match above means something
+    if "no_repeat_ngram_size" in settings:  # the int4 shortlist honours the ban too
+        for row in int4.generate(*args, max_new_tokens=16, eos_ids=[2], pad_id=2, **settings).tokens:
+            pairs = list(zip(row, row[1:]))
+            assert len(pairs) == len(set(pairs))
 
 
 def test_int4_weights_are_exact_for_the_embedded_model_and_scores_close(embedded):
@@ -106,7 +111,7 @@ def test_backend_decoders_agree_and_options_are_checked(smollm2_dir):
     from popi_sdk.backends.hf import HFBackend
 
     conv = [{"role": "user", "content": PROMPTS[0]}]
-    options = GenerateOptions(max_new_tokens=12)
+    options = GenerateOptions(max_new_tokens=8)
     old = HFBackend(decoder="transformers")
     assert old.fast_decoder() is None
     new = HFBackend(weights="float32")

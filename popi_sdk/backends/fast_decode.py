@@ -246,20 +246,26 @@ class FastDecoder:
     def logits(self, hidden: Any) -> Any:
         return self.lm_head(hidden)
 
-    def _greedy(self, hidden: Any, seen: Any, penalty: float) -> Any:
+    def _greedy(self, hidden: Any, seen: Any, penalty: float, banned: Any = None) -> Any:
         """The argmax of the float32 logits, computed for a shortlist only: the
         :data:`SHORTLIST` best tokens by the 4-bit LM head (a quarter of its read time), plus
-        every token a repetition penalty lowers. The 4-bit logits are off by far less than the
-        gap between the best token and the shortlist's last, so the pick is the float32 one."""
+        every token a repetition penalty lowers (``banned`` tokens are never picked). The 4-bit
+        logits are off by far less than the gap between the best token and the shortlist's last,
+        so the pick is the float32 one."""
         import torch
 
-        candidates = self.lm_shortlist(hidden).topk(SHORTLIST, dim=-1).indices
+        approx = self.lm_shortlist(hidden)
+        if banned is not None:
+            approx = approx.masked_fill(banned, float("-inf"))
+        candidates = approx.topk(SHORTLIST, dim=-1).indices
         if seen is not None:
             candidates = torch.cat([candidates, seen], 1)
         exact = torch.einsum("bd,bkd->bk", hidden, self.lm_weight[candidates])
         if seen is not None:
             picked = exact[:, SHORTLIST:]
             exact[:, SHORTLIST:] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        if banned is not None:
+            exact = exact.masked_fill(banned.gather(1, candidates), float("-inf"))
         return candidates.gather(1, exact.argmax(-1, keepdim=True)).flatten()
 
     # -- decoding --------------------------------------------------------------------------
@@ -275,6 +281,7 @@ class FastDecoder:
         top_p: float = 1.0,
         top_k: int = 0,
         repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
         generator: Any = None,
         on_row_done: Callable[[int], object] | None = None,
     ) -> DecodeResult:
@@ -306,6 +313,7 @@ class FastDecoder:
             mask = mask[:, None]
         eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
         seen = input_ids.clone() if repetition_penalty != 1.0 else None
+        ngrams = _NgramBan(no_repeat_ngram_size, input_ids.tolist()) if no_repeat_ngram_size else None
         with torch.inference_mode():
             hidden = self._forward(input_ids, positions, cache, 0, mask)
             next_pos = positions[:, -1:] + 1
@@ -315,12 +323,15 @@ class FastDecoder:
             first = 0.0
             steps = 0
             for step in range(max_new_tokens):
+                banned = ngrams.mask(self.lm_weight.shape[0]) if ngrams is not None else None
                 if temperature <= 0 and self.lm_shortlist is not None:
-                    token = self._greedy(hidden, seen, repetition_penalty)
+                    token = self._greedy(hidden, seen, repetition_penalty, banned)
                 else:
                     logits = self.logits(hidden)
                     if seen is not None:
                         logits = _penalize(logits, seen, repetition_penalty)
+                    if banned is not None:
+                        logits = logits.masked_fill(banned, float("-inf"))
                     token = _pick(logits, temperature, top_p, top_k, generator)
                 token = torch.where(done, torch.full_like(token, pad_id), token)
                 out[:, step] = token
@@ -338,6 +349,8 @@ class FastDecoder:
                     break
                 if seen is not None:
                     seen = torch.cat([seen, token[:, None]], 1)
+                if ngrams is not None:
+                    ngrams.append(token.tolist())
                 slot = t + step
                 step_mask = keys[:, None, None, : slot + 1] if padded else None
                 hidden = self._forward(token[:, None], next_pos, cache, slot, step_mask)
@@ -352,6 +365,36 @@ class FastDecoder:
             total_s=time.perf_counter() - t0,
             steps=steps,
         )
+
+
+class _NgramBan:
+    """transformers' ``no_repeat_ngram_size``: a token that would complete an n-gram already in
+    the row (prompt, padding and answer so far) is banned."""
+
+    def __init__(self, n: int, rows: list[list[int]]):
+        self.n = n
+        self.rows = [list(r) for r in rows]
+        self.seen: list[dict[tuple, set]] = [{} for _ in rows]
+        for row, table in zip(self.rows, self.seen):
+            for j in range(len(row) - n + 1):
+                table.setdefault(tuple(row[j : j + n - 1]), set()).add(row[j + n - 1])
+
+    def append(self, tokens: list[int]) -> None:
+        for row, table, token in zip(self.rows, self.seen, tokens):
+            row.append(token)
+            if len(row) >= self.n:
+                table.setdefault(tuple(row[len(row) - self.n : -1]), set()).add(token)
+
+    def mask(self, vocab: int) -> Any:
+        import torch
+
+        mask = torch.zeros(len(self.rows), vocab, dtype=torch.bool)
+        for i, (row, table) in enumerate(zip(self.rows, self.seen)):
+            if len(row) + 1 >= self.n:
+                banned = table.get(tuple(row[len(row) - self.n + 1 :]))
+                if banned:
+                    mask[i, list(banned)] = True
+        return mask
 
 
 def _penalize(logits: Any, seen: Any, penalty: float) -> Any:

@@ -273,8 +273,6 @@ class HFBackend(Backend):
         else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry
             sampling.update(temperature=None, top_p=None, top_k=None)
         fast = self.fast_decoder()
-        if getattr(options, "no_repeat_ngram_size", 0):
-            fast = None  # n-gram bans are transformers' alone
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -284,12 +282,13 @@ class HFBackend(Backend):
                     enc["input_ids"],
                     enc["attention_mask"],
                     max_new_tokens=options.max_new_tokens,
-                    eos_ids=_eos_ids(model, tok),
+                    eos_ids=_stop_ids(model, tok),
                     pad_id=tok.pad_token_id,
                     temperature=options.temperature,
                     top_p=options.top_p,
                     top_k=model.generation_config.top_k or 0,
                     repetition_penalty=getattr(options, "repetition_penalty", 1.0),
+                    no_repeat_ngram_size=getattr(options, "no_repeat_ngram_size", 0),
                 ).tokens
             else:
                 with torch.inference_mode():
@@ -305,7 +304,7 @@ class HFBackend(Backend):
         return out
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
     """The tokens that end an answer: the generation config's, else the tokenizer's."""
     eos = model.generation_config.eos_token_id
     if eos is None:
