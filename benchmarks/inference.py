@@ -100,7 +100,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     copy = bandwidth_gbs()
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {threads} torch thread(s), "
-          f"{args.tokens} new tokens, best of {args.repeats}; 1 GiB copy: {copy:.1f} GB/s (r+w)")
+          f"{args.tokens} new tokens, best of {args.repeats}; 1 GiB copy: {copy:.1f} GB/s (r+w)",
+          flush=True)
 
     def n_tokens(backend, texts):
         return sum(backend.count_tokens(t) for t in texts)
@@ -121,6 +122,7 @@ def main() -> None:
                 work = convs[:4] if batch == 1 else (convs * (batch // len(convs) + 1))[:batch]
                 texts, secs = speed(b, work, args.tokens, batch)
                 results.setdefault((name, f"b{batch}"), []).append(n_tokens(b, texts) / secs)
+                print(f"  {name}, batch {batch}: {results[(name, f'b{batch}')][-1]:.1f} tok/s", flush=True)
                 if batch == 1:
                     outputs[name] = texts
             ttft = sum(speed(b, [c], 1, 1)[1] for c in convs[:4]) / 4
@@ -135,6 +137,7 @@ def main() -> None:
                     continue  # the sweep compares the old path with the default
                 texts, secs = speed(b, convs[:4], args.tokens, 1)
                 sweep.setdefault((name, n), []).append(n_tokens(b, texts) / secs)
+                print(f"  {name}, {n} thread(s): {sweep[(name, n)][-1]:.1f} tok/s", flush=True)
     torch.set_num_threads(threads)
 
     users = synth_users("review", args.users, 0, examples=(2, 2))
@@ -146,6 +149,7 @@ def main() -> None:
                 p = Personalizer(summarizer=b, generator=b, store=os.path.join(tmp, f"{name}.sqlite"))
                 done, secs = _timed(lambda: p.summarize_many(users, refresh=True, progress=False))
                 per_min.setdefault(name, []).append(60 * len(users) / secs)
+                print(f"  {name}: {per_min[name][-1]:.1f} summaries/min", flush=True)
                 summaries[name] = [s.text for s in done]
 
     base = names[0]
