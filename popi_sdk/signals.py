@@ -7,33 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from popi_sdk.settings import max_signal_chars
 
 #: Bumped whenever the summarizer prompt changes, so cached summaries from an older prompt
 #: are not reused for the same signals.
 SIGNALS_HASH_VERSION = "popi-signals-v1"
 
-_DEFAULT_MAX_CHARS = 32_000
-
-
-def max_text_chars() -> int:
-    """Longest accepted text in one signal field: ``POPI_MAX_SIGNAL_CHARS``, default 32,000."""
-    raw = os.environ.get("POPI_MAX_SIGNAL_CHARS")
-    if not raw:
-        return _DEFAULT_MAX_CHARS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"POPI_MAX_SIGNAL_CHARS must be an integer, got {raw!r}") from None
-    return value
-
-
 def _bounded(text: str) -> str:
-    limit = max_text_chars()
+    limit = max_signal_chars()  # a bad POPI_MAX_SIGNAL_CHARS is a SettingError naming it
     if len(text) > limit:
         raise ValueError(
             f"text is {len(text):,} characters; the limit is {limit:,}. Shorten it (signals are "
@@ -53,7 +39,11 @@ NonEmptyText = Annotated[str, AfterValidator(_non_empty), AfterValidator(_bounde
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=False)
+    # NaN and infinities are refused: JSON has no way to write them back (they would become null),
+    # and a summarizer shown "nan" learns nothing about the user.
+    model_config = ConfigDict(
+        extra="forbid", frozen=False, str_strip_whitespace=False, allow_inf_nan=False
+    )
 
 
 class PreferencePair(_Model):
@@ -118,15 +108,35 @@ class UserSignals(Signals):
         return Signals(**self.model_dump(exclude={"user_id"}))
 
 
+class SummaryScore(_Model):
+    """How useful a summary is on a user's labeled pairs (see ``Personalizer.score``).
+
+    ``reward_accuracy`` is the share of pairs on which the summary-conditioned scoring model's
+    margin ``log π(chosen) − log π(rejected)`` beats its margin without a summary (ties count
+    half, so 0.5 means "no better than no summary"); ``margin_gain`` is the mean of the
+    difference between the two margins, in nats."""
+
+    reward_accuracy: float = Field(ge=0.0, le=1.0)
+    margin_gain: float
+    n_examples: int = Field(ge=1)
+    scorer: str = Field(default="", description="The scoring model, e.g. 'hf'.")
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
 class Summary(_Model):
-    """A preference summary: short text written by the summarizer, reusable with any generator."""
+    """A preference summary: short text written by the summarizer (or by the user), reusable with
+    any generator. Every summary a store keeps is one numbered version of the user's summary."""
 
     user_id: str
     text: str
-    summarizer: str = Field(description="Name of the backend that wrote it, e.g. 'hf:smollm2'.")
-    signals_hash: str
+    summarizer: str = Field(description="Name of the backend that wrote it, e.g. 'hf:smollm2'; "
+                            "'user' for a summary the user wrote.")
+    signals_hash: str = Field(description="The cache key: the signals and settings it was written from.")
     n_tokens: int = Field(ge=0, description="Length of ``text`` in the summarizer's tokenizer.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    version: int = Field(default=0, ge=0, description="1, 2, ... per user once stored; 0 before.")
+    source: Literal["model", "user"] = Field(default="model", description="Who wrote the text.")
+    score: SummaryScore | None = Field(default=None, description="Its usefulness score, if measured.")
 
     def __str__(self) -> str:
         return self.text

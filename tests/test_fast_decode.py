@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from popi_sdk.backends import GenerateOptions
-from popi_sdk.errors import InputError
+from popi_sdk.errors import InputError, SettingError
 from popi_sdk.settings import default_threads, torch_threads
 
 pytest.importorskip("torch")
@@ -137,7 +137,7 @@ def test_thread_count_resolution(monkeypatch):
     assert torch_threads() == 2
     assert torch_threads(5) == 5
     monkeypatch.setenv("POPI_THREADS", "many")
-    with pytest.raises(InputError, match="POPI_THREADS='many'"):
+    with pytest.raises(SettingError, match="POPI_THREADS='many'"):
         torch_threads()
     with pytest.raises(InputError, match="threads must be"):
         torch_threads(0)
