@@ -3,15 +3,18 @@
 Messages are plain ``[{"role": ..., "content": ...}]`` lists so every backend (a local chat template,
 OpenAI, Anthropic's ``system`` field) can take them. Conditioning always travels as the *system*
 message: it is context about the user, not something the user said.
+
+The summarizer's wording is a registered :class:`SummaryTemplate` ("app-i" is the paper's), chosen
+by name in a :class:`~popi_sdk.summary_spec.SummarySpec`, which alone turns it into messages.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 
+from popi_sdk.backends.base import Message
+from popi_sdk.errors import InputError
 from popi_sdk.signals import HistoryItem, PreferencePair, Signals
-
-Message = dict[str, str]
 
 SUMMARIZER_SYSTEM = (
     "You are an expert at understanding what people want from an AI assistant. You read evidence "
@@ -94,25 +97,6 @@ CURRENT_SUMMARY_CONTEXT = (
 )
 
 
-def summarizer_messages(
-    signals: Signals,
-    *,
-    max_words: int = 60,
-    prompt: str | None = None,
-    current_summary: str | None = None,
-) -> list[Message]:
-    """The summarizer's input. ``prompt`` selects the prompt-dependent variant (paper App. B);
-    ``current_summary`` adds the user's current summary as extra context, for an incremental
-    refresh after new signals arrive (``Personalizer.add_signals``)."""
-    user = render_signals(signals)
-    if current_summary is not None and current_summary.strip():
-        user += "\n\n" + CURRENT_SUMMARY_CONTEXT.format(summary=current_summary.strip())
-    user += "\n\n" + SUMMARIZER_INSTRUCTION.format(max_words=max_words)
-    if prompt is not None:
-        user += "\n\n" + PROMPT_DEPENDENT_INSTRUCTION.format(prompt=prompt)
-    return [{"role": "system", "content": SUMMARIZER_SYSTEM}, {"role": "user", "content": user}]
-
-
 def prompt_only_messages(prompt: str) -> list[Message]:
     """Base model: the prompt alone (also the reference policy's context in the POPI loss)."""
     return [{"role": "user", "content": prompt}]
@@ -134,24 +118,57 @@ def raw_signals_messages(prompt: str, signals: Signals) -> list[Message]:
     ]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+@dataclass(frozen=True)
+class SummaryTemplate:
+    """How the summarizer is asked for a summary: plain text, so a new template is data.
+
+    ``instruction`` follows the rendered signals and must contain ``{max_words}``;
+    ``prompt_instruction`` is appended for prompt-dependent summaries and must contain
+    ``{prompt}``; ``current_summary_context`` (with ``{summary}``) precedes the instruction in an
+    incremental refresh (``Personalizer.add_signals(..., with_current=True)``)."""
+
+    name: str
+    system: str
+    instruction: str
+    prompt_instruction: str
+    description: str = ""
+    current_summary_context: str = CURRENT_SUMMARY_CONTEXT
+
+    def __post_init__(self) -> None:
+        if "{max_words}" not in self.instruction:
+            raise InputError(f"summary template {self.name!r}: instruction must contain {{max_words}}")
+        if "{prompt}" not in self.prompt_instruction:
+            raise InputError(
+                f"summary template {self.name!r}: prompt_instruction must contain {{prompt}}"
+            )
 
 
-def clean_summary(text: str) -> str:
-    """Strip the boilerplate small models wrap around a summary (quotes, a 'Summary:' label) and
-    drop sentences repeated word for word (small models loop), keeping the first occurrence."""
-    text = text.strip()
-    for label in ("Summary:", "summary:", "**Summary:**", "Preference summary:"):
-        if text.startswith(label):
-            text = text[len(label):].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    sentences = _SENTENCE_END.split(text)
-    seen: set[str] = set()
-    kept = []
-    for sentence in sentences:
-        key = sentence.strip().rstrip(".!?").lower()
-        if key not in seen:
-            seen.add(key)
-            kept.append(sentence)
-    return " ".join(kept) if len(kept) < len(sentences) else text
+SUMMARY_TEMPLATES: dict[str, SummaryTemplate] = {}
+
+
+def register_summary_template(template: SummaryTemplate) -> SummaryTemplate:
+    """Make ``template`` selectable by name (``SummarySpec(template=name)``)."""
+    if not template.name or template.name in SUMMARY_TEMPLATES:
+        raise InputError(f"summary template name {template.name!r} is empty or already registered")
+    SUMMARY_TEMPLATES[template.name] = template
+    return template
+
+
+def summary_template(name: str) -> SummaryTemplate:
+    """The registered template ``name``; an unknown name is an error listing the known ones."""
+    try:
+        return SUMMARY_TEMPLATES[name]
+    except KeyError:
+        known = ", ".join(sorted(SUMMARY_TEMPLATES))
+        raise InputError(f"unknown summary template {name!r}; known templates: {known}") from None
+
+
+register_summary_template(
+    SummaryTemplate(
+        name="app-i",
+        system=SUMMARIZER_SYSTEM,
+        instruction=SUMMARIZER_INSTRUCTION,
+        prompt_instruction=PROMPT_DEPENDENT_INSTRUCTION,
+        description="the paper's App. I wording: general third-person preferences, no examples",
+    )
+)

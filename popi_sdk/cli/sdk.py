@@ -20,7 +20,9 @@ def demo(
     users: Optional[Path] = typer.Option(None, help="Users file (JSON Lines); default: the shipped examples."),
     prompt: str = typer.Option(DEMO_PROMPT, help="The question every user asks."),
     max_new_tokens: int = typer.Option(80, min=1, help="Length cap of each answer."),
-    summary_tokens: int = typer.Option(96, min=1, help="Length cap of each summary."),
+    summary_tokens: Optional[int] = typer.Option(
+        None, help="Length cap of each summary (default: the summarizer's trained spec, else 96)."
+    ),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER; default hf)."),
     generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
@@ -78,15 +80,24 @@ def summarize(
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     batch_size: int = typer.Option(8, min=1, help="Users per model call."),
     refresh: bool = typer.Option(False, help="Recompute even when a cached summary exists."),
+    summary_tokens: Optional[int] = typer.Option(
+        None, help="Length cap of each summary (default: the summarizer's trained spec, else 96)."
+    ),
+    summary_words: Optional[int] = typer.Option(
+        None, help="Length asked of the summarizer (default: its trained spec, else 60 words)."
+    ),
 ) -> None:
-    """Summarize every user of FILE (cached ones cost nothing) and write the summaries to OUT."""
+    """Summarize every user of FILE (cached ones cost nothing) and write the summaries to OUT.
+    A trained summarizer (RUN/stage1) writes them as it was trained (its popi_summary.json)."""
     from popi_sdk import Personalizer
     from popi_sdk.data import read_users
     from popi_sdk.data.jsonl import check_output_file, write_jsonl
 
     check_output_file(out, inputs=[file])  # before any work: never the users file, never a folder
     rows = read_users(file)
-    p = Personalizer(summarizer=summarizer, store=store)
+    p = Personalizer(
+        summarizer=summarizer, store=store, summary_tokens=summary_tokens, summary_words=summary_words
+    )
     summaries = p.summarize_many(rows, batch_size=batch_size, refresh=refresh)
     n = write_jsonl(out, summaries)
     typer.echo(f"Wrote {n} summaries to {out}")
@@ -127,9 +138,9 @@ def forget(
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
     """Delete every stored summary version and the stored signals of USER_ID."""
-    from popi_sdk.store import open_store
+    from popi_sdk import Personalizer
 
-    n = open_store(store).delete_user(user_id)
+    n = Personalizer(store=store).forget(user_id)
     typer.echo(f"Forgot {user_id}: {n} summaries deleted.")
 
 

@@ -22,14 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from popi_sdk.backends.base import Message
 from popi_sdk.errors import InputError
 from popi_sdk.signals import Signals
-from popi_sdk.templates import (
-    Message,
-    prompt_only_messages,
-    raw_signals_messages,
-    summary_messages,
-)
+from popi_sdk.templates import prompt_only_messages, raw_signals_messages, summary_messages
 
 Context = Literal["prompt", "raw", "summary"]
 Source = Literal["base", "trained"]

@@ -29,10 +29,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from popi_sdk.backends.base import Message
 from popi_sdk.backends.hf import resolve_model
 from popi_sdk.errors import InputError, MissingDependencyError
 from popi_sdk.signals import PreferencePair, UserRow
-from popi_sdk.templates import Message, clean_summary, summarizer_messages
+from popi_sdk.summary_spec import SummarySpec
 from popi_sdk.train import common
 from popi_sdk.train.config import TrainConfig
 
@@ -45,26 +46,23 @@ def build_rows(
     """GRPO prompts and the examples each one's summaries are scored on.
 
     One row per user (one summary serves all of the user's examples), or, with
-    ``prompt_dependent``, one row per (user, example) whose summary is written for that prompt.
+    ``summary.prompt_dependent``, one row per (user, example) whose summary is written for that
+    prompt. The prompts are ``cfg.summary``'s messages, as the trained summarizer will read them.
     """
-    opts = cfg.stage1
+    spec = cfg.summary
     rows: list[dict[str, Any]] = []
     examples: dict[str, list[PreferencePair]] = {}
     for user in users:
-        pairs = user.examples[: opts.examples_per_summary]
+        pairs = user.examples[: cfg.stage1.examples_per_summary]
         if not pairs:
             continue
-        if cfg.prompt_dependent:
+        if spec.prompt_dependent:
             for j, pair in enumerate(pairs):
                 key = f"{user.user_id}#{j}"
-                messages = summarizer_messages(
-                    user.signals, max_words=opts.summary_words, prompt=pair.prompt
-                )
-                rows.append({"prompt": messages, "example_key": key})
+                rows.append({"prompt": spec.messages(user.signals, pair.prompt), "example_key": key})
                 examples[key] = [pair]
         else:
-            messages = summarizer_messages(user.signals, max_words=opts.summary_words)
-            rows.append({"prompt": messages, "example_key": user.user_id})
+            rows.append({"prompt": spec.messages(user.signals), "example_key": user.user_id})
             examples[user.user_id] = list(pairs)
     if not rows:
         raise InputError(
@@ -76,14 +74,16 @@ def build_rows(
 
 class SummaryReward:
     """GRPO reward: −(summary-augmented loss) of the frozen generator, averaged over the user's
-    examples. A plain callable, not an ``nn.Module`` (TRL would treat a module as a reward model);
-    TRL passes every dataset column as a keyword argument, so ``example_key`` arrives per sample.
+    examples, for each sampled summary cleaned as ``spec`` cleans summaries written for use.
+    A plain callable, not an ``nn.Module`` (TRL would treat a module as a reward model); TRL
+    passes every dataset column as a keyword argument, so ``example_key`` arrives per sample.
     """
 
     __name__ = "popi"
 
     def __init__(self, scorer: Any, reference: Any, examples: dict[str, list[PreferencePair]],
-                 *, beta: float, loss_type: str):
+                 *, beta: float, loss_type: str, spec: SummarySpec | None = None):
+        self.spec = spec or SummarySpec()
         self.scorer = scorer
         self.reference = reference
         self.examples = examples
@@ -121,7 +121,7 @@ class SummaryReward:
     ) -> list[float]:
         from popi_sdk.scoring import summary_rewards
 
-        texts = [clean_summary(_completion_text(c)) for c in completions]
+        texts = [self.spec.clean(_completion_text(c)) for c in completions]
         with self._generator():
             return summary_rewards(
                 self.scorer,
@@ -160,9 +160,9 @@ def grpo_args(cfg: TrainConfig) -> Any:
             "stage1.batch_size x stage1.num_generations",
         ),
         num_generations=opts.num_generations,
-        max_completion_length=opts.max_summary_tokens,
-        temperature=opts.temperature,
-        top_p=opts.top_p,
+        max_completion_length=cfg.summary.max_tokens,
+        temperature=cfg.summary.train_temperature,
+        top_p=cfg.summary.train_top_p,
         beta=cfg.kl,
         scale_rewards="none",
         loss_type=opts.grpo_loss,
@@ -174,7 +174,8 @@ def grpo_args(cfg: TrainConfig) -> Any:
 
 
 def main(cfg: TrainConfig) -> str:
-    """Train the summarizer; returns the final checkpoint folder ``RUN/stage1``."""
+    """Train the summarizer; returns the final checkpoint folder ``RUN/stage1``, which holds the
+    summary spec it was trained with (``popi_summary.json``)."""
     common.require_train_stack()
     run = common.prepare_run(cfg)
     if common.stage_done(cfg, "stage1"):
@@ -203,7 +204,7 @@ def main(cfg: TrainConfig) -> str:
                             bf16=args.bf16)
     reward = SummaryReward(
         scorer, ReferenceCache(scorer, cfg.generator_model), examples,
-        beta=cfg.beta, loss_type=cfg.loss_type,
+        beta=cfg.beta, loss_type=cfg.loss_type, spec=cfg.summary,
     )
     trainer = GRPOTrainer(
         model=policy,
