@@ -180,11 +180,24 @@ def main(cfg: TrainConfig) -> str:
     if common.stage_done(cfg, "stage1"):
         log.info("stage 1 already finished in %s; skipping", run / "stage1")
         return str(run / "stage1")
+    trainer, _ = build_trainer(cfg)
+    trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage1"))
+    dest = common.save_final(trainer, trainer.processing_class, cfg, "stage1")
+    if trainer.accelerator.is_main_process:
+        from popi_sdk.train.plot import plot_run
 
+        plot_run(run)
+    return str(dest)
+
+
+def build_trainer(cfg: TrainConfig) -> tuple[Any, SummaryReward]:
+    """The GRPO trainer of stage 1, with its reference log-probs computed, and its reward
+    (``benchmarks/train_cpu.py`` times the parts of a step through them)."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
     from popi_sdk.data import read_users
+    from popi_sdk.train.grpo import popi_grpo_trainer_class
     from popi_sdk.scoring import ReferenceCache, SequenceScorer
 
     users = read_users(cfg.train_file())
@@ -194,18 +207,20 @@ def main(cfg: TrainConfig) -> str:
     tokenizer = common.load_tokenizer(policy_path)
 
     shared_base = cfg.lora.enabled and cfg.generator is None
+    score_bf16 = args.bf16 if cfg.stage1.score_bf16 is None else cfg.stage1.score_bf16
     if shared_base:
         generator, gen_tokenizer = policy, tokenizer
     else:
-        generator = common.load_frozen(cfg.generator_model, bf16=args.bf16)
+        generator = common.load_frozen(cfg.generator_model, bf16=score_bf16)
         gen_tokenizer = common.load_tokenizer(resolve_model(cfg.generator_model))
     scorer = SequenceScorer(generator, gen_tokenizer, batch_size=cfg.stage1.score_batch_size,
-                            bf16=args.bf16)
+                            bf16=score_bf16)
     reward = SummaryReward(
         scorer, ReferenceCache(scorer, cfg.generator_model), examples,
         beta=cfg.beta, loss_type=cfg.loss_type,
     )
-    trainer = GRPOTrainer(
+    trainer_class = popi_grpo_trainer_class() if cfg.stage1.share_prompts else GRPOTrainer
+    trainer = trainer_class(
         model=policy,
         reward_funcs=[reward],
         args=args,
@@ -219,10 +234,4 @@ def main(cfg: TrainConfig) -> str:
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.
     n = reward.precompute_reference()
     log.info("reference log-probs of %d examples computed once", n)
-    trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage1"))
-    dest = common.save_final(trainer, tokenizer, cfg, "stage1")
-    if trainer.accelerator.is_main_process:
-        from popi_sdk.train.plot import plot_run
-
-        plot_run(run)
-    return str(dest)
+    return trainer, reward
