@@ -100,7 +100,8 @@ def _raw(user) -> str:
 # the cpu-small of before the step was profiled, on TRL's stock GRPOTrainer.
 SETTINGS = {
     "before": ["precision=fp32", "stage1.share_prompts=false", "stage1.num_generations=4",
-               "stage1.batch_size=2", "stage1.score_batch_size=16", "stage1.kl_weight=0"],
+               "stage1.batch_size=2", "stage1.gradient_accumulation_steps=1",
+               "stage1.score_batch_size=16", "stage1.kl_weight=0"],
     "after": [],
 }
 PHASES = ("generation", "reward", "old/ref logps", "loss forward", "backward", "optimizer")
