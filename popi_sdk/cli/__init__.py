@@ -25,6 +25,7 @@ _GROUPS: dict[str, str] = {
     "data": "popi_sdk.cli.data",
     "train": "popi_sdk.cli.train",
     "launch": "popi_sdk.cli.launch",
+    "summary": "popi_sdk.cli.summary",
 }
 
 for _module in _COMMAND_MODULES:

@@ -23,7 +23,7 @@ def demo(
     summary_tokens: int = typer.Option(96, min=1, help="Length cap of each summary."),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER; default hf)."),
     generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
     """Summarize the example users with the embedded model and answer one question per user,
     personalized and plain, side by side."""
@@ -75,7 +75,7 @@ def summarize(
     file: Path = typer.Argument(..., help="Users file in the canonical JSON Lines format."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write one summary per line."),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER)."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     batch_size: int = typer.Option(8, min=1, help="Users per model call."),
     refresh: bool = typer.Option(False, help="Recompute even when a cached summary exists."),
 ) -> None:
@@ -96,7 +96,7 @@ def generate(
     user: Optional[str] = typer.Option(None, "--user", help="User id whose stored summary to use."),
     prompt: str = typer.Option(..., "--prompt", help="The question to answer."),
     backend: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR)."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Length cap of the answer."),
     temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy; at most 2."),
     base_url: Optional[str] = typer.Option(
@@ -124,9 +124,9 @@ def generate(
 
 def forget(
     user_id: str = typer.Argument(..., help="The user to remove."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
-    """Delete every stored summary of USER_ID."""
+    """Delete every stored summary version and the stored signals of USER_ID."""
     from popi_sdk.store import open_store
 
     n = open_store(store).delete_user(user_id)
