@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from popi_sdk.backends import Backend, GenerateOptions, get_backend
+from popi_sdk.backends import Backend, GenerateOptions, check_backend_name, get_backend
 from popi_sdk.data.jsonl import describe_validation_error
 from popi_sdk.errors import InputError, NotFoundError
 from popi_sdk.progress import progress_bar
@@ -20,12 +20,18 @@ from popi_sdk.store import SummaryStore, open_store
 from popi_sdk.templates import (
     Message,
     clean_summary,
+    cut_to_last_sentence,
     prompt_only_messages,
     summarizer_messages,
     summary_messages,
 )
 
 SignalsLike = UserSignals | UserRow | dict
+
+#: Decoding settings that keep the embedded 135M model from looping without derailing it
+#: (a repetition penalty of 1.2 already sends it off topic): ``Personalizer(**SMALL_MODEL)``,
+#: ``generate(..., **SMALL_MODEL)``.
+SMALL_MODEL: dict[str, Any] = {"repetition_penalty": 1.05, "no_repeat_ngram_size": 6}
 
 
 def server_concurrency(backend: Backend, requested: int | None = None) -> int | None:
@@ -62,10 +68,9 @@ def answer_all(
     if workers is None:
         step = batch_size or len(conversations)
         for start in range(0, len(conversations), step):
-            texts = backend.generate_batch(conversations[start : start + step], options)
+            texts = backend.generate_batch_reporting(conversations[start : start + step], options, advance)
             for i, text in enumerate(texts, start=start):
                 on_answer(i, text)
-            advance(len(texts))
         return
     with ThreadPoolExecutor(max_workers=min(workers, len(conversations))) as pool:
         futures = {pool.submit(backend.generate, c, options): i for i, c in enumerate(conversations)}
@@ -98,6 +103,13 @@ async def _gather_bounded(jobs: Sequence[Callable[[], Any]], limit: int, advance
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _finish(text: str, model: Backend, options: GenerateOptions, whole_sentences: bool) -> str:
+    """With ``whole_sentences``, an answer stopped by the length cap loses its last fragment."""
+    if whole_sentences and model.count_tokens(text) >= options.max_new_tokens - 2:
+        return cut_to_last_sentence(text)
+    return text
 
 
 class Generation(BaseModel):
@@ -143,8 +155,15 @@ class Personalizer:
             A trained checkpoint folder works for either (``"runs/x/stage1"``).
         store: a :class:`SummaryStore`, a SQLite path, or ``":memory:"``
             (``POPI_STORE``; default ``$POPI_HOME/summaries.sqlite``).
-        summary_tokens: most tokens a summary may have (default 96).
+        summary_tokens: most tokens a summary may have (default 96). A summary that reaches
+            the cap is cut back to its last complete sentence.
         summary_words: length the summarizer is asked for (default 60 words).
+        repetition_penalty, no_repeat_ngram_size: summary decoding settings that keep a small
+            local model from looping (default off; :data:`SMALL_MODEL` holds values that suit
+            the embedded model). API backends ignore them.
+
+    Backend names are checked here, so a typo fails at once with the known names; models are
+    loaded on first use.
     """
 
     def __init__(
@@ -155,6 +174,8 @@ class Personalizer:
         *,
         summary_tokens: int = 96,
         summary_words: int = 60,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ):
         self._summarizer_spec = summarizer if isinstance(summarizer, Backend) else resolve(
             summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND
@@ -162,9 +183,18 @@ class Personalizer:
         self._generator_spec = generator if isinstance(generator, Backend) else resolve(
             generator, "POPI_GENERATOR", DEFAULT_BACKEND
         )
+        for spec in (self._summarizer_spec, self._generator_spec):
+            if isinstance(spec, str):
+                check_backend_name(spec)
         self.store = open_store(store)
         self.summary_tokens = summary_tokens
         self.summary_words = summary_words
+        self._summary_options_ = GenerateOptions(
+            max_new_tokens=summary_tokens,
+            temperature=0.0,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
 
     @property
     def summarizer(self) -> Backend:
@@ -182,7 +212,7 @@ class Personalizer:
 
     # -- summaries -------------------------------------------------------------------------
     def _summary_options(self) -> GenerateOptions:
-        return GenerateOptions(max_new_tokens=self.summary_tokens, temperature=0.0)
+        return self._summary_options_
 
     def summarizer_input(self, signals: SignalsLike) -> list[Message]:
         """The exact messages the summarizer reads for these signals."""
@@ -192,17 +222,25 @@ class Personalizer:
         """The store key of these signals' summary: their content and this personalizer's summary
         length settings (the same signals summarized at another length are a different summary)."""
         settings = f"tokens={self.summary_tokens};words={self.summary_words}"
+        o = self._summary_options_
+        if o.repetition_penalty != 1.0 or o.no_repeat_ngram_size:
+            settings += f";rep={o.repetition_penalty:g};ngram={o.no_repeat_ngram_size}"
         return as_user_signals(signals).signals_hash(settings=settings)
 
     def _make_summary(self, user: UserSignals, text: str) -> Summary:
-        text = clean_summary(text)
         summarizer = self.summarizer
+        text = clean_summary(text)
+        n_tokens = summarizer.count_tokens(text)
+        if n_tokens >= self.summary_tokens - 2:  # stopped by the cap, likely mid-sentence
+            cut = cut_to_last_sentence(text)
+            if cut != text:
+                text, n_tokens = cut, summarizer.count_tokens(cut)
         return Summary(
             user_id=user.user_id,
             text=text,
             summarizer=summarizer.name,
             signals_hash=self.cache_hash(user),
-            n_tokens=summarizer.count_tokens(text),
+            n_tokens=n_tokens,
         )
 
     def cached(self, signals: SignalsLike) -> Summary | None:
@@ -251,7 +289,7 @@ class Personalizer:
             self.store.put(summary)
             out[i] = summary
 
-        with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
+        with progress_bar("Summarizing", len(todo), enabled=progress, unit="users") as advance:
             advance(len(todo) - len(missing))
             answer_all(
                 self.summarizer,
@@ -293,7 +331,7 @@ class Personalizer:
             return await asyncio.to_thread(
                 self.summarize_many, todo, batch_size=batch_size, refresh=refresh, progress=progress
             )
-        with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
+        with progress_bar("Summarizing", len(todo), enabled=progress, unit="users") as advance:
             jobs = [lambda u=u: self.asummarize(u, refresh=refresh) for u in todo]
             return await _gather_bounded(jobs, limit, advance)
 
@@ -339,6 +377,9 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         **backend_options: Any,
     ) -> Generation:
         """Answer ``prompt`` for a user.
@@ -346,12 +387,42 @@ class Personalizer:
         ``user_id`` uses that user's stored summary; ``summary`` (a :class:`Summary` or text) is
         used directly; with neither, the prompt is answered un-personalized. ``backend`` overrides
         the generator for this call (any registered name, e.g. ``"openai:gpt-4o"``).
+        ``repetition_penalty`` / ``no_repeat_ngram_size`` curb a small local model's loops
+        (:data:`SMALL_MODEL`); ``whole_sentences`` cuts an answer stopped by ``max_new_tokens``
+        back to its last complete sentence.
         """
         messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        text = model.generate(messages, options)
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        text = _finish(model.generate(messages, options), model, options, whole_sentences)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        summary: Summary | str | None = None,
+        backend: str | Backend | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        **backend_options: Any,
+    ) -> Iterator[str]:
+        """:meth:`generate`, yielding the answer in pieces as the backend writes it (a backend
+        that cannot stream yields it whole)."""
+        messages, _ = self.conditioning(prompt, user_id=user_id, summary=summary)
+        model = get_backend(backend, **backend_options) if backend is not None else self.generator
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        yield from model.stream(messages, options)
 
     async def agenerate(
         self,
@@ -363,6 +434,9 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         **backend_options: Any,
     ) -> Generation:
         """Async :meth:`generate`, for web apps: server backends use their async client."""
@@ -370,8 +444,11 @@ class Personalizer:
             self.conditioning, prompt, user_id=user_id, summary=summary
         )
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        text = await model.agenerate(messages, options)
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        text = _finish(await model.agenerate(messages, options), model, options, whole_sentences)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
     def _prepare_many(
@@ -398,6 +475,9 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         max_concurrency: int | None = None,
         progress: bool = False,
     ) -> list[Generation]:
@@ -406,14 +486,17 @@ class Personalizer:
         A local generator answers in batches; a server generator gets concurrent requests, at
         most ``max_concurrency`` in flight (default: the backend's own)."""
         prepared = self._prepare_many(prompts, user_ids, summaries)
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         model = self.generator
         texts = [""] * len(prepared)
 
         def keep(i: int, text: str) -> None:
-            texts[i] = text
+            texts[i] = _finish(text, model, options, whole_sentences)
 
-        with progress_bar("Generating", len(prepared), enabled=progress) as advance:
+        with progress_bar("Generating", len(prepared), enabled=progress, unit="answers") as advance:
             answer_all(
                 model,
                 [m for m, _ in prepared],
@@ -436,6 +519,9 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         max_concurrency: int | None = None,
         progress: bool = False,
     ) -> list[Generation]:
@@ -452,13 +538,20 @@ class Personalizer:
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 seed=seed,
+                repetition_penalty=repetition_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                whole_sentences=whole_sentences,
                 progress=progress,
             )
         prepared = await asyncio.to_thread(self._prepare_many, prompts, user_ids, summaries)
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        with progress_bar("Generating", len(prepared), enabled=progress) as advance:
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        with progress_bar("Generating", len(prepared), enabled=progress, unit="answers") as advance:
             jobs = [lambda m=m: model.agenerate(m, options) for m, _ in prepared]
             texts = await _gather_bounded(jobs, limit, advance)
+        texts = [_finish(t, model, options, whole_sentences) for t in texts]
         return [
             Generation(text=t, backend=model.name, prompt=p, summary=s)
             for t, p, (_, s) in zip(texts, prompts, prepared)

@@ -140,3 +140,19 @@ def clean_summary(text: str) -> str:
             seen.add(key)
             kept.append(sentence)
     return " ".join(kept) if len(kept) < len(sentences) else text
+
+
+_COMPLETE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def cut_to_last_sentence(text: str) -> str:
+    """``text`` without a trailing fragment cut off by a length cap ("a style that is elegant
+    and"): up to its last complete sentence or list line. Text with no complete sentence is kept
+    as it is, since a fragment says more than nothing."""
+    text = text.rstrip()
+    ends = [m.end() for m in _COMPLETE_END.finditer(text)]
+    if not text or (ends and ends[-1] == len(text)):
+        return text
+    newline = text.rfind("\n")
+    cut = max(ends[-1] if ends else 0, newline if newline > 0 else 0)
+    return text[:cut].rstrip() if cut > 0 else text

@@ -15,7 +15,7 @@ no key needs none. The base URL: ``base_url``, then ``OPENAI_BASE_URL``, then
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from popi_sdk.backends.api import PLACEHOLDER_KEY, APIBackend
@@ -125,3 +125,13 @@ class OpenAIBackend(APIBackend):
     ) -> str:
         response = await client.chat.completions.create(**self._params(messages, options))
         return self._text(response)
+
+    def stream(self, messages: Sequence[Message], options: GenerateOptions) -> Iterator[str]:
+        """Chat completions with ``stream=True``: each delta as it arrives."""
+        try:
+            chunks = self.client.chat.completions.create(**self._params(messages, options), stream=True)
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except self.sdk.APIError as e:
+            raise self.translate_error(e) from e

@@ -43,8 +43,10 @@ def eval_command(
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Evaluate personalization methods on held-out users: reward accuracy against the base
-    model's margin, context overhead, and win rate against the base model's answers."""
+    """Evaluate personalization methods on held-out users.
+
+    Reward accuracy against the base model's margin, context overhead, and win rate against the
+    base model's answers, written to OUT/results.json, results.md and results.png."""
     from rich.console import Console
     from rich.table import Table
 

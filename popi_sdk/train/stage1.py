@@ -214,6 +214,7 @@ def main(cfg: TrainConfig) -> str:
         peft_config=common.lora_config(cfg),
         callbacks=[common.metrics_callback(cfg, "stage1")],
     )
+    common.show_progress(trainer, "stage1")
     if shared_base:
         reward.share_base_with(trainer.accelerator.unwrap_model(trainer.model))
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.

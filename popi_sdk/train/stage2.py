@@ -102,8 +102,11 @@ def summaries_for(users: Sequence[UserRow], cfg: TrainConfig) -> dict[str, str]:
             keys.append(f"{user.user_id}#{j}")
             batch.append(summarizer_messages(user.signals, max_words=opts.summary_words,
                                              prompt=pair.prompt))
+    from popi_sdk.progress import progress_bar
+
     options = GenerateOptions(max_new_tokens=opts.max_summary_tokens, temperature=0.0)
-    texts = p.summarizer.generate_batch(batch, options)
+    with progress_bar("Summarizing (per prompt)", len(batch)) as advance:
+        texts = p.summarizer.generate_batch_reporting(batch, options, advance)
     return {k: clean_summary(t) for k, t in zip(keys, texts)}
 
 
@@ -198,6 +201,7 @@ def main(cfg: TrainConfig) -> str:
         peft_config=common.lora_config(cfg),
         callbacks=[common.metrics_callback(cfg, "stage2")],
     )
+    common.show_progress(trainer, "stage2")
     trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage2"))
     dest = common.save_final(trainer, tokenizer, cfg, "stage2")
     if trainer.accelerator.is_main_process:
