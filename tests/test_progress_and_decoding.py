@@ -1,0 +1,133 @@
+"""Per-item progress, phase timing, whole-sentence caps, small-model decoding settings, streaming,
+and the evaluation plot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from popi_sdk import Personalizer
+from popi_sdk.backends import GenerateOptions
+from popi_sdk.backends.hf import _RowsDone
+from popi_sdk.personalizer import SMALL_MODEL
+from popi_sdk.progress import PhaseTimer, progress_bar
+from popi_sdk.templates import clean_summary, cut_to_last_sentence, prompt_only_messages, summary_messages
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The user likes cats. They prefer a style that is elegant and", "The user likes cats."),
+    ("Short answers! Lists? Yes.", "Short answers! Lists? Yes."),
+    ("- water\n- snacks\n- a rain", "- water\n- snacks"),
+    ('He said "done." Then he', 'He said "done."'),
+    ("no sentence ends here", "no sentence ends here"),
+    ("Version 1.2 is out and", "Version 1.2 is out and"),
+])
+def test_cut_to_last_sentence(text, want):
+    assert cut_to_last_sentence(text) == want
+
+
+def test_small_model_settings_are_checked_options():
+    options = GenerateOptions(**SMALL_MODEL)
+    assert options.repetition_penalty > 1.0 and options.no_repeat_ngram_size > 0
+    with pytest.raises(ValidationError):
+        GenerateOptions(repetition_penalty=0.5)
+    with pytest.raises(ValidationError):
+        GenerateOptions(no_repeat_ngram_size=-1)
+
+
+def test_summary_settings_enter_the_cache_key_only_when_set():
+    row = {"user_id": "u", "persona": "I like short answers."}
+    plain, small = Personalizer(store=":memory:"), Personalizer(store=":memory:", **SMALL_MODEL)
+    assert plain.cache_hash(row) != small.cache_hash(row)
+    assert plain.cache_hash(row) == Personalizer(store=":memory:", repetition_penalty=1.0).cache_hash(row)
+
+
+def test_rows_done_reports_each_row_when_it_ends():
+    calls = []
+    rows = _RowsDone(3, eos_ids={0}, done=calls.append)
+    rows.put(torch.tensor([[5, 6], [5, 6], [5, 6]]))  # the prompt: nothing done
+    rows.put(torch.tensor([7, 0, 7]))  # row 1 ends
+    rows.put(torch.tensor([7, 0, 7]))  # row 1 stays padded, counted once
+    rows.put(torch.tensor([0, 0, 7]))  # row 0 ends
+    rows.end()  # row 2 hit the length cap
+    rows.end()
+    assert calls == [1, 1, 1]
+
+
+def test_progress_bar_counts_items_and_shows_a_note(capsys):
+    with progress_bar("Summarizing", 3, unit="users") as advance:
+        advance(1)
+        advance(2, note="reward -0.41")
+    err = capsys.readouterr().err
+    assert "Summarizing" in err and "3/3" in err and "users" in err and "ETA" in err
+    assert "reward -0.41" in err
+    with progress_bar("Off", 2, enabled=False) as advance:
+        advance(2)
+    assert capsys.readouterr().err == ""
+
+
+def test_phase_timer_reports_each_phase():
+    timer = PhaseTimer()
+    with timer.phase("loading"):
+        pass
+    with timer.phase("answering"):
+        sum(range(10_000))
+    report = timer.report()
+    assert report.startswith("Time: loading ") and ", answering " in report and "; total " in report
+
+
+def test_eval_plot_draws_both_metrics_per_method(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from popi_sdk.eval.plot import plot_results
+
+    results = {"methods": {
+        "base": {"title": "Base-Model", "reward_accuracy": 0.5, "win_rate": 0.5},
+        "popi": {"title": "POPI", "reward_accuracy": 0.7, "reward_accuracy_se": 0.05,
+                 "win_rate": None},
+    }}
+    dest = plot_results(results, tmp_path / "results.png")
+    image = matplotlib.image.imread(dest)
+    assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
+    assert plot_results({"methods": {"x": {"title": "X", "reward_accuracy": None, "win_rate": None}}},
+                        tmp_path / "none.png") is None
+
+
+# -- with the bundled model ---------------------------------------------------------------------
+@pytest.mark.model
+def test_local_batch_reports_rows_and_streams_the_same_text(smollm2):
+    batch = [prompt_only_messages("Say hi."), summary_messages("What is a star?", "The user is a child.")]
+    options = GenerateOptions(max_new_tokens=8)
+    calls = []
+    texts = smollm2.generate_batch_reporting(batch, options, calls.append)
+    assert sum(calls) == len(batch) and texts == smollm2.generate_batch(batch, options)
+    assert "".join(smollm2.stream(batch[1], options)) == texts[1]
+    # the small-model settings reach the model: no 2-gram repeats at all with size 2
+    looped = smollm2.generate(batch[1], GenerateOptions(max_new_tokens=24, no_repeat_ngram_size=2))
+    ids = smollm2.tokenizer(looped, add_special_tokens=False)["input_ids"]
+    pairs = list(zip(ids, ids[1:]))
+    assert len(pairs) - len(set(pairs)) <= 1  # re-tokenizing the text may merge one pair differently
+
+
+@pytest.mark.model
+def test_summary_at_the_cap_ends_with_a_whole_sentence(smollm2):
+    p = Personalizer(store=":memory:", summary_tokens=24, **SMALL_MODEL)
+    user = {"user_id": "kid", "persona": "I am 8 years old and I love animals and drawing."}
+    summary = p.summarize(user)
+    raw = clean_summary(p.summarizer.generate(p.summarizer_input(user), p._summary_options()))
+    assert smollm2.count_tokens(raw) >= 22, "the summary did not reach the cap: nothing to test"
+    assert summary.text == cut_to_last_sentence(raw) and summary.text[-1] in ".!?"
+    assert summary.n_tokens == smollm2.count_tokens(summary.text) < smollm2.count_tokens(raw)
+
+
+@pytest.mark.model
+def test_openai_backend_streams_from_a_real_server(openai_server, smollm2_dir):
+    from popi_sdk.backends.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend(str(smollm2_dir), base_url=openai_server, timeout=300, max_retries=0)
+    options = GenerateOptions(max_new_tokens=8)
+    pieces = list(backend.stream(prompt_only_messages("Say hi."), options))
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == backend.generate(prompt_only_messages("Say hi."), options)
