@@ -26,14 +26,19 @@ def quiet_libraries(verbose: bool = False) -> None:
 
     Works before the libraries are imported (through the variables they read at import time) and
     after (through their own switches), so it never imports one itself."""
-    if verbose:
+    if verbose:  # asked for on the command line: wins over the quiet variables
         for name in LIBRARIES:
             logging.getLogger(name).setLevel(logging.INFO)
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info")
+        for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                    "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+            os.environ.pop(var, None)
+        os.environ["TRANSFORMERS_VERBOSITY"] = "info"
         if "transformers" in sys.modules:
-            sys.modules["transformers"].utils.logging.set_verbosity_info()
+            tf_logging = sys.modules["transformers"].utils.logging
+            tf_logging.set_verbosity_info()
+            tf_logging.enable_progress_bar()
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

@@ -42,7 +42,8 @@ def test_backends_lists_hf():
 def test_summarize_generate_forget_round_trip(tmp_path, smollm2, demo_users_file):
     store = str(tmp_path / "s.sqlite")
     out = tmp_path / "summaries.jsonl"
-    result = runner.invoke(app, ["summarize", str(demo_users_file), "--out", str(out), "--store", store])
+    result = runner.invoke(app, ["summarize", str(demo_users_file), "--out", str(out), "--store", store,
+                                 "--summary-tokens", "16", "--summary-words", "12"])
     assert result.exit_code == 0, result.output
     summaries = [json.loads(line) for line in out.read_text().splitlines()]
     assert [s["user_id"] for s in summaries] == ["maya", "dr_chen"]

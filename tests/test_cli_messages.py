@@ -128,12 +128,14 @@ def test_quiet_by_default_and_library_logs_with_verbose(smollm2_dir, tmp_path):
     store = str(tmp_path / "s.sqlite")
     args = ["generate", "--summary", "The user likes short answers.", "--prompt", "Hi",
             "--max-new-tokens", "2", "--store", store]
-    quiet = _popi(*args)
+    quiet_vars = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS")
+    env = {k: v for k, v in os.environ.items() if k not in quiet_vars}
+    quiet = _popi(*args, env=env)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout.strip()
     assert quiet.stderr == ""  # no "Loading weights" bar, no library warning
 
-    loud = _popi("--verbose", *args)
+    loud = _popi("--verbose", *args, env=env)
     assert loud.returncode == 0, loud.stderr
     assert "Loading weights" in loud.stderr
     assert loud.stdout == quiet.stdout
