@@ -22,6 +22,8 @@ from popi_sdk.templates import clean_summary, cut_to_last_sentence, prompt_only_
     ('He said "done." Then he', 'He said "done."'),
     ("no sentence ends here", "no sentence ends here"),
     ("Version 1.2 is out and", "Version 1.2 is out and"),
+    ("The user likes:\n- protocols (e.g. TCP)\n- Specific style (e.g.", "The user likes:\n- protocols (e.g. TCP)"),
+    ("Use terms, e.g. TCP. Cite vs. guess", "Use terms, e.g. TCP."),
 ])
 def test_cut_to_last_sentence(text, want):
     assert cut_to_last_sentence(text) == want
