@@ -124,13 +124,22 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 def clean_summary(text: str) -> str:
     """Strip the boilerplate small models wrap around a summary (quotes, a 'Summary:' label) and
-    drop sentences repeated word for word (small models loop), keeping the first occurrence."""
+    drop lines and sentences repeated word for word (small models loop), keeping the first
+    occurrence."""
     text = text.strip()
     for label in ("Summary:", "summary:", "**Summary:**", "Preference summary:"):
         if text.startswith(label):
             text = text[len(label):].strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
+    lines, seen_lines = [], set()
+    for line in text.splitlines():  # list items loop line by line, without sentence ends
+        key = line.strip().lower()
+        if key and key in seen_lines:
+            continue
+        seen_lines.add(key)
+        lines.append(line)
+    text = "\n".join(lines)
     sentences = _SENTENCE_END.split(text)
     seen: set[str] = set()
     kept = []

@@ -29,6 +29,13 @@ def test_cut_to_last_sentence(text, want):
     assert cut_to_last_sentence(text) == want
 
 
+def test_clean_summary_drops_list_lines_a_small_model_repeats():
+    looped = "The user's preferences are:\n- Simple words\n- Comparison: 3 sentences\n" + \
+        "- Comparison: 3 sentences\n" * 5 + "- Comparison"
+    assert clean_summary(looped) == ("The user's preferences are:\n- Simple words\n"
+                                     "- Comparison: 3 sentences\n- Comparison")
+
+
 def test_small_model_settings_are_checked_options():
     options = GenerateOptions(**SMALL_MODEL)
     assert options.repetition_penalty > 1.0 and options.no_repeat_ngram_size > 0
