@@ -6,6 +6,8 @@ visible in the traceback while the first line a user reads is ours.
 
 from __future__ import annotations
 
+from popi_sdk.redact import redact_text
+
 
 class PopiError(Exception):
     """Root of every error popi-sdk raises on purpose."""
@@ -33,6 +35,13 @@ class ConfigError(InputError):
     """A configuration file or override is invalid."""
 
 
+class SettingError(PopiError):
+    """An environment variable setting (``POPI_...``) is invalid; the message names it.
+
+    Deliberately not a ``ValueError``: a setting read while validating a user's data must not be
+    reported by pydantic as a problem of the field being validated."""
+
+
 class MissingDependencyError(PopiError, ImportError):
     """An optional dependency is not installed; the message gives the install command."""
 
@@ -47,7 +56,8 @@ class BackendError(PopiError):
     def __init__(self, message: str, backend: str | None = None):
         self.backend = backend
         prefix = f"[{backend}] " if backend else ""
-        super().__init__(prefix + message)
+        # Messages quote base URLs and servers' own words; neither may leak a credential.
+        super().__init__(redact_text(prefix + message))
 
 
 class UnknownBackendError(BackendError, InputError):
@@ -74,9 +84,26 @@ class BackendTimeoutError(BackendError):
     """A request timed out after the client's own retries."""
 
 
+class BadResponseError(BackendError):
+    """The server answered 200 but not with a reply of its API (not JSON, an HTML page, a
+    reply without choices or content); the message quotes what it sent."""
+
+
+class EmptySummaryError(BackendError):
+    """The summarizer wrote no usable text; nothing was stored."""
+
+
 class StoreError(PopiError):
     """The summary store could not be opened or written."""
 
 
 class NotFoundError(PopiError, LookupError):
     """A requested object (e.g. a user's summary) does not exist."""
+
+
+class LaunchError(PopiError):
+    """SkyPilot could not launch the task (no capacity, a rejected request)."""
+
+
+class CloudSetupError(LaunchError):
+    """No cloud is enabled in SkyPilot, or the chosen cloud's credentials are missing or rejected."""

@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import secrets as _secrets
+import shlex
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from popi_sdk.errors import ConfigError, MissingDependencyError, PopiError
+from popi_sdk.errors import CloudSetupError, ConfigError, LaunchError, MissingDependencyError
 
 SKY_INSTALL = 'pip install "popi-sdk[launch]"'
 TASK_FILES = {
@@ -51,14 +52,6 @@ _CREDENTIAL_HINTS = {
     "lambda": "put your API key in ~/.lambda_cloud/lambda_keys",
     "runpod": "run `runpod config`",
 }
-
-
-class LaunchError(PopiError):
-    """SkyPilot could not launch the task (no capacity, a rejected request)."""
-
-
-class CloudSetupError(LaunchError):
-    """No cloud is enabled in SkyPilot, or the chosen cloud's credentials are missing or rejected."""
 
 
 @dataclass
@@ -129,6 +122,87 @@ def parse_env(items: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE, e.g. --env SYNTH_USERS=500")
         out[key] = value
     return out
+
+
+# -- the training config, checked before anything is rented --------------------------------
+def train_config(task: dict[str, Any], config_file: str | os.PathLike | None = None) -> Any:
+    """The :class:`~popi_sdk.train.config.TrainConfig` the train task's run script will build on
+    the node (its ``POPI_CONFIG``, ``MODEL``, ``BETA``, ``MAX_STEPS`` and ``TRAIN_ARGS``), resolved
+    and checked here, so a bad value fails now and not on a node already paid for.
+
+    ``config_file`` is the local file uploaded as ``POPI_CONFIG``. Returns None when the config
+    file is a path that exists only on the node (it is checked there). Raises
+    :class:`ConfigError` naming the bad field.
+    """
+    from popi_sdk.train.config import load_config
+
+    envs = task.get("envs") or {}
+    source = str(envs.get("POPI_CONFIG", "") or "")
+    config, preset = None, None
+    if config_file is not None and source == f"{UPLOAD_DIR}/config.yaml":
+        config = Path(config_file)
+    elif "/" in source or source.endswith((".yaml", ".yml")):
+        if not Path(source).expanduser().is_file():
+            return None
+        config = Path(source).expanduser()
+    else:
+        preset = source
+    overrides = [f"{key}={envs[name]}" for name, key in (("MODEL", "model"), ("BETA", "beta"))
+                 if envs.get(name)]
+    max_steps = _whole(envs.get("MAX_STEPS"), "MAX_STEPS (--max-steps)")
+    extra, extra_steps = _train_args(str(envs.get("TRAIN_ARGS", "") or ""))
+    try:
+        return load_config(
+            config, preset=preset, overrides=[*overrides, *extra],
+            max_steps=extra_steps if extra_steps is not None else max_steps,
+        )
+    except ConfigError as e:
+        raise ConfigError(
+            f"{e}\nThe node would refuse this config, so nothing was launched (--model, --beta "
+            "and --set reach it as --set model=..., --set beta=..., --set KEY=VALUE)."
+        ) from None
+
+
+def _whole(raw: Any, what: str) -> int | None:
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise ConfigError(f"{what}: expected a whole number of steps, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{what}: must be at least 1, got {value}")
+    return value
+
+
+def _train_args(text: str) -> tuple[list[str], int | None]:
+    """TRAIN_ARGS as the run script passes it to `popi train`: ``--set`` items and ``--max-steps``."""
+    words = shlex.split(text)
+    items: list[str] = []
+    max_steps = None
+    i = 0
+    while i < len(words):
+        word = words[i]
+        name, eq, inline = word.partition("=")
+        if name in ("--set", "--max-steps"):
+            if eq:
+                value = inline
+            elif i + 1 < len(words):
+                i += 1
+                value = words[i]
+            else:
+                raise ConfigError(f"TRAIN_ARGS: {name} needs a value")
+            if name == "--set":
+                items.append(value)
+            else:
+                max_steps = _whole(value, "TRAIN_ARGS --max-steps")
+        else:
+            raise ConfigError(
+                f"TRAIN_ARGS: {word!r} is not an option the training run takes here; use "
+                "--set KEY=VALUE (repeatable) or --max-steps N"
+            )
+        i += 1
+    return items, max_steps
 
 
 # -- overrides -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from popi_sdk.backends import Backend, GenerateOptions, check_backend_name, get_backend
 from popi_sdk.data.jsonl import describe_validation_error
-from popi_sdk.errors import InputError, NotFoundError
+from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import Summary, UserRow, UserSignals
@@ -227,9 +227,21 @@ class Personalizer:
             settings += f";rep={o.repetition_penalty:g};ngram={o.no_repeat_ngram_size}"
         return as_user_signals(signals).signals_hash(settings=settings)
 
-    def _make_summary(self, user: UserSignals, text: str) -> Summary:
-        summarizer = self.summarizer
+    def _make_summary(self, user: UserSignals, text: str, *, allow_empty: bool = False) -> Summary:
+        """The summary to store for ``text``; every path that stores one comes through here, so
+        an empty answer is refused once, for every backend, before anything is stored. A summary
+        stopped by the length cap is cut back to its last complete sentence."""
+        raw = text
         text = clean_summary(text)
+        summarizer = self.summarizer
+        if not text.strip() and not allow_empty:
+            shown = raw if len(raw) <= 200 else raw[:200] + "..."
+            raise EmptySummaryError(
+                f"the summarizer wrote no summary for user {user.user_id!r} (it returned "
+                f"{shown!r}); nothing was stored. Try again, check the summarizer model, or "
+                "raise summary_tokens if the answer was cut off",
+                backend=summarizer.name,
+            )
         n_tokens = summarizer.count_tokens(text)
         if n_tokens >= self.summary_tokens - 2:  # stopped by the cap, likely mid-sentence
             cut = cut_to_last_sentence(text)
@@ -267,13 +279,18 @@ class Personalizer:
         refresh: bool = False,
         progress: bool = True,
         max_concurrency: int | None = None,
+        keep_empty: bool = False,
     ) -> list[Summary]:
         """Summarize many users; cached users cost nothing. Order is kept.
 
         A local summarizer works in batches of ``batch_size``; a server summarizer (``openai:``,
         ``anthropic:``) gets concurrent requests, at most ``max_concurrency`` in flight (default:
         the backend's own). Each summary is stored as soon as it is written, so a run that fails
-        part-way resumes where it stopped."""
+        part-way resumes where it stopped.
+
+        An empty summary raises :class:`EmptySummaryError`; with ``keep_empty=True`` it is
+        returned instead (text ``""``, for callers that use whatever the model wrote, as training
+        does), but still never stored."""
         todo = [as_user_signals(u) for u in users]
         out: list[Summary | None] = [None] * len(todo)
         missing = []
@@ -285,7 +302,13 @@ class Personalizer:
 
         def store(j: int, text: str) -> None:
             i = missing[j]
-            summary = self._make_summary(todo[i], text)
+            try:
+                summary = self._make_summary(todo[i], text)
+            except EmptySummaryError:
+                if not keep_empty:
+                    raise
+                out[i] = self._make_summary(todo[i], text, allow_empty=True)
+                return
             self.store.put(summary)
             out[i] = summary
 
@@ -391,12 +414,13 @@ class Personalizer:
         (:data:`SMALL_MODEL`); ``whole_sentences`` cuts an answer stopped by ``max_new_tokens``
         back to its last complete sentence.
         """
-        messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
-        model = get_backend(backend, **backend_options) if backend is not None else self.generator
+        # Options first: a bad value is reported before any store read or model load.
         options = GenerateOptions(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         )
+        messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
+        model = get_backend(backend, **backend_options) if backend is not None else self.generator
         text = _finish(model.generate(messages, options), model, options, whole_sentences)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -440,14 +464,14 @@ class Personalizer:
         **backend_options: Any,
     ) -> Generation:
         """Async :meth:`generate`, for web apps: server backends use their async client."""
-        messages, used = await asyncio.to_thread(
-            self.conditioning, prompt, user_id=user_id, summary=summary
-        )
-        model = get_backend(backend, **backend_options) if backend is not None else self.generator
         options = GenerateOptions(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         )
+        messages, used = await asyncio.to_thread(
+            self.conditioning, prompt, user_id=user_id, summary=summary
+        )
+        model = get_backend(backend, **backend_options) if backend is not None else self.generator
         text = _finish(await model.agenerate(messages, options), model, options, whole_sentences)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
@@ -485,11 +509,11 @@ class Personalizer:
 
         A local generator answers in batches; a server generator gets concurrent requests, at
         most ``max_concurrency`` in flight (default: the backend's own)."""
-        prepared = self._prepare_many(prompts, user_ids, summaries)
         options = GenerateOptions(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         )
+        prepared = self._prepare_many(prompts, user_ids, summaries)
         model = self.generator
         texts = [""] * len(prepared)
 
@@ -527,6 +551,10 @@ class Personalizer:
     ) -> list[Generation]:
         """Async :meth:`generate_many`: a server generator gets at most ``max_concurrency``
         requests in flight; a local one runs :meth:`generate_many` in a worker thread."""
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         model = self.generator
         limit = server_concurrency(model, max_concurrency)
         if limit is None:
@@ -544,10 +572,6 @@ class Personalizer:
                 progress=progress,
             )
         prepared = await asyncio.to_thread(self._prepare_many, prompts, user_ids, summaries)
-        options = GenerateOptions(
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        )
         with progress_bar("Generating", len(prepared), enabled=progress, unit="answers") as advance:
             jobs = [lambda m=m: model.agenerate(m, options) for m, _ in prepared]
             texts = await _gather_bounded(jobs, limit, advance)

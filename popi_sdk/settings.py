@@ -9,15 +9,27 @@ summary store          ``POPI_STORE``                      ``$POPI_HOME/summarie
 summarizer backend     ``POPI_SUMMARIZER``                 ``hf`` (embedded SmolLM2-135M)
 generator backend      ``POPI_GENERATOR``                  ``hf`` (embedded SmolLM2-135M)
 longest signal text    ``POPI_MAX_SIGNAL_CHARS``           32,000 characters
+API request timeout    ``POPI_API_TIMEOUT``                15 s per attempt
+API retries            ``POPI_API_MAX_RETRIES``            2 (3 attempts in all)
 =====================  ==================================  ==============================
+
+A bad value of any of these variables is a :class:`~popi_sdk.errors.SettingError` that names it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+from popi_sdk.errors import SettingError
+
 DEFAULT_BACKEND = "hf"
+DEFAULT_MAX_SIGNAL_CHARS = 32_000
+#: A server backend's defaults: 3 attempts of at most 15 s, so a hung server fails within about
+#: 47 s (see :func:`api_total_bound`), under the 60 s most load balancers and gateways allow.
+DEFAULT_API_TIMEOUT = 15.0
+DEFAULT_API_MAX_RETRIES = 2
 
 
 def resolve(explicit: str | None, env_var: str, default: str) -> str:
@@ -39,3 +51,55 @@ def store_path(explicit: str | os.PathLike | None = None) -> Path:
     """The SQLite summary store: argument, ``POPI_STORE``, ``$POPI_HOME/summaries.sqlite``."""
     raw = explicit if explicit is not None else os.environ.get("POPI_STORE")
     return Path(raw).expanduser() if raw else popi_home() / "summaries.sqlite"
+
+
+def _number(raw: str, env_var: str, kind: type, minimum: float, what: str) -> float | int:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingError(f"{env_var}={raw!r} is not {what}; unset it or give {what}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise SettingError(f"{env_var}={raw!r} must be {what} of at least {minimum:g}; unset it "
+                           "to use the default")
+    return value
+
+
+def max_signal_chars() -> int:
+    """Longest accepted text in one signal field: ``POPI_MAX_SIGNAL_CHARS``, default 32,000."""
+    raw = os.environ.get("POPI_MAX_SIGNAL_CHARS")
+    if not raw:
+        return DEFAULT_MAX_SIGNAL_CHARS
+    return int(_number(raw, "POPI_MAX_SIGNAL_CHARS", int, 1, "a whole number of characters"))
+
+
+def api_timeout(explicit: float | None = None) -> float:
+    """Seconds one API request attempt may take: argument, ``POPI_API_TIMEOUT``, 15."""
+    if explicit is not None:
+        return float(explicit)
+    raw = os.environ.get("POPI_API_TIMEOUT")
+    if not raw:
+        return DEFAULT_API_TIMEOUT
+    return float(_number(raw, "POPI_API_TIMEOUT", float, 0.001, "a number of seconds"))
+
+
+def api_max_retries(explicit: int | None = None) -> int:
+    """Retries after a failed API attempt: argument, ``POPI_API_MAX_RETRIES``, 2."""
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get("POPI_API_MAX_RETRIES")
+    if not raw:
+        return DEFAULT_API_MAX_RETRIES
+    return int(_number(raw, "POPI_API_MAX_RETRIES", int, 0, "a whole number"))
+
+
+# The official clients back off min(0.5 * 2**n, 8) s before retry n (less up to 25 % jitter);
+# see _calculate_retry_timeout in openai/anthropic _base_client.py.
+_FIRST_BACKOFF_S, _MAX_BACKOFF_S = 0.5, 8.0
+
+
+def api_total_bound(timeout: float, max_retries: int) -> float:
+    """The longest a failing API call takes before its error is raised: every attempt timing out,
+    plus the clients' backoff between attempts. A ``Retry-After`` wait that a rate-limited server
+    asks for (the clients honour up to 120 s) comes on top."""
+    backoff = sum(min(_FIRST_BACKOFF_S * 2**n, _MAX_BACKOFF_S) for n in range(max_retries))
+    return timeout * (max_retries + 1) + backoff

@@ -7,33 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from popi_sdk.settings import max_signal_chars
+
 #: Bumped whenever the summarizer prompt changes, so cached summaries from an older prompt
 #: are not reused for the same signals.
 SIGNALS_HASH_VERSION = "popi-signals-v1"
 
-_DEFAULT_MAX_CHARS = 32_000
-
-
-def max_text_chars() -> int:
-    """Longest accepted text in one signal field: ``POPI_MAX_SIGNAL_CHARS``, default 32,000."""
-    raw = os.environ.get("POPI_MAX_SIGNAL_CHARS")
-    if not raw:
-        return _DEFAULT_MAX_CHARS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"POPI_MAX_SIGNAL_CHARS must be an integer, got {raw!r}") from None
-    return value
-
-
 def _bounded(text: str) -> str:
-    limit = max_text_chars()
+    limit = max_signal_chars()  # a bad POPI_MAX_SIGNAL_CHARS is a SettingError naming it
     if len(text) > limit:
         raise ValueError(
             f"text is {len(text):,} characters; the limit is {limit:,}. Shorten it (signals are "
@@ -53,7 +39,11 @@ NonEmptyText = Annotated[str, AfterValidator(_non_empty), AfterValidator(_bounde
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=False)
+    # NaN and infinities are refused: JSON has no way to write them back (they would become null),
+    # and a summarizer shown "nan" learns nothing about the user.
+    model_config = ConfigDict(
+        extra="forbid", frozen=False, str_strip_whitespace=False, allow_inf_nan=False
+    )
 
 
 class PreferencePair(_Model):

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from popi_sdk.errors import StoreError
+from popi_sdk.errors import InputError, StoreError
 from popi_sdk.settings import store_path
 from popi_sdk.signals import Summary
 
@@ -176,7 +176,7 @@ def open_store(store: SummaryStore | str | os.PathLike | None = None) -> Summary
             return MemoryStore()
         return SQLiteStore(store)
     if not isinstance(store, SummaryStore):
-        raise TypeError(
+        raise InputError(
             f"store must implement popi_sdk.store.SummaryStore (get, put, latest, delete_user, "
             f"user_ids), a path, or None; got {type(store).__name__}"
         )

@@ -32,6 +32,7 @@ def load_example(name: str):
 def test_gpt4o_example_against_a_real_server(openai_server, smollm2_dir, tmp_path):
     store = tmp_path / "summaries.sqlite"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["POPI_API_TIMEOUT"] = "300"  # a CPU server is far slower than the 15 s default allows for
     command = [
         sys.executable, str(EXAMPLES / "personalize_gpt4o.py"),
         "--model", str(smollm2_dir), "--base-url", openai_server,

@@ -250,10 +250,12 @@ def test_async_batches_are_bounded_too():
     assert state["peak"] == 2
 
 
-def test_cli_generate_with_base_url(openai_server, smollm2_dir, no_openai_env, tmp_path):
+def test_cli_generate_with_base_url(openai_server, smollm2_dir, no_openai_env, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from popi_sdk.cli import app
+
+    monkeypatch.setenv("POPI_API_TIMEOUT", "300")  # a CPU server: far slower than the default
 
     result = CliRunner().invoke(app, [
         "generate", "--prompt", "Name one color.", "--backend", f"openai:{smollm2_dir}",

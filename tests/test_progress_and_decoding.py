@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 
 from popi_sdk import Personalizer
 from popi_sdk.backends import GenerateOptions
 from popi_sdk.backends.hf import _RowsDone
+from popi_sdk.errors import InputError
 from popi_sdk.personalizer import SMALL_MODEL
 from popi_sdk.progress import PhaseTimer, progress_bar
 from popi_sdk.templates import clean_summary, cut_to_last_sentence, prompt_only_messages, summary_messages
@@ -39,9 +39,9 @@ def test_clean_summary_drops_list_lines_a_small_model_repeats():
 def test_small_model_settings_are_checked_options():
     options = GenerateOptions(**SMALL_MODEL)
     assert options.repetition_penalty > 1.0 and options.no_repeat_ngram_size > 0
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputError, match=r"repetition_penalty=0.5: must be a number from 1.0 to 2.0"):
         GenerateOptions(repetition_penalty=0.5)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputError, match="no_repeat_ngram_size=-1"):
         GenerateOptions(no_repeat_ngram_size=-1)
 
 

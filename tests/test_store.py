@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from popi_sdk.errors import StoreError
+from popi_sdk.errors import InputError, StoreError
 from popi_sdk.signals import Summary
 from popi_sdk.store import MemoryStore, SQLiteStore, SummaryStore, open_store
 
@@ -72,5 +72,5 @@ def test_unwritable_location_names_the_fix(tmp_path):
 def test_open_store_variants(store_path):
     assert isinstance(open_store(":memory:"), MemoryStore)
     assert isinstance(open_store(store_path), SQLiteStore)
-    with pytest.raises(TypeError, match="SummaryStore"):
+    with pytest.raises(InputError, match="SummaryStore"):
         open_store(42)

@@ -8,6 +8,7 @@ group; the built-ins below use the very same call.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from popi_sdk.backends.base import Backend, GenerateOptions
-from popi_sdk.errors import UnknownBackendError
+from popi_sdk.errors import InputError, UnknownBackendError
 
 Factory = Callable[..., Backend]
 
@@ -116,6 +117,24 @@ def get_backend(name: str | Backend, **options: Any) -> Backend:
         return _CACHE[key]
 
 
+def construct(cls: type[Backend], prefix: str, model: str | None, options: dict[str, Any]) -> Backend:
+    """``cls(model, **options)``, with an unknown option reported as an :class:`InputError` that
+    lists the keywords ``cls`` accepts (rather than a ``TypeError`` from deep in the call).
+    Factories of third-party backends may use it too."""
+    accepted = [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(
+            f"the {prefix} backend has no option {', '.join(map(repr, unknown))}; it accepts: "
+            f"{', '.join(accepted)}"
+        )
+    return cls(model, **options)
+
+
 def clear_backend_cache() -> None:
     """Drop every cached backend instance (frees local models)."""
     with _LOCK:
@@ -125,7 +144,7 @@ def clear_backend_cache() -> None:
 def _hf_factory(model: str | None, **options: Any) -> Backend:
     from popi_sdk.backends.hf import HFBackend
 
-    return HFBackend(model, **options)
+    return construct(HFBackend, "hf", model, options)
 
 
 def _hf_check(model: str | None) -> None:
@@ -147,7 +166,7 @@ register_backend(
 def _openai_factory(model: str | None, **options: Any) -> Backend:
     from popi_sdk.backends.openai_backend import OpenAIBackend
 
-    return OpenAIBackend(model, **options)
+    return construct(OpenAIBackend, "openai", model, options)
 
 
 register_backend(
@@ -161,7 +180,7 @@ register_backend(
 def _anthropic_factory(model: str | None, **options: Any) -> Backend:
     from popi_sdk.backends.anthropic_backend import AnthropicBackend
 
-    return AnthropicBackend(model, **options)
+    return construct(AnthropicBackend, "anthropic", model, options)
 
 
 register_backend(
@@ -175,6 +194,7 @@ __all__ = [
     "GenerateOptions",
     "check_backend_name",
     "clear_backend_cache",
+    "construct",
     "get_backend",
     "known_backends",
     "parse_backend_name",

@@ -12,11 +12,10 @@ URL: ``base_url``, then ``ANTHROPIC_BASE_URL``, then ``https://api.anthropic.com
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from popi_sdk.backends.api import PLACEHOLDER_KEY, APIBackend
+from popi_sdk.backends.api import APIBackend
 from popi_sdk.backends.base import GenerateOptions
 from popi_sdk.errors import InputError
 from popi_sdk.templates import Message
@@ -46,8 +45,10 @@ class AnthropicBackend(APIBackend):
         model: Claude model name (default ``claude-sonnet-4-5``).
         api_key: key (then ``ANTHROPIC_API_KEY`` and the client's other credential sources).
         base_url: endpoint (then ``ANTHROPIC_BASE_URL``, then Anthropic's).
-        timeout: seconds per request attempt, passed to the client.
-        max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx.
+        timeout: seconds per request attempt, passed to the client (then ``POPI_API_TIMEOUT``,
+            then 15).
+        max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx (then
+            ``POPI_API_MAX_RETRIES``, then 2).
         max_concurrency: most requests in flight during batch work.
         http_client / async_http_client: ``httpx2`` clients to send requests through (proxies,
             custom TLS, or a mock transport in tests).
@@ -57,54 +58,24 @@ class AnthropicBackend(APIBackend):
     """
 
     client_module = "anthropic"
+    client_class = "Anthropic"
+    async_client_class = "AsyncAnthropic"
     install = 'pip install "anthropic>=2"'
     key_env = "ANTHROPIC_API_KEY"
     base_url_env = "ANTHROPIC_BASE_URL"
     official_base_url = "https://api.anthropic.com"
     models_path = "/v1/models"
+    reply_kind = "Messages API reply"
+    default_model = DEFAULT_MODEL
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 2,
-        max_concurrency: int = 8,
-        http_client: Any = None,
-        async_http_client: Any = None,
-    ):
-        super().__init__(
-            model or DEFAULT_MODEL,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_concurrency=max_concurrency,
-        )
-        self.name = f"anthropic:{self.model}"
-        self.base_url = (
-            base_url or os.environ.get(self.base_url_env) or self.official_base_url
-        ).rstrip("/")
-        self._client_kwargs: dict[str, Any] = {
-            "base_url": self.base_url,
-            "timeout": self.timeout,
-            "max_retries": self.max_retries,
-        }
-        if api_key:
-            self._client_kwargs["api_key"] = api_key
-        self.client = self.sdk.Anthropic(**self._client_kwargs, http_client=http_client)
-        if not (self.client.api_key or self.client.auth_token or self.client.credentials):
-            if self.is_official:
-                raise self.missing_key_error()
-            self._client_kwargs["api_key"] = PLACEHOLDER_KEY
-            self.client = self.sdk.Anthropic(**self._client_kwargs, http_client=http_client)
-        self._async_http_client = async_http_client
-
-    def __repr__(self) -> str:
-        return f"<AnthropicBackend {self.name} at {self.base_url}>"
-
-    def _new_async_client(self) -> Any:
-        return self.sdk.AsyncAnthropic(**self._client_kwargs, http_client=self._async_http_client)
+    def _finds_key(self) -> bool:
+        # The client has several credential sources (ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN, an
+        # ANTHROPIC_PROFILE); a client built without a key says whether it found one.
+        probe = self.sdk.Anthropic(**self._client_options)
+        try:
+            return bool(probe.api_key or probe.auth_token or probe.credentials)
+        finally:
+            probe.close()
 
     def _params(self, messages: Sequence[Message], options: GenerateOptions) -> dict[str, Any]:
         system, turns = split_system(messages)
@@ -119,14 +90,15 @@ class AnthropicBackend(APIBackend):
             params["system"] = system
         return params
 
-    @staticmethod
-    def _text(response: Any) -> str:
-        return "".join(b.text for b in response.content if b.type == "text").strip()
+    def _endpoint(self, client: Any) -> Any:
+        return client.messages
 
-    def _request(self, messages: Sequence[Message], options: GenerateOptions) -> str:
-        return self._text(self.client.messages.create(**self._params(messages, options)))
-
-    async def _arequest(
-        self, client: Any, messages: Sequence[Message], options: GenerateOptions
-    ) -> str:
-        return self._text(await client.messages.create(**self._params(messages, options)))
+    def _text(self, reply: Any) -> str:
+        # The client builds replies without validating them: check the shape here.
+        content = getattr(reply, "content", None)
+        if not isinstance(content, list):
+            raise ValueError("it has no content list")
+        texts = [getattr(b, "text", None) for b in content if getattr(b, "type", None) == "text"]
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("a text block of its content has no text")
+        return "".join(texts).strip()

@@ -1,16 +1,25 @@
-"""What the ``openai`` and ``anthropic`` backends share: concurrent batches, one async client per
-event loop, and the translation of a client's exceptions into :mod:`popi_sdk.errors`.
+"""What the ``openai`` and ``anthropic`` backends share: resolving the base URL, key, timeout and
+retries; building the sync and async clients; concurrent batches, one async client per event loop;
+checking that a reply is one the API defines; and the translation of a client's exceptions into
+:mod:`popi_sdk.errors`.
 
-Both official clients are generated from the same template, so their exception classes carry the
-same names (``AuthenticationError``, ``RateLimitError``, ``APITimeoutError``, ...). Retries and
-timeouts are the clients' own (``max_retries``, ``timeout``): by the time an exception reaches
-:func:`translate_error` the client has already retried what was worth retrying.
+Both official clients are generated from the same template, so their constructors take the same
+options and their exception classes carry the same names (``AuthenticationError``,
+``RateLimitError``, ``APITimeoutError``, ...). Retries and timeouts are the clients' own
+(``max_retries``, ``timeout``): by the time an exception reaches :func:`translate_error` the client
+has already retried what was worth retrying.
+
+Timeout and retries resolve as: argument, then ``POPI_API_TIMEOUT`` / ``POPI_API_MAX_RETRIES``,
+then 15 s and 2 retries. :attr:`APIBackend.total_bound` is the longest a failing call takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
+import math
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -22,11 +31,14 @@ from popi_sdk.errors import (
     BackendConnectionError,
     BackendError,
     BackendTimeoutError,
+    BadResponseError,
     InputError,
     MissingDependencyError,
     ModelNotFoundError,
     RateLimitError,
 )
+from popi_sdk.redact import redact_text, redact_url
+from popi_sdk.settings import api_max_retries, api_timeout, api_total_bound
 from popi_sdk.templates import Message
 
 #: A key for servers that check none (vLLM, ``transformers serve``); the clients refuse to start
@@ -58,14 +70,17 @@ def server_message(exc: Exception) -> str:
 
 class APIBackend(Backend):
     """A model behind an HTTP API. Subclasses set the class attributes and implement
-    :meth:`_request` and :meth:`_arequest`; errors and concurrency are handled here.
+    :meth:`_params`, :meth:`_endpoint` and :meth:`_text`; clients, errors and concurrency are
+    handled here.
 
     ``max_concurrency`` also tells :class:`~popi_sdk.Personalizer` that this backend is a server:
     batch work is sent as concurrent requests, at most that many in flight.
     """
 
-    #: Client package (``"openai"``) and the command that installs it.
+    #: Client package (``"openai"``), its sync and async client classes, and the install command.
     client_module: str = ""
+    client_class: str = ""
+    async_client_class: str = ""
     install: str = ""
     #: Environment variables the client reads for the key and the base URL.
     key_env: str = ""
@@ -74,57 +89,134 @@ class APIBackend(Backend):
     official_base_url: str = ""
     #: Where, under the base URL, the server lists its models.
     models_path: str = "/models"
+    #: What a reply is called in messages (``"chat completion"``).
+    reply_kind: str = "reply"
+    default_model: str = ""
 
     def __init__(
         self,
-        model: str,
+        model: str | None = None,
         *,
-        timeout: float,
-        max_retries: int,
-        max_concurrency: int,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        max_concurrency: int = 8,
+        http_client: Any = None,
+        async_http_client: Any = None,
     ):
-        if timeout <= 0:
+        timeout = api_timeout(timeout)
+        max_retries = api_max_retries(max_retries)
+        if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout}")
-        if max_retries < 0:
-            raise InputError(f"max_retries must be 0 or more, got {max_retries}")
-        if max_concurrency < 1:
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise InputError(f"max_retries must be a whole number, 0 or more, got {max_retries}")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise InputError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        self.model = model
+        self.model = model or self.default_model
+        self.name = f"{self.client_module}:{self.model}"
         self.timeout = float(timeout)
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
-        self.base_url = self.official_base_url
+        self.base_url = (
+            base_url or os.environ.get(self.base_url_env) or self.official_base_url
+        ).rstrip("/")
         self.sdk = import_client(self.client_module, self.install)
+        self._client_options: dict[str, Any] = {
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+        }
+        if api_key:
+            self._client_options["api_key"] = api_key
+        elif not self._finds_key():
+            if self.is_official:
+                raise self.missing_key_error()
+            self._client_options["api_key"] = PLACEHOLDER_KEY
+        self.client = self._new_client(http_client)
+        self._async_http_client = async_http_client
         self._async_clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
 
     @property
     def is_official(self) -> bool:
         return self.base_url.rstrip("/") == self.official_base_url.rstrip("/")
 
-    # -- what subclasses provide -----------------------------------------------------------
-    def _request(self, messages: Sequence[Message], options: GenerateOptions) -> str:
-        raise NotImplementedError
+    @property
+    def shown_url(self) -> str:
+        """The base URL as messages and logs show it: credentials masked."""
+        return redact_url(self.base_url)
 
-    async def _arequest(
-        self, client: Any, messages: Sequence[Message], options: GenerateOptions
-    ) -> str:
-        raise NotImplementedError
+    @property
+    def total_bound(self) -> float:
+        """Seconds a failing call may take before its error is raised: every attempt timing out,
+        plus the client's backoff between them (a server's ``Retry-After`` comes on top)."""
+        return api_total_bound(self.timeout, self.max_retries)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.name} at {self.shown_url}, "
+            f"timeout {self.timeout:g} s x {self.max_retries + 1} attempts>"
+        )
+
+    # -- clients ---------------------------------------------------------------------------
+    def _finds_key(self) -> bool:
+        """Whether the client finds a key by itself when none is passed."""
+        return bool(os.environ.get(self.key_env))
+
+    def _new_client(self, http_client: Any = None) -> Any:
+        return getattr(self.sdk, self.client_class)(**self._client_options, http_client=http_client)
 
     def _new_async_client(self) -> Any:
+        return getattr(self.sdk, self.async_client_class)(
+            **self._client_options, http_client=self._async_http_client
+        )
+
+    # -- what subclasses provide -----------------------------------------------------------
+    def _params(self, messages: Sequence[Message], options: GenerateOptions) -> dict[str, Any]:
+        """The request body for these messages and options."""
+        raise NotImplementedError
+
+    def _endpoint(self, client: Any) -> Any:
+        """The client resource whose ``create`` sends the request (``client.messages``)."""
+        raise NotImplementedError
+
+    def _text(self, reply: Any) -> str:
+        """The answer's text in a parsed reply; ``ValueError`` saying what is missing when the
+        reply is not shaped as the API defines."""
         raise NotImplementedError
 
     # -- the contract ----------------------------------------------------------------------
     def generate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
+        params = self._params(messages, options)
         try:
-            return self._request(messages, options)
+            raw = self._endpoint(self.client).with_raw_response.create(**params)
         except self.sdk.APIError as e:
             raise self.translate_error(e) from e
+        try:
+            reply = raw.parse()
+        except ValueError as e:  # the body is not JSON (JSONDecodeError)
+            raise self.bad_reply(raw.http_response, f"not JSON ({e})") from e
+        return self._checked_text(raw.http_response, reply)
 
     async def agenerate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
+        params = self._params(messages, options)
         try:
-            return await self._arequest(self._async_client(), messages, options)
+            raw = await self._endpoint(self._async_client()).with_raw_response.create(**params)
         except self.sdk.APIError as e:
             raise self.translate_error(e) from e
+        try:
+            reply = raw.parse()
+            if inspect.isawaitable(reply):  # anthropic's async raw response parses by awaiting
+                reply = await reply
+        except ValueError as e:
+            raise self.bad_reply(raw.http_response, f"not JSON ({e})") from e
+        return self._checked_text(raw.http_response, reply)
+
+    def _checked_text(self, http_response: Any, reply: Any) -> str:
+        try:
+            return self._text(reply)
+        except ValueError as e:
+            raise self.bad_reply(http_response, str(e)) from None
 
     def generate_batch(
         self, batch: Sequence[Sequence[Message]], options: GenerateOptions
@@ -164,15 +256,34 @@ class APIBackend(Backend):
             backend=self.name,
         )
 
+    def bad_reply(self, http_response: Any, why: str) -> BadResponseError:
+        """The error for a 200 reply that is not one the API defines: what it lacked, and the
+        start of what the server sent (an HTML page usually means a wrong base URL)."""
+        status = getattr(http_response, "status_code", "?")
+        kind = (getattr(http_response, "headers", None) or {}).get("content-type", "no content type")
+        try:
+            body = " ".join(http_response.text.split())
+        except Exception:  # an unread or undecodable body: say so rather than fail again
+            body = "(unreadable body)"
+        shown = body[:200] + ("..." if len(body) > 200 else "") if body else "(an empty body)"
+        return BadResponseError(
+            f"{self.shown_url} answered {status} ({kind}) with something that is not a "
+            f"{self.reply_kind}: {why}. It sent: {shown}. Check that the base URL is the API's own "
+            f"(base_url=... or {self.base_url_env}), not a web page or a proxy's error page",
+            backend=self.name,
+        )
+
     def translate_error(self, e: Exception) -> BackendError:
         """The popi error for a client exception: what failed, at which URL, and what to do."""
-        sdk, name, url = self.sdk, self.name, self.base_url
+        sdk, name, url = self.sdk, self.name, self.shown_url
         retried = f"after {self.max_retries} retries" if self.max_retries else "(retries are off)"
-        said = server_message(e)
+        said = redact_text(server_message(e))
         if isinstance(e, sdk.APITimeoutError):
             return BackendTimeoutError(
-                f"no answer from {url} within {self.timeout:g} s {retried}. Raise timeout=... "
-                "(or max_retries=...) for long answers, or check that the server is up",
+                f"no answer from {url} within {self.timeout:g} s {retried} (about "
+                f"{self.total_bound:.0f} s in all). Raise timeout=... or POPI_API_TIMEOUT (or "
+                "max_retries=... / POPI_API_MAX_RETRIES) for long answers, or check that the "
+                "server is up",
                 backend=name,
             )
         if isinstance(e, sdk.APIConnectionError):

@@ -10,16 +10,19 @@ import asyncio
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from popi_sdk.errors import InputError
 from popi_sdk.templates import Message
 
 
 class GenerateOptions(BaseModel):
-    """Sampling options every backend understands. Unknown options are an error."""
+    """Sampling options every backend understands. An unknown option, or a value out of its
+    range, is an :class:`~popi_sdk.errors.InputError` naming the option and the valid range."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_new_tokens: int = Field(default=256, ge=1, le=32_768, description="Most tokens to write.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 means greedy.")
@@ -33,6 +36,36 @@ class GenerateOptions(BaseModel):
     no_repeat_ngram_size: int = Field(
         default=0, ge=0, le=16, description="Never repeat an n-gram of this size; 0 is off (local models)."
     )
+
+    def __init__(self, **options: Any):
+        try:
+            super().__init__(**options)
+        except ValidationError as e:
+            raise InputError(_describe_options(e)) from None
+
+
+def _describe_options(exc: ValidationError) -> str:
+    """``max_new_tokens=0: must be from 1 to 32768`` for each bad option, or the known names."""
+    fields = GenerateOptions.model_fields
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "(options)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown option {name!r}; the options are: {', '.join(fields)}")
+            continue
+        bounds = {type(m).__name__: m for m in fields[name].metadata} if name in fields else {}
+        low = bounds.get("Ge") or bounds.get("Gt")
+        high = bounds.get("Le") or bounds.get("Lt")
+        if low is not None and high is not None:
+            kind = "a whole number" if fields[name].annotation is int else "a number"
+            if hasattr(low, "ge"):
+                rule = f"must be {kind} from {low.ge} to {high.le}"
+            else:
+                rule = f"must be {kind} greater than {low.gt} and at most {high.le}"
+        else:
+            rule = err["msg"].removeprefix("Value error, ").lower()
+        lines.append(f"{name}={err.get('input')!r}: {rule}")
+    return "invalid generation option(s): " + "; ".join(lines)
 
 
 _WORDISH = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -14,11 +14,10 @@ no key needs none. The base URL: ``base_url``, then ``OPENAI_BASE_URL``, then
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from popi_sdk.backends.api import PLACEHOLDER_KEY, APIBackend
+from popi_sdk.backends.api import APIBackend
 from popi_sdk.backends.base import GenerateOptions
 from popi_sdk.templates import Message
 
@@ -33,67 +32,24 @@ class OpenAIBackend(APIBackend):
             ``transformers serve`` and ``vllm serve`` the id or folder the server loaded.
         api_key: key (then ``OPENAI_API_KEY``).
         base_url: endpoint ending in ``/v1`` (then ``OPENAI_BASE_URL``, then OpenAI's).
-        timeout: seconds per request attempt, passed to the client.
-        max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx.
+        timeout: seconds per request attempt, passed to the client (then ``POPI_API_TIMEOUT``,
+            then 15).
+        max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx (then
+            ``POPI_API_MAX_RETRIES``, then 2).
         max_concurrency: most requests in flight during batch work.
         http_client / async_http_client: ``httpx2`` clients to send requests through (proxies,
             custom TLS, or a mock transport in tests).
     """
 
     client_module = "openai"
+    client_class = "OpenAI"
+    async_client_class = "AsyncOpenAI"
     install = 'pip install "openai>=3"'
     key_env = "OPENAI_API_KEY"
     base_url_env = "OPENAI_BASE_URL"
     official_base_url = "https://api.openai.com/v1"
-
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 2,
-        max_concurrency: int = 8,
-        http_client: Any = None,
-        async_http_client: Any = None,
-    ):
-        super().__init__(
-            model or DEFAULT_MODEL,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_concurrency=max_concurrency,
-        )
-        self.name = f"openai:{self.model}"
-        self.base_url = (
-            base_url or os.environ.get(self.base_url_env) or self.official_base_url
-        ).rstrip("/")
-        key = api_key or os.environ.get(self.key_env)
-        if not key:
-            if self.is_official:
-                raise self.missing_key_error()
-            key = PLACEHOLDER_KEY
-        self._api_key = key
-        self._async_http_client = async_http_client
-        self.client = self.sdk.OpenAI(
-            api_key=key,
-            base_url=self.base_url,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            http_client=http_client,
-        )
-
-    def __repr__(self) -> str:
-        return f"<OpenAIBackend {self.name} at {self.base_url}>"
-
-    def _new_async_client(self) -> Any:
-        return self.sdk.AsyncOpenAI(
-            api_key=self._api_key,
-            base_url=self.base_url,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            http_client=self._async_http_client,
-        )
+    reply_kind = "chat completion"
+    default_model = DEFAULT_MODEL
 
     def _params(self, messages: Sequence[Message], options: GenerateOptions) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -111,25 +67,30 @@ class OpenAIBackend(APIBackend):
             params["seed"] = options.seed
         return params
 
-    @staticmethod
-    def _text(response: Any) -> str:
-        if not response.choices:
-            return ""
-        return (response.choices[0].message.content or "").strip()
+    def _endpoint(self, client: Any) -> Any:
+        return client.chat.completions
 
-    def _request(self, messages: Sequence[Message], options: GenerateOptions) -> str:
-        return self._text(self.client.chat.completions.create(**self._params(messages, options)))
-
-    async def _arequest(
-        self, client: Any, messages: Sequence[Message], options: GenerateOptions
-    ) -> str:
-        response = await client.chat.completions.create(**self._params(messages, options))
-        return self._text(response)
+    def _text(self, reply: Any) -> str:
+        # The client builds replies without validating them, so a reply of the wrong shape
+        # arrives as a str, a list, or a completion with fields missing.
+        choices = getattr(reply, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise ValueError("it has no choices")
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None)
+        if content is None:
+            refusal = getattr(message, "refusal", None)
+            if refusal:
+                raise ValueError(f"the model refused: {refusal}")
+            raise ValueError("its first choice has no message content")
+        if not isinstance(content, str):
+            raise ValueError(f"its message content is a {type(content).__name__}, not text")
+        return content.strip()
 
     def stream(self, messages: Sequence[Message], options: GenerateOptions) -> Iterator[str]:
         """Chat completions with ``stream=True``: each delta as it arrives."""
         try:
-            chunks = self.client.chat.completions.create(**self._params(messages, options), stream=True)
+            chunks = self._endpoint(self.client).create(**self._params(messages, options), stream=True)
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content

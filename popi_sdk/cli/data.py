@@ -50,8 +50,10 @@ def synth(
 ) -> None:
     """Generate a synthetic benchmark: users with signal pairs, labeled examples and a
     ground-truth persona, split into disjoint train and test users."""
+    from popi_sdk.data.jsonl import check_output_dir
     from popi_sdk.data.synth import write_benchmark
 
+    check_output_dir(out)
     started = time.perf_counter()
     meta = write_benchmark(
         kind.value,
@@ -108,7 +110,9 @@ def convert_fspo(
     """FSPO rows (prompt, response_x, response_y, scorer_level, label; or x, yw, yl, level,
     score_persona) -> one canonical row per window of each user's pairs."""
     from popi_sdk.data.fspo import load_fspo
+    from popi_sdk.data.jsonl import check_output_file
 
+    check_output_file(out, inputs=[file])
     started = time.perf_counter()
     conversion = load_fspo(
         file, window=window, examples=examples, persona_template=persona_template, skip_bad=skip_bad
@@ -136,7 +140,9 @@ def convert_alignx(
     """AlignX records -> one canonical row per user: feedback pairs, comments, demographics and
     traits as signals, the record's comparison as the labeled example."""
     from popi_sdk.data.alignx import load_alignx
+    from popi_sdk.data.jsonl import check_output_file
 
+    check_output_file(out, inputs=[file])
     started = time.perf_counter()
     names = None
     if dimension_names is not None:

@@ -56,6 +56,11 @@ def eval_command(
     from popi_sdk.eval.report import main_table, transfer_table, write_results
     from popi_sdk.eval.runner import evaluate
 
+    from popi_sdk.data.jsonl import check_output_dir, check_output_file
+
+    check_output_dir(out)
+    for name in ("results.json", "results.md", "examples.jsonl"):
+        check_output_file(out / name, inputs=[data])
     chosen = parse_methods(methods, summarizer=summarizer, generator=generator)
     rows = read_users(data)
     if limit is not None:

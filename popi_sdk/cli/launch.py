@@ -34,6 +34,17 @@ def _bucket(bucket: Optional[str]) -> str:
     return bucket or os.environ.get("POPI_BUCKET") or default_bucket()
 
 
+def _envs(bucket: Optional[str], env: Optional[list[str]], **values: Any) -> dict[str, str]:
+    """The task variables a command sets: ``POPI_BUCKET``, then each value given (``None`` keeps
+    the task file's own), then the ``--env KEY=VALUE`` overrides, which win."""
+    from popi_sdk import launch as L
+
+    envs = {"POPI_BUCKET": _bucket(bucket)}
+    envs.update({key: str(value) for key, value in values.items() if value is not None})
+    envs.update(L.parse_env(env))
+    return envs
+
+
 def _finish(kind: str, task: dict[str, Any], *, dry_run: bool, spot: bool, cluster: Optional[str],
             down: bool) -> None:
     from popi_sdk import launch as L
@@ -90,29 +101,28 @@ def train(
     from popi_sdk import launch as L
 
     uploads: dict[str, str] = {}
-    envs: dict[str, str] = {"POPI_BUCKET": _bucket(bucket)}
-    envs["RUN_NAME"] = run_name or L.default_run_name(config.stem if config else preset)
+    popi_config = preset
     if config is not None:
-        value, more = L.upload(str(config), f"{L.UPLOAD_DIR}/config.yaml")
-        envs["POPI_CONFIG"] = value
+        popi_config, more = L.upload(str(config), f"{L.UPLOAD_DIR}/config.yaml")
         uploads.update(more)
-    else:
-        envs["POPI_CONFIG"] = preset
+    data_value = None
     if data is not None:
-        value, more = L.upload(data, f"{L.UPLOAD_DIR}/data")
-        envs["DATA"] = value
+        data_value, more = L.upload(data, f"{L.UPLOAD_DIR}/data")
         uploads.update(more)
-    if model is not None:
-        envs["MODEL"] = model
-    if beta is not None:
-        envs["BETA"] = str(beta)
-    if max_steps is not None:
-        envs["MAX_STEPS"] = str(max_steps)
-    if set_:
-        envs["TRAIN_ARGS"] = " ".join(f"--set {shlex.quote(item)}" for item in set_)
-    envs.update(L.parse_env(env))
+    envs = _envs(
+        bucket, env,
+        RUN_NAME=run_name or L.default_run_name(config.stem if config else preset),
+        POPI_CONFIG=popi_config, DATA=data_value, MODEL=model, BETA=beta, MAX_STEPS=max_steps,
+        TRAIN_ARGS=" ".join(f"--set {shlex.quote(item)}" for item in set_) if set_ else None,
+    )
     task = L.build_task("train", cloud=cloud, gpus=gpus, nodes=nodes, spot=spot, envs=envs,
                         uploads=uploads)
+    checked = L.train_config(task, config)  # before anything is rented: bad values fail here
+    if dry_run and checked is None:
+        typer.echo(f"# The config file {task['envs']['POPI_CONFIG']} is on the node; it is checked "
+                   "there.", err=True)
+    elif dry_run:
+        typer.echo("# Training config resolved and checked here, as the node will build it.", err=True)
     _finish("train", task, dry_run=dry_run, spot=spot, cluster=cluster, down=down)
 
 
@@ -138,19 +148,13 @@ def eval_(
     """Evaluate a trained run on held-out users; results.md lands next to the run in the bucket."""
     from popi_sdk import launch as L
 
-    envs = {"POPI_BUCKET": _bucket(bucket), "RUN_NAME": run}
     uploads: dict[str, str] = {}
+    data_value = None
     if data is not None:
         name = Path(data).name if "://" not in data and not data.startswith("synth:") else "test.jsonl"
-        value, uploads = L.upload(data, f"{L.UPLOAD_DIR}/{name}")
-        envs["DATA"] = value
-    if methods is not None:
-        envs["METHODS"] = methods
-    if judge is not None:
-        envs["JUDGE"] = judge
-    if base is not None:
-        envs["BASE_MODEL"] = base
-    envs.update(L.parse_env(env))
+        data_value, uploads = L.upload(data, f"{L.UPLOAD_DIR}/{name}")
+    envs = _envs(bucket, env, RUN_NAME=run, DATA=data_value, METHODS=methods, JUDGE=judge,
+                 BASE_MODEL=base)
     task = L.build_task("eval", cloud=cloud, gpus=gpus, spot=spot, envs=envs, uploads=uploads)
     _finish("eval", task, dry_run=dry_run, spot=spot, cluster=cluster, down=True)
 
@@ -177,13 +181,10 @@ def summarize(
         raise ConfigError("give the summarizer: --run NAME (its stage1/) or --summarizer MODEL, one of them")
     stem = Path(users.rstrip("/")).name.removesuffix(".jsonl") or "users"
     value, uploads = L.upload(users, f"{L.UPLOAD_DIR}/{stem}.jsonl")
-    envs = {"POPI_BUCKET": _bucket(bucket), "USERS": value}
-    envs["OUT"] = "/popi-runs/" + (out or f"summaries/{stem}.summaries.jsonl").lstrip("/")
-    if run is not None:
-        envs["RUN_NAME"] = run
-    if summarizer is not None:
-        envs["SUMMARIZER"] = summarizer
-    envs.update(L.parse_env(env))
+    envs = _envs(
+        bucket, env, USERS=value, RUN_NAME=run, SUMMARIZER=summarizer,
+        OUT="/popi-runs/" + (out or f"summaries/{stem}.summaries.jsonl").lstrip("/"),
+    )
     task = L.build_task("summarize", cloud=cloud, gpus=gpus, spot=spot, envs=envs, uploads=uploads)
     _finish("summarize", task, dry_run=dry_run, spot=spot, cluster=cluster, down=True)
 
@@ -209,13 +210,6 @@ def serve(
 
     if run is None and (summarizer is None or generator is None):
         raise ConfigError("give --run NAME, or both --summarizer and --generator")
-    envs = {"POPI_BUCKET": _bucket(bucket)}
-    if run is not None:
-        envs["RUN_NAME"] = run
-    if summarizer is not None:
-        envs["SUMMARIZER"] = summarizer
-    if generator is not None:
-        envs["GENERATOR"] = generator
-    envs.update(L.parse_env(env))
+    envs = _envs(bucket, env, RUN_NAME=run, SUMMARIZER=summarizer, GENERATOR=generator)
     task = L.build_task("serve", cloud=cloud, gpus=gpus, envs=envs)
     _finish("serve", task, dry_run=dry_run, spot=False, cluster=cluster, down=False)

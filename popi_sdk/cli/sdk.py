@@ -104,8 +104,9 @@ def summarize(
     Users already summarized with the same signals and settings are read from the store."""
     from popi_sdk import Personalizer
     from popi_sdk.data import read_users
-    from popi_sdk.data.jsonl import write_jsonl
+    from popi_sdk.data.jsonl import check_output_file, write_jsonl
 
+    check_output_file(out, inputs=[file])  # before any work: never the users file, never a folder
     rows = read_users(file)
     p = Personalizer(
         summarizer=summarizer, store=store, summary_tokens=summary_tokens, summary_words=summary_words
@@ -137,7 +138,7 @@ def generate(
     backend: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR)."),
     store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Length cap of the answer."),
-    temperature: float = typer.Option(0.0, min=0.0, help="0 is greedy."),
+    temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy; at most 2."),
     stream: bool = typer.Option(True, help="Print the answer as it is written."),
     base_url: Optional[str] = typer.Option(
         None, help="Server for an openai:/anthropic: backend, e.g. http://127.0.0.1:8000/v1 "

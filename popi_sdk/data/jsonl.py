@@ -27,6 +27,7 @@ _FIXES = {
     "dict_type": "give a JSON object",
     "float_type": "give a number",
     "float_parsing": "give a number",
+    "finite_number": "give a finite number (JSON cannot store NaN or Infinity)",
     "model_type": "give a JSON object",
     "model_attributes_type": "give a JSON object",
 }
@@ -120,17 +121,60 @@ def read_users(path: str | os.PathLike) -> list[UserRow]:
     return rows
 
 
+def check_output_file(
+    out: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), option: str = "--out"
+) -> Path:
+    """Refuse, before any work starts, an output file that cannot be written or would destroy an
+    input: a folder, a path under a file, or the very file being read."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise InputError(
+            f"{option} {out} is a folder; give a file name, e.g. {option} {out / 'out.jsonl'}"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {out}: {parent} is a file, not a folder")
+            break
+    for given in inputs:
+        source = Path(given).expanduser()
+        if out.exists() and source.exists() and os.path.samefile(out, source):
+            raise InputError(
+                f"{option} {out} is the input file {given}: writing there would replace it. "
+                "Give another output file"
+            )
+    return out
+
+
+def check_output_dir(out: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Refuse, before any work starts, an output folder that is an existing file."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{option} {out} is a file; give a folder (it is created if missing)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {out}: {parent} is a file, not a folder")
+            break
+    return out
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[BaseModel]) -> int:
-    """Write rows atomically (a temporary file renamed into place); returns the row count."""
-    path = Path(path)
+    """Write rows atomically (a temporary file renamed into place); returns the row count. On
+    any failure the temporary file is removed and an existing ``path`` is left as it was."""
+    path = check_output_file(path, option="output file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(row.model_dump_json(exclude_none=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(row.model_dump_json(exclude_none=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return n
 
 

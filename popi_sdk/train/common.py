@@ -13,7 +13,9 @@ Run folder layout::
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,12 @@ from popi_sdk.train.config import TrainConfig
 
 INSTALL_TRAIN = 'pip install "popi-sdk[train]"'
 DONE_FILE = "popi_stage.json"
+# transformers' Trainer._save_checkpoint writes trainer_state.json last (after the weights, the
+# optimizer, the scheduler and the RNG states), so a checkpoint whose state file is whole is whole.
+STATE_FILE = "trainer_state.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+log = logging.getLogger(__name__)
 
 
 def require_train_stack() -> None:
@@ -155,13 +163,41 @@ def show_progress(trainer: Any, stage: str) -> None:
 
 
 def last_checkpoint(cfg: TrainConfig, stage: str) -> str | None:
-    """The newest TRL checkpoint of ``stage`` when resuming is on, else None."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* TRL checkpoint of ``stage`` when resuming is on, else None.
 
+    A process killed while saving (a spot preemption, an OOM kill) leaves the newest folder
+    partly written; it is skipped, with a warning naming it, and the run resumes from the newest
+    checkpoint before it. The skipped folder is left in place: the trainer writes that step's
+    checkpoint into it again when it gets there."""
     folder = cfg.run_dir() / "checkpoints" / stage
     if not cfg.resume or not folder.is_dir():
         return None
-    return get_last_checkpoint(str(folder))
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name))]
+    for _step, path in sorted(found, reverse=True):
+        if not path.is_dir():
+            continue
+        why = incomplete_reason(path)
+        if why is None:
+            return str(path)
+        log.warning("not resuming from %s: %s (the run was probably stopped while saving it); "
+                    "trying the checkpoint before it", path, why)
+    if found:
+        log.warning("no complete checkpoint in %s: %s starts from step 0", folder, stage)
+    return None
+
+
+def incomplete_reason(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or None when it is complete."""
+    state = checkpoint / STATE_FILE
+    if not state.is_file():
+        return f"it has no {STATE_FILE}"
+    try:
+        step = json.loads(state.read_text(encoding="utf-8")).get("global_step")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return f"its {STATE_FILE} is cut short"
+    if not isinstance(step, int):
+        return f"its {STATE_FILE} records no global_step"
+    return None
 
 
 def stage_done(cfg: TrainConfig, stage: str) -> bool:

@@ -25,7 +25,9 @@ ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN or infinity anywhere: `beta: .inf` or `epochs: .inf` would pass every range check
+    # and fail (or never finish) on the training node.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraOptions(_Section):
@@ -175,7 +177,10 @@ class TrainConfig(_Section):
     def run_dir(self) -> Path:
         if not self.out:
             raise ConfigError("no run folder: pass --out RUN (or set out: in the config file)")
-        return Path(self.out).expanduser()
+        run = Path(self.out).expanduser()
+        if run.exists() and not run.is_dir():
+            raise ConfigError(f"out: {run} is a file; the run folder must be a folder (or not exist yet)")
+        return run
 
     def train_file(self) -> Path:
         if not self.data:
@@ -209,6 +214,8 @@ def preset_path(name: str) -> Path:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a YAML config file (see docs/training.md)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

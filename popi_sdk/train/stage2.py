@@ -90,7 +90,10 @@ def summaries_for(users: Sequence[UserRow], cfg: TrainConfig) -> dict[str, str]:
     )
     with_examples = [u for u in users if u.examples]
     if not cfg.prompt_dependent:
-        done = p.summarize_many(with_examples, batch_size=cfg.stage2.summary_batch_size)
+        # Training uses what the stage-1 model writes, nothing included (as the prompt-dependent
+        # branch below does); an empty summary is just never stored for the SDK to serve.
+        done = p.summarize_many(with_examples, batch_size=cfg.stage2.summary_batch_size,
+                                keep_empty=True)
         return {s.user_id: s.text for s in done}
     # Prompt-dependent summaries are per (user, prompt), which the store does not key on.
     from popi_sdk.backends import GenerateOptions
