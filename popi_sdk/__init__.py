@@ -7,7 +7,7 @@ when a backend that needs them is used.
 
 from popi_sdk.errors import PopiError
 from popi_sdk.personalizer import Generation, Personalizer
-from popi_sdk.signals import PreferencePair, Signals, Summary, UserRow, UserSignals
+from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore, UserRow, UserSignals
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,7 @@ __all__ = [
     "PreferencePair",
     "Signals",
     "Summary",
+    "SummaryScore",
     "UserRow",
     "UserSignals",
     "__version__",

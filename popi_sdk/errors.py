@@ -101,6 +101,16 @@ class NotFoundError(PopiError, LookupError):
     """A requested object (e.g. a user's summary) does not exist."""
 
 
+class ForgetIncompleteError(StoreError):
+    """``forget`` deleted a user's rows, but copies of their text may still be on disk (another
+    connection kept the store from compacting). Calling ``forget`` again finishes the job."""
+
+    def __init__(self, message: str, user_id: str, deleted: int):
+        self.user_id = user_id
+        self.deleted = deleted
+        super().__init__(message)
+
+
 class LaunchError(PopiError):
     """SkyPilot could not launch the task (no capacity, a rejected request)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -108,15 +108,35 @@ class UserSignals(Signals):
         return Signals(**self.model_dump(exclude={"user_id"}))
 
 
+class SummaryScore(_Model):
+    """How useful a summary is on a user's labeled pairs (see ``Personalizer.score``).
+
+    ``reward_accuracy`` is the share of pairs on which the summary-conditioned scoring model's
+    margin ``log π(chosen) − log π(rejected)`` beats its margin without a summary (ties count
+    half, so 0.5 means "no better than no summary"); ``margin_gain`` is the mean of the
+    difference between the two margins, in nats."""
+
+    reward_accuracy: float = Field(ge=0.0, le=1.0)
+    margin_gain: float
+    n_examples: int = Field(ge=1)
+    scorer: str = Field(default="", description="The scoring model, e.g. 'hf'.")
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
 class Summary(_Model):
-    """A preference summary: short text written by the summarizer, reusable with any generator."""
+    """A preference summary: short text written by the summarizer (or by the user), reusable with
+    any generator. Every summary a store keeps is one numbered version of the user's summary."""
 
     user_id: str
     text: str
-    summarizer: str = Field(description="Name of the backend that wrote it, e.g. 'hf:smollm2'.")
-    signals_hash: str
+    summarizer: str = Field(description="Name of the backend that wrote it, e.g. 'hf:smollm2'; "
+                            "'user' for a summary the user wrote.")
+    signals_hash: str = Field(description="The cache key: the signals and settings it was written from.")
     n_tokens: int = Field(ge=0, description="Length of ``text`` in the summarizer's tokenizer.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    version: int = Field(default=0, ge=0, description="1, 2, ... per user once stored; 0 before.")
+    source: Literal["model", "user"] = Field(default="model", description="Who wrote the text.")
+    score: SummaryScore | None = Field(default=None, description="Its usefulness score, if measured.")
 
     def __str__(self) -> str:
         return self.text

@@ -88,11 +88,26 @@ def render_signals(signals: Signals) -> str:
     return "\n\n".join(parts)
 
 
+CURRENT_SUMMARY_CONTEXT = (
+    "The user's current summary, written from earlier evidence (the evidence above may add to it "
+    "or contradict it; keep what still holds and correct what no longer does):\n{summary}"
+)
+
+
 def summarizer_messages(
-    signals: Signals, *, max_words: int = 60, prompt: str | None = None
+    signals: Signals,
+    *,
+    max_words: int = 60,
+    prompt: str | None = None,
+    current_summary: str | None = None,
 ) -> list[Message]:
-    """The summarizer's input. ``prompt`` selects the prompt-dependent variant (paper App. B)."""
-    user = render_signals(signals) + "\n\n" + SUMMARIZER_INSTRUCTION.format(max_words=max_words)
+    """The summarizer's input. ``prompt`` selects the prompt-dependent variant (paper App. B);
+    ``current_summary`` adds the user's current summary as extra context, for an incremental
+    refresh after new signals arrive (``Personalizer.add_signals``)."""
+    user = render_signals(signals)
+    if current_summary is not None and current_summary.strip():
+        user += "\n\n" + CURRENT_SUMMARY_CONTEXT.format(summary=current_summary.strip())
+    user += "\n\n" + SUMMARIZER_INSTRUCTION.format(max_words=max_words)
     if prompt is not None:
         user += "\n\n" + PROMPT_DEPENDENT_INSTRUCTION.format(prompt=prompt)
     return [{"role": "system", "content": SUMMARIZER_SYSTEM}, {"role": "user", "content": user}]

@@ -122,3 +122,94 @@ def tiny_dir(tmp_path_factory, smollm2_dir):
     from popi_sdk.train.random_model import random_llama
 
     return random_llama(tmp_path_factory.mktemp("tiny") / "tiny", smollm2_dir)
+
+
+def _postgres_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return versions[-1] if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 for this test session (``initdb`` into a temporary
+    folder, ``pg_ctl start`` on a free port; as the ``postgres`` user when running as root, which
+    PostgreSQL refuses). Yields the URL of its ``postgres`` database. ``POPI_TEST_POSTGRES`` set to
+    a URL uses that server instead. Skips, saying why, only where no server can be started."""
+    import shutil
+    import subprocess
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'popi-sdk[postgres]')")
+    if os.environ.get("POPI_TEST_POSTGRES"):
+        yield os.environ["POPI_TEST_POSTGRES"]
+        return
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("no PostgreSQL server programs (initdb, pg_ctl) on this machine: install "
+                    "Debian's postgresql package, or set POPI_TEST_POSTGRES to a server's URL")
+    root = Path(tempfile.mkdtemp(prefix="popi-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        try:
+            import pwd
+
+            pg_user = pwd.getpwnam("postgres")
+        except KeyError:
+            pg_user = None
+        if runuser is None or pg_user is None:
+            pytest.skip("running as root and there is no 'postgres' user (or no runuser) to run "
+                        "the PostgreSQL server as")
+        os.chown(root, pg_user.pw_uid, pg_user.pw_gid)
+        prefix = [runuser, "-u", "postgres", "--"]
+    data, logfile, port = root / "data", root / "server.log", _free_port()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)
+
+    made = run(initdb, "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+    if made.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"initdb could not create a PostgreSQL cluster: {made.stderr.strip()[-800:]}")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
+    started = run(pg_ctl, "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "-o", options, "start")
+    if started.returncode != 0:
+        text = logfile.read_text(errors="replace")[-800:] if logfile.exists() else started.stderr
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"the PostgreSQL server did not start: {text.strip()}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    import uuid
+
+    import psycopg
+
+    name = f"popi_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_spec(request, tmp_path):
+    """What ``open_store`` takes for each kind of store: ``":memory:"``, a SQLite path, a
+    PostgreSQL URL. The store test-suite runs unchanged over all three."""
+    if request.param == "memory":
+        return ":memory:"
+    if request.param == "sqlite":
+        return str(tmp_path / "summaries.sqlite")
+    return request.getfixturevalue("postgres_url")

@@ -50,7 +50,7 @@ def stored_rows(path: Path) -> list[tuple]:
     if not path.exists():
         return []
     with sqlite3.connect(path) as db:
-        return db.execute("SELECT user_id, text FROM summaries ORDER BY user_id").fetchall()
+        return db.execute("SELECT user_id, text FROM summary_versions ORDER BY user_id, version").fetchall()
 
 
 class RecordingServer:

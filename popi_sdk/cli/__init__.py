@@ -27,6 +27,7 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "data": ("popi_sdk.cli.data", "Synthetic benchmark users; FSPO / AlignX conversion."),
     "train": ("popi_sdk.cli.train", "Train the summarizer (GRPO) and the generator (DPO)."),
     "launch": ("popi_sdk.cli.launch", "Train, evaluate or serve on cloud GPUs (SkyPilot)."),
+    "summary": ("popi_sdk.cli.summary", "Show, edit, score or trace a user's stored summary."),
 }
 
 

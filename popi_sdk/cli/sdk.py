@@ -28,7 +28,7 @@ def demo(
     summary_words: int = typer.Option(40, min=1, help=SUMMARY_WORDS_HELP),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER; default hf)."),
     generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
     """Summarize the example users and answer one question for each.
 
@@ -93,7 +93,7 @@ def summarize(
     file: Path = typer.Argument(..., help="Users file in the canonical JSON Lines format."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write one summary per line."),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER)."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     summary_tokens: int = typer.Option(96, min=1, help=SUMMARY_TOKENS_HELP),
     summary_words: int = typer.Option(60, min=1, help=SUMMARY_WORDS_HELP),
     batch_size: int = typer.Option(8, min=1, help="Users per model call."),
@@ -136,7 +136,7 @@ def generate(
         None, help="Summarizer whose summary to use (env POPI_SUMMARIZER; default hf)."
     ),
     backend: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR)."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Length cap of the answer."),
     temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy; at most 2."),
     stream: bool = typer.Option(True, help="Print the answer as it is written."),
@@ -204,9 +204,11 @@ def _user_summary(p, user: str, users: Optional[Path], store: Optional[str], pic
 
 def forget(
     user_id: str = typer.Argument(..., help="The user to remove."),
-    store: Optional[str] = typer.Option(None, help="Summary store (env POPI_STORE)."),
+    store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
-    """Delete every stored summary of USER_ID."""
+    """Delete everything stored about USER_ID.
+
+    Every stored summary version and the stored signals."""
     from popi_sdk.store import open_store
 
     n = open_store(store).delete_user(user_id)
