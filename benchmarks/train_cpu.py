@@ -54,8 +54,10 @@ def curve(run: Path) -> dict:
 
 def fixed_user_rewards(cfg, users, store: Path, summarizers: dict[str, str]) -> dict:
     """Mean reward of greedy summaries by each summarizer on the same users, scored with the frozen
-    base generator on every example of each user. Summaries go to ``store`` (popi eval's store,
-    so a later ``popi eval --out`` on the same folder reuses them)."""
+    base generator on every example of each user. Every summarizer writes under the run's summary
+    spec (what stage 1 trained with, as ``popi eval`` does), so only the weights differ. Summaries
+    go to ``store`` (popi eval's store, so a later ``popi eval --out`` on the same folder reuses
+    them)."""
     from popi_sdk import Personalizer
     from popi_sdk.backends import get_backend
     from popi_sdk.backends.hf import resolve_model
@@ -66,7 +68,7 @@ def fixed_user_rewards(cfg, users, store: Path, summarizers: dict[str, str]) -> 
     ref = ReferenceCache(scorer, "base")
     out = {}
     for name, summarizer in summarizers.items():
-        p = Personalizer(summarizer=summarizer, store=store)
+        p = Personalizer(summarizer=summarizer, store=store, summary=cfg.summary)
         summaries = p.summarize_many(users, progress=False)
         rewards = summary_rewards(scorer, ref, [u.examples for u in users],
                                   [s.text for s in summaries], beta=cfg.beta,

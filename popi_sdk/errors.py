@@ -6,7 +6,13 @@ visible in the traceback while the first line a user reads is ours.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 from popi_sdk.redact import redact_text
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class PopiError(Exception):
@@ -117,3 +123,53 @@ class LaunchError(PopiError):
 
 class CloudSetupError(LaunchError):
     """No cloud is enabled in SkyPilot, or the chosen cloud's credentials are missing or rejected."""
+
+
+# -- describing pydantic validation errors in our words ------------------------------------
+_FIXES = {
+    "missing": "add the field",
+    "extra_forbidden": "remove it (or check its spelling)",
+    "string_type": "give a JSON string",
+    "list_type": "give a JSON list",
+    "dict_type": "give a JSON object",
+    "float_type": "give a number",
+    "float_parsing": "give a number",
+    "finite_number": "give a finite number (JSON cannot store NaN or Infinity)",
+    "model_type": "give a JSON object",
+    "model_attributes_type": "give a JSON object",
+}
+
+
+def format_loc(loc: Iterable[object]) -> str:
+    """``('signals', 'pairs', 0, 'chosen')`` -> ``signals.pairs[0].chosen``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(row)"
+
+
+def range_rule(field: Any) -> str | None:
+    """``"must be a whole number from 1 to 32768"`` for a pydantic field bounded on both sides
+    (its ``ge``/``gt`` and ``le`` constraints), else ``None``."""
+    bounds = {type(m).__name__: m for m in field.metadata}
+    high = bounds.get("Le")
+    if high is None or not ("Ge" in bounds or "Gt" in bounds):
+        return None
+    kind = "a whole number" if field.annotation is int else "a number"
+    if "Ge" in bounds:
+        return f"must be {kind} from {bounds['Ge'].ge} to {high.le}"
+    return f"must be {kind} greater than {bounds['Gt'].gt} and at most {high.le}"
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One human line per pydantic error: field path, message, and a fix where we know one."""
+    lines = []
+    for err in exc.errors():
+        where = format_loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        fix = _FIXES.get(err["type"])
+        lines.append(f"field {where}: {msg}" + (f". Fix: {fix}" if fix else ""))
+    return lines

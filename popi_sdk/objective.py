@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from popi_sdk.errors import InputError
+
 LossType = Literal["dpo", "ipo"]
 
 
@@ -36,13 +38,13 @@ def popi_loss(
     import torch.nn.functional as F
 
     if beta <= 0:
-        raise ValueError(f"beta must be positive, got {beta}")
+        raise InputError(f"beta must be positive, got {beta}")
     delta = popi_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     if loss_type == "dpo":
         return -F.logsigmoid(beta * delta)
     if loss_type == "ipo":
         return (delta - 1.0 / (2.0 * beta)) ** 2
-    raise ValueError(f"loss_type must be 'dpo' or 'ipo', got {loss_type!r}")
+    raise InputError(f"loss_type must be 'dpo' or 'ipo', got {loss_type!r}")
 
 
 def popi_reward(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, loss_type="dpo"):
@@ -53,5 +55,6 @@ def popi_reward(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, bet
 
 
 def kl_weight(beta: float, loss_type: LossType = "dpo") -> float:
-    """GRPO's KL weight α: 0.002·β for DPO, 0.002·2/β for IPO (DESIGN.md)."""
+    """GRPO's KL weight α: 0.002·β for DPO, 0.002·2/β for IPO (paper §4; the official code
+    divides the loss by β and uses a KL weight of 2e-3, which is the same thing)."""
     return 0.002 * beta if loss_type == "dpo" else 0.002 * 2.0 / beta

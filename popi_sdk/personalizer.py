@@ -12,20 +12,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from popi_sdk.backends import Backend, GenerateOptions, check_backend_name, get_backend
-from popi_sdk.data.jsonl import describe_validation_error
-from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError
+from popi_sdk.backends.base import Message
+from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError, describe_validation_error
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore, UserRow, UserSignals
 from popi_sdk.store import DEFAULT_MAX_STORED_SIGNALS, SummaryStore, open_store
-from popi_sdk.templates import (
-    Message,
-    clean_summary,
-    cut_to_last_sentence,
-    prompt_only_messages,
-    summarizer_messages,
-    summary_messages,
-)
+from popi_sdk.summary_spec import SummarySpec, check_field, length_overrides
+from popi_sdk.templates import cut_to_last_sentence, prompt_only_messages, summary_messages
 
 SignalsLike = UserSignals | UserRow | dict
 
@@ -37,12 +31,11 @@ SMALL_MODEL: dict[str, Any] = {"repetition_penalty": 1.05, "no_repeat_ngram_size
 
 def server_concurrency(backend: Backend, requested: int | None = None) -> int | None:
     """How many requests to keep in flight for ``backend``, or ``None`` for a local model (which
-    batches instead). A backend declares itself a server by having a ``max_concurrency``
-    attribute, as the ``openai`` and ``anthropic`` backends do; ``requested`` overrides it."""
-    own = getattr(backend, "max_concurrency", None)
-    if own is None:
+    batches instead). A backend declares itself a server by its ``max_concurrency``, as the
+    ``openai`` and ``anthropic`` backends do; ``requested`` overrides it."""
+    if backend.max_concurrency is None:
         return None
-    n = requested if requested is not None else own
+    n = requested if requested is not None else backend.max_concurrency
     if n < 1:
         raise InputError(f"max_concurrency must be at least 1, got {n}")
     return n
@@ -114,14 +107,15 @@ def _finish(text: str, model: Backend, options: GenerateOptions, whole_sentences
 
 
 class Generation(BaseModel):
-    """A generated answer. ``str(generation)`` is its text."""
+    """A generated answer. ``str(generation)`` is its text; ``summary`` is the summary it was
+    conditioned on, as given (a stored :class:`Summary` or the text passed), if any."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     text: str
     backend: str
     prompt: str
-    summary: Summary | None = None
+    summary: Summary | str | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -144,6 +138,15 @@ def as_user_signals(value: SignalsLike) -> UserSignals:
     )
 
 
+def _one_prompt_each(prompts: Sequence[str] | None, n: int) -> list[str | None]:
+    if prompts is None:
+        return [None] * n
+    prompts = list(prompts)
+    if len(prompts) != n:
+        raise InputError(f"got {len(prompts)} prompts for {n} users: give one prompt per user")
+    return prompts
+
+
 class Personalizer:
     """Summarize users' preferences with a summarizer model and answer with a generator model.
 
@@ -156,14 +159,23 @@ class Personalizer:
             A trained checkpoint folder works for either (``"runs/x/stage1"``).
         store: a :class:`SummaryStore`, a SQLite path, a ``postgresql://`` URL, or ``":memory:"``
             (``POPI_STORE``; default ``$POPI_HOME/summaries.sqlite``).
-        summary_tokens: most tokens a summary may have (default 96). A summary that reaches
-            the cap is cut back to its last complete sentence.
-        summary_words: length the summarizer is asked for (default 60 words).
+        summary: how summaries are written (:class:`~popi_sdk.summary_spec.SummarySpec`);
+            default: the spec a trained summarizer saved with its weights
+            (``RUN/stage1/popi_summary.json``), else the defaults.
+        summary_tokens: override of the spec's ``max_tokens``, the most tokens a summary may have
+            (default 96, or the trained summarizer's).
+        summary_words: override of the spec's ``max_words``, the length the summarizer is asked
+            for (default 60 words, or the trained summarizer's). A summary that reaches the
+            token cap is cut back to its last complete sentence.
+        repetition_penalty, no_repeat_ngram_size: overrides of the spec's summary decoding
+            settings that keep a small local model from looping (default off;
+            :data:`SMALL_MODEL` holds values that suit the embedded model). API backends ignore
+            them.
         max_stored_signals: how many pairs, history items and labeled examples the store keeps
             per user, each (default 64); beyond it the oldest are evicted first.
-        repetition_penalty, no_repeat_ngram_size: summary decoding settings that keep a small
-            local model from looping (default off; :data:`SMALL_MODEL` holds values that suit
-            the embedded model). API backends ignore them.
+
+    An override changes the cache key: the same signals summarized under other settings are a
+    different summary.
 
     Backend names are checked here, so a typo fails at once with the known names; models are
     loaded on first use.
@@ -175,12 +187,23 @@ class Personalizer:
         generator: str | Backend | None = None,
         store: SummaryStore | str | os.PathLike | None = None,
         *,
-        summary_tokens: int = 96,
-        summary_words: int = 60,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
+        summary: SummarySpec | None = None,
+        summary_tokens: int | None = None,
+        summary_words: int | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
         max_stored_signals: int = DEFAULT_MAX_STORED_SIGNALS,
     ):
+        if summary is not None and not isinstance(summary, SummarySpec):
+            raise InputError(f"summary must be a SummarySpec, got {type(summary).__name__}")
+        self._overrides: dict[str, Any] = length_overrides(summary_tokens, summary_words)
+        for name, value in (
+            ("repetition_penalty", repetition_penalty),
+            ("no_repeat_ngram_size", no_repeat_ngram_size),
+        ):
+            if value is not None:
+                check_field(name, value)
+                self._overrides[name] = value
         self._summarizer_spec = summarizer if isinstance(summarizer, Backend) else resolve(
             summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND
         )
@@ -191,14 +214,8 @@ class Personalizer:
             if isinstance(spec, str):
                 check_backend_name(spec)
         self.store = open_store(store)
-        self.summary_tokens = summary_tokens
-        self.summary_words = summary_words
-        self._summary_options_ = GenerateOptions(
-            max_new_tokens=summary_tokens,
-            temperature=0.0,
-            repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-        )
+        self._summary = summary
+        self._resolved: SummarySpec | None = None
         if not isinstance(max_stored_signals, int) or isinstance(max_stored_signals, bool) or (
             max_stored_signals < 1
         ):
@@ -215,6 +232,15 @@ class Personalizer:
     def generator(self) -> Backend:
         return get_backend(self._generator_spec)
 
+    @property
+    def summary_spec(self) -> SummarySpec:
+        """How this personalizer writes summaries: the given spec, else the trained summarizer's
+        saved one, else the defaults; then the explicit overrides."""
+        if self._resolved is None:
+            base = self._summary or SummarySpec.of_backend(self.summarizer)
+            self._resolved = base.replace(**self._overrides)
+        return self._resolved
+
     def __repr__(self) -> str:
         return (
             f"Personalizer(summarizer={self._summarizer_spec!r}, "
@@ -222,44 +248,39 @@ class Personalizer:
         )
 
     # -- summaries -------------------------------------------------------------------------
-    def _summary_options(self) -> GenerateOptions:
-        return self._summary_options_
-
     def summarizer_input(
-        self, signals: SignalsLike, *, current_summary: str | None = None
+        self, signals: SignalsLike, *, prompt: str | None = None, current_summary: str | None = None
     ) -> list[Message]:
         """The exact messages the summarizer reads for these signals (with ``current_summary``:
         the incremental-refresh variant that also reads the user's current summary)."""
-        return summarizer_messages(
-            as_user_signals(signals), max_words=self.summary_words, current_summary=current_summary
+        return self.summary_spec.messages(
+            as_user_signals(signals), prompt, current_summary=current_summary
         )
 
-    def cache_hash(self, signals: SignalsLike, *, current_summary: str | None = None) -> str:
-        """The store key of these signals' summary: their content and this personalizer's summary
-        length settings (the same signals summarized at another length are a different summary),
+    def cache_hash(
+        self, signals: SignalsLike, *, prompt: str | None = None, current_summary: str | None = None
+    ) -> str:
+        """The store key of these signals' summary: their content and this personalizer's
+        summary spec (the same signals summarized under another spec are a different summary),
         and for a refresh, the current summary it was written from."""
-        settings = f"tokens={self.summary_tokens};words={self.summary_words}"
-        o = self._summary_options_
-        if o.repetition_penalty != 1.0 or o.no_repeat_ngram_size:
-            settings += f";rep={o.repetition_penalty:g};ngram={o.no_repeat_ngram_size}"
+        return self._hash(as_user_signals(signals), prompt, current_summary)
+
+    def _hash(
+        self, user: UserSignals, prompt: str | None = None, current_summary: str | None = None
+    ) -> str:
+        settings = self.summary_spec.cache_key(prompt)
         if current_summary is not None:
             settings += ";current=" + hashlib.sha256(current_summary.encode()).hexdigest()[:16]
-        return as_user_signals(signals).signals_hash(settings=settings)
+        return user.signals_hash(settings=settings)
 
     def _make_summary(
-        self,
-        user: UserSignals,
-        text: str,
-        *,
-        current_summary: str | None = None,
-        allow_empty: bool = False,
+        self, summarizer: Backend, user: UserSignals, key: str, text: str, *, allow_empty: bool = False
     ) -> Summary:
         """The summary to store for ``text``; every path that stores one comes through here, so
         an empty answer is refused once, for every backend, before anything is stored. A summary
         stopped by the length cap is cut back to its last complete sentence."""
-        raw = text
-        text = clean_summary(text)
-        summarizer = self.summarizer
+        raw, spec = text, self.summary_spec
+        text = spec.clean(text)
         if not text.strip() and not allow_empty:
             shown = raw if len(raw) <= 200 else raw[:200] + "..."
             raise EmptySummaryError(
@@ -269,15 +290,15 @@ class Personalizer:
                 backend=summarizer.name,
             )
         n_tokens = summarizer.count_tokens(text)
-        if n_tokens >= self.summary_tokens - 2:  # stopped by the cap, likely mid-sentence
-            cut = cut_to_last_sentence(text)
+        if spec.at_cap(n_tokens):  # stopped by the cap, likely mid-sentence
+            cut = spec.clean(text, capped=True)
             if cut != text:
                 text, n_tokens = cut, summarizer.count_tokens(cut)
         return Summary(
             user_id=user.user_id,
             text=text,
             summarizer=summarizer.name,
-            signals_hash=self.cache_hash(user, current_summary=current_summary),
+            signals_hash=key,
             n_tokens=n_tokens,
         )
 
@@ -297,8 +318,10 @@ class Personalizer:
         current = self.store.latest(user_id)
         return current if current is not None and current.source == "user" else None
 
-    def _hit(self, user: UserSignals, replace_user_edit: bool) -> Summary | None:
-        hit = self.cached(user)
+    def _hit(
+        self, summarizer: Backend, user: UserSignals, key: str, replace_user_edit: bool
+    ) -> Summary | None:
+        hit = self.store.get(user.user_id, summarizer.name, key)
         if hit is not None and replace_user_edit:
             current = self.store.latest(user.user_id)
             if current is not None and current.source == "user":
@@ -313,32 +336,41 @@ class Personalizer:
         self._record_signals(user, replace=True)
         return stored
 
-    def cached(self, signals: SignalsLike) -> Summary | None:
-        """The stored summary for exactly these signals, settings and summarizer, if any."""
+    def cached(self, signals: SignalsLike, *, prompt: str | None = None) -> Summary | None:
+        """The stored summary for exactly these signals, spec and summarizer, if any."""
         user = as_user_signals(signals)
-        return self.store.get(user.user_id, self.summarizer.name, self.cache_hash(user))
+        return self.store.get(user.user_id, self.summarizer.name, self._hash(user, prompt))
 
     def summarize(
-        self, signals: SignalsLike, *, refresh: bool = False, replace_user_edit: bool = False
+        self,
+        signals: SignalsLike,
+        *,
+        prompt: str | None = None,
+        refresh: bool = False,
+        replace_user_edit: bool = False,
     ) -> Summary:
         """The user's preference summary: from the store when these signals were already
-        summarized by this summarizer (no model call), else written now and stored as the
-        user's newest version (with the signals, so :meth:`add_signals` can extend them).
+        summarized by this summarizer under this spec (no model call), else written now and
+        stored as the user's newest version (with the signals, so :meth:`add_signals` can extend
+        them). ``prompt`` is the upcoming question, for a prompt-dependent summarizer.
 
         A summary the user wrote (:meth:`edit_summary`) stays current and is returned as it is,
         unless ``replace_user_edit=True``."""
         user = as_user_signals(signals)
         if (kept := self._kept_edit(user.user_id, replace_user_edit)) is not None:
             return kept
-        if not refresh and (hit := self._hit(user, replace_user_edit)) is not None:
+        summarizer, spec = self.summarizer, self.summary_spec
+        key = self._hash(user, prompt)
+        if not refresh and (hit := self._hit(summarizer, user, key, replace_user_edit)) is not None:
             return hit
-        text = self.summarizer.generate(self.summarizer_input(user), self._summary_options())
-        return self._store_new(user, self._make_summary(user, text))
+        text = summarizer.generate(spec.messages(user, prompt), spec.options())
+        return self._store_new(user, self._make_summary(summarizer, user, key, text))
 
     def summarize_many(
         self,
         users: Iterable[SignalsLike],
         *,
+        prompts: Sequence[str] | None = None,
         batch_size: int = 8,
         refresh: bool = False,
         progress: bool = True,
@@ -347,7 +379,8 @@ class Personalizer:
         keep_empty: bool = False,
     ) -> list[Summary]:
         """Summarize many users; cached users (and users whose own edit is current) cost
-        nothing. Order is kept.
+        nothing. Order is kept. ``prompts`` (one per user) are the upcoming questions, for a
+        prompt-dependent summarizer.
 
         A local summarizer works in batches of ``batch_size``; a server summarizer (``openai:``,
         ``anthropic:``) gets concurrent requests, at most ``max_concurrency`` in flight (default:
@@ -358,12 +391,15 @@ class Personalizer:
         returned instead (text ``""``, for callers that use whatever the model wrote, as training
         does), but still never stored."""
         todo = [as_user_signals(u) for u in users]
+        asked = _one_prompt_each(prompts, len(todo))
+        summarizer, spec = self.summarizer, self.summary_spec
+        keys = [self._hash(user, prompt) for user, prompt in zip(todo, asked)]
         out: list[Summary | None] = [None] * len(todo)
         missing = []
-        for i, user in enumerate(todo):
+        for i, (user, key) in enumerate(zip(todo, keys)):
             hit = self._kept_edit(user.user_id, replace_user_edit)
             if hit is None and not refresh:
-                hit = self._hit(user, replace_user_edit)
+                hit = self._hit(summarizer, user, key, replace_user_edit)
             if hit is None:
                 missing.append(i)
             out[i] = hit
@@ -371,20 +407,20 @@ class Personalizer:
         def store(j: int, text: str) -> None:
             i = missing[j]
             try:
-                summary = self._make_summary(todo[i], text)
+                summary = self._make_summary(summarizer, todo[i], keys[i], text)
             except EmptySummaryError:
                 if not keep_empty:
                     raise
-                out[i] = self._make_summary(todo[i], text, allow_empty=True)
+                out[i] = self._make_summary(summarizer, todo[i], keys[i], text, allow_empty=True)
                 return
             out[i] = self._store_new(todo[i], summary)
 
         with progress_bar("Summarizing", len(todo), enabled=progress, unit="users") as advance:
             advance(len(todo) - len(missing))
             answer_all(
-                self.summarizer,
-                [self.summarizer_input(todo[i]) for i in missing],
-                self._summary_options(),
+                summarizer,
+                [spec.messages(todo[i], asked[i]) for i in missing],
+                spec.options(),
                 on_answer=store,
                 advance=advance,
                 batch_size=batch_size,
@@ -393,7 +429,12 @@ class Personalizer:
         return [s for s in out if s is not None]
 
     async def asummarize(
-        self, signals: SignalsLike, *, refresh: bool = False, replace_user_edit: bool = False
+        self,
+        signals: SignalsLike,
+        *,
+        prompt: str | None = None,
+        refresh: bool = False,
+        replace_user_edit: bool = False,
     ) -> Summary:
         """Async :meth:`summarize`: the summarizer call awaits (server backends use their async
         client); the store is read and written in a worker thread."""
@@ -401,16 +442,21 @@ class Personalizer:
         kept = await asyncio.to_thread(self._kept_edit, user.user_id, replace_user_edit)
         if kept is not None:
             return kept
-        if not refresh and (hit := await asyncio.to_thread(self._hit, user, replace_user_edit)):
-            return hit
-        text = await self.summarizer.agenerate(self.summarizer_input(user), self._summary_options())
-        summary = self._make_summary(user, text)
+        summarizer, spec = self.summarizer, self.summary_spec
+        key = self._hash(user, prompt)
+        if not refresh:
+            hit = await asyncio.to_thread(self._hit, summarizer, user, key, replace_user_edit)
+            if hit is not None:
+                return hit
+        text = await summarizer.agenerate(spec.messages(user, prompt), spec.options())
+        summary = self._make_summary(summarizer, user, key, text)
         return await asyncio.to_thread(self._store_new, user, summary)
 
     async def asummarize_many(
         self,
         users: Iterable[SignalsLike],
         *,
+        prompts: Sequence[str] | None = None,
         refresh: bool = False,
         progress: bool = True,
         max_concurrency: int | None = None,
@@ -421,11 +467,13 @@ class Personalizer:
         requests in flight (default: the backend's own); a local one runs
         :meth:`summarize_many` in a worker thread. Order is kept."""
         todo = [as_user_signals(u) for u in users]
+        asked = _one_prompt_each(prompts, len(todo))
         limit = server_concurrency(self.summarizer, max_concurrency)
         if limit is None:
             return await asyncio.to_thread(
                 self.summarize_many,
                 todo,
+                prompts=prompts,
                 batch_size=batch_size,
                 refresh=refresh,
                 progress=progress,
@@ -433,8 +481,10 @@ class Personalizer:
             )
         with progress_bar("Summarizing", len(todo), enabled=progress, unit="users") as advance:
             jobs = [
-                lambda u=u: self.asummarize(u, refresh=refresh, replace_user_edit=replace_user_edit)
-                for u in todo
+                lambda u=u, q=q: self.asummarize(
+                    u, prompt=q, refresh=refresh, replace_user_edit=replace_user_edit
+                )
+                for u, q in zip(todo, asked)
             ]
             return await _gather_bounded(jobs, limit, advance)
 
@@ -540,15 +590,15 @@ class Personalizer:
         if current is not None and before is not None and before["signals"] == merged["signals"]:
             return current  # nothing new to summarize
         context = current.text if with_current and current is not None else None
-        hit = self.store.get(user_id, self.summarizer.name, self.cache_hash(user, current_summary=context))
+        summarizer, spec = self.summarizer, self.summary_spec
+        key = self._hash(user, current_summary=context)
+        hit = self.store.get(user_id, summarizer.name, key)
         if hit is not None:
             if current is not None and hit.version == current.version:
                 return hit
             return self.store.put(hit.model_copy(update={"score": None}))
-        text = self.summarizer.generate(
-            self.summarizer_input(user, current_summary=context), self._summary_options()
-        )
-        return self.store.put(self._make_summary(user, text, current_summary=context))
+        text = summarizer.generate(spec.messages(user, current_summary=context), spec.options())
+        return self.store.put(self._make_summary(summarizer, user, key, text))
 
     def score(
         self,
@@ -642,9 +692,10 @@ class Personalizer:
     # -- generation ------------------------------------------------------------------------
     def conditioning(
         self, prompt: str, *, user_id: str | None = None, summary: Summary | str | None = None
-    ) -> tuple[list[Message], Summary | None]:
-        """The generator's messages for ``prompt``: summary-conditioned when a summary is given or
-        stored for ``user_id``; the plain prompt when neither ``user_id`` nor ``summary`` is given."""
+    ) -> tuple[list[Message], Summary | str | None]:
+        """The generator's messages for ``prompt`` and the summary they carry: summary-conditioned
+        when a summary (a :class:`Summary` or its text) is given or stored for ``user_id``; the
+        plain prompt when neither ``user_id`` nor ``summary`` is given."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("prompt must be a non-empty string")
         if summary is None and user_id is not None:
@@ -656,11 +707,8 @@ class Personalizer:
                 )
         if summary is None:
             return prompt_only_messages(prompt), None
-        if isinstance(summary, str):
-            summary = Summary(
-                user_id=user_id or "", text=summary, summarizer="given", signals_hash="", n_tokens=0
-            )
-        return summary_messages(prompt, summary.text), summary
+        text = summary if isinstance(summary, str) else summary.text
+        return summary_messages(prompt, text), summary
 
     def generate(
         self,
@@ -752,7 +800,7 @@ class Personalizer:
         prompts: Sequence[str],
         user_ids: Sequence[str | None] | None,
         summaries: Sequence[Summary | str | None] | None,
-    ) -> list[tuple[list[Message], Summary | None]]:
+    ) -> list[tuple[list[Message], Summary | str | None]]:
         n = len(prompts)
         user_ids = list(user_ids) if user_ids is not None else [None] * n
         summaries = list(summaries) if summaries is not None else [None] * n

@@ -26,10 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from popi_sdk.backends.base import Message
 from popi_sdk.errors import InputError
 from popi_sdk.objective import LossType, popi_reward
 from popi_sdk.signals import PreferencePair
-from popi_sdk.templates import Message, prompt_only_messages, summary_messages
+from popi_sdk.templates import prompt_only_messages, summary_messages
 
 
 @dataclass

@@ -11,6 +11,8 @@ generator backend      ``POPI_GENERATOR``                  ``hf`` (embedded Smol
 longest signal text    ``POPI_MAX_SIGNAL_CHARS``           32,000 characters
 API request timeout    ``POPI_API_TIMEOUT``                15 s per attempt
 API retries            ``POPI_API_MAX_RETRIES``            2 (3 attempts in all)
+local model threads    ``POPI_THREADS``                    ``OMP_NUM_THREADS``, else half
+                                                           the cores, at most 4 (1 on 2 cores)
 =====================  ==================================  ==============================
 
 A bad value of any of these variables is a :class:`~popi_sdk.errors.SettingError` that names it.
@@ -106,3 +108,38 @@ def api_total_bound(timeout: float, max_retries: int) -> float:
     asks for (the clients honour up to 120 s) comes on top."""
     backoff = sum(min(_FIRST_BACKOFF_S * 2**n, _MAX_BACKOFF_S) for n in range(max_retries))
     return timeout * (max_retries + 1) + backoff
+def default_threads(cores: int | None = None) -> int:
+    """Torch threads for a local model when nothing says otherwise: half the cores, at most 4.
+
+    A small model's decode step is a few hundred small matrix products; on a 2-core machine that
+    other work shares, a second thread per process oversubscribes the cores (measured in
+    ``docs/benchmarks.md``). The cap of four is a judgment, not a measurement: products this small
+    gain little from splitting further, and a many-core machine usually runs several processes."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(4, cores // 2))
+
+
+def torch_threads(explicit: int | None = None) -> int:
+    """Threads for local models: argument, ``POPI_THREADS``, ``OMP_NUM_THREADS``, then
+    :func:`default_threads`."""
+    from popi_sdk.errors import InputError
+
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
+            raise InputError(f"threads must be a whole number of at least 1, got {explicit!r}")
+        return explicit
+    for var in ("POPI_THREADS", "OMP_NUM_THREADS"):
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise SettingError(
+                f"{var}={raw!r} is not a whole number of at least 1: set it to the number of "
+                "threads a local model may use, or unset it"
+            )
+        return value
+    return default_threads()

@@ -12,16 +12,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from popi_sdk.errors import InputError
 from popi_sdk.settings import max_signal_chars
 
-#: Bumped whenever the summarizer prompt changes, so cached summaries from an older prompt
-#: are not reused for the same signals.
+#: Bumped whenever the hashed form of the signals changes. (The summarizer's wording and budget
+#: are in :meth:`popi_sdk.summary_spec.SummarySpec.cache_key`, folded in as ``settings``.)
 SIGNALS_HASH_VERSION = "popi-signals-v1"
 
 def _bounded(text: str) -> str:
     limit = max_signal_chars()  # a bad POPI_MAX_SIGNAL_CHARS is a SettingError naming it
     if len(text) > limit:
-        raise ValueError(
+        raise InputError(
             f"text is {len(text):,} characters; the limit is {limit:,}. Shorten it (signals are "
             "summarized, so a few representative examples work best) or raise POPI_MAX_SIGNAL_CHARS"
         )
@@ -30,7 +31,7 @@ def _bounded(text: str) -> str:
 
 def _non_empty(text: str) -> str:
     if not text.strip():
-        raise ValueError("must not be empty or only whitespace")
+        raise InputError("must not be empty or only whitespace")
     return text
 
 
@@ -56,7 +57,7 @@ class PreferencePair(_Model):
     @model_validator(mode="after")
     def _differ(self) -> "PreferencePair":
         if self.chosen == self.rejected:
-            raise ValueError("chosen and rejected are identical; a pair must show a preference")
+            raise InputError("chosen and rejected are identical; a pair must show a preference")
         return self
 
 
@@ -84,7 +85,7 @@ class Signals(_Model):
     @model_validator(mode="after")
     def _not_empty(self) -> "Signals":
         if not (self.pairs or self.persona or self.history or self.demographics or self.traits):
-            raise ValueError(
+            raise InputError(
                 "no signals given: provide at least one of pairs, persona, history, demographics "
                 "or traits (an empty 'pairs' list alone says nothing about the user)"
             )
@@ -92,8 +93,8 @@ class Signals(_Model):
 
     def signals_hash(self, *, settings: str = "") -> str:
         """A stable hash of the signal content (not the user id), used as the cache key.
-        ``settings`` folds in whatever else shapes the summary (its requested length), so a
-        summary written under other settings is not reused."""
+        ``settings`` folds in whatever else shapes the summary (the summary spec's cache key), so
+        a summary written under other settings is not reused."""
         payload = self.model_dump(mode="json", include=set(Signals.model_fields))
         blob = json.dumps([SIGNALS_HASH_VERSION, payload, settings], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]

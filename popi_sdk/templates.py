@@ -3,15 +3,21 @@
 Messages are plain ``[{"role": ..., "content": ...}]`` lists so every backend (a local chat template,
 OpenAI, Anthropic's ``system`` field) can take them. Conditioning always travels as the *system*
 message: it is context about the user, not something the user said.
+
+The summarizer's wording is a registered :class:`SummaryTemplate` ("app-i" is the paper's), chosen
+by name in a :class:`~popi_sdk.summary_spec.SummarySpec`, which alone turns it into messages.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from popi_sdk.backends.base import Message
+from popi_sdk.errors import InputError
 from popi_sdk.signals import HistoryItem, PreferencePair, Signals
-
-Message = dict[str, str]
 
 SUMMARIZER_SYSTEM = (
     "You are an expert at understanding what people want from an AI assistant. You read evidence "
@@ -94,36 +100,38 @@ CURRENT_SUMMARY_CONTEXT = (
 )
 
 
-def summarizer_messages(
-    signals: Signals,
-    *,
-    max_words: int = 60,
-    prompt: str | None = None,
-    current_summary: str | None = None,
-) -> list[Message]:
-    """The summarizer's input. ``prompt`` selects the prompt-dependent variant (paper App. B);
-    ``current_summary`` adds the user's current summary as extra context, for an incremental
-    refresh after new signals arrive (``Personalizer.add_signals``)."""
-    user = render_signals(signals)
-    if current_summary is not None and current_summary.strip():
-        user += "\n\n" + CURRENT_SUMMARY_CONTEXT.format(summary=current_summary.strip())
-    user += "\n\n" + SUMMARIZER_INSTRUCTION.format(max_words=max_words)
-    if prompt is not None:
-        user += "\n\n" + PROMPT_DEPENDENT_INSTRUCTION.format(prompt=prompt)
-    return [{"role": "system", "content": SUMMARIZER_SYSTEM}, {"role": "user", "content": user}]
-
-
 def prompt_only_messages(prompt: str) -> list[Message]:
     """Base model: the prompt alone (also the reference policy's context in the POPI loss)."""
     return [{"role": "user", "content": prompt}]
 
 
+def personalize_messages(messages: Sequence[Mapping[str, Any]], summary: str) -> list[dict[str, Any]]:
+    """``messages`` with the preference summary as the system message: the one place a summary
+    enters a conversation (the SDK's :func:`summary_messages` and ``popi serve`` both use it).
+
+    A conversation without a system message gets one in front. One that has a system (or
+    ``developer``) message first keeps it, with the summary appended after the app's own text, so
+    the app's instructions still come first and the model still sees a single system message
+    (several chat templates accept only one, at the start). Text content and OpenAI content-part
+    lists both work. The input is not modified; other messages are passed through as they are."""
+    personal = GENERATOR_SUMMARY_SYSTEM.format(summary=summary.strip())
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") in ("system", "developer"):
+        first = out[0]
+        content = first.get("content")
+        if isinstance(content, list):
+            first["content"] = [*content, {"type": "text", "text": personal}]
+        elif content:
+            first["content"] = f"{content}\n\n{personal}"
+        else:
+            first["content"] = personal
+        return out
+    return [{"role": "system", "content": personal}, *out]
+
+
 def summary_messages(prompt: str, summary: str) -> list[Message]:
     """POPI / Inference-Prompting: the preference summary as system context, then the prompt."""
-    return [
-        {"role": "system", "content": GENERATOR_SUMMARY_SYSTEM.format(summary=summary.strip())},
-        {"role": "user", "content": prompt},
-    ]
+    return personalize_messages(prompt_only_messages(prompt), summary)
 
 
 def raw_signals_messages(prompt: str, signals: Signals) -> list[Message]:
@@ -134,36 +142,97 @@ def raw_signals_messages(prompt: str, signals: Signals) -> list[Message]:
     ]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+@dataclass(frozen=True)
+class SummaryTemplate:
+    """How the summarizer is asked for a summary: plain text, so a new template is data.
+
+    ``instruction`` follows the rendered signals and must contain ``{max_words}``;
+    ``prompt_instruction`` is appended for prompt-dependent summaries and must contain
+    ``{prompt}``; ``current_summary_context`` (with ``{summary}``) precedes the instruction in an
+    incremental refresh (``Personalizer.add_signals(..., with_current=True)``)."""
+
+    name: str
+    system: str
+    instruction: str
+    prompt_instruction: str
+    description: str = ""
+    current_summary_context: str = CURRENT_SUMMARY_CONTEXT
+
+    def __post_init__(self) -> None:
+        if "{max_words}" not in self.instruction:
+            raise InputError(f"summary template {self.name!r}: instruction must contain {{max_words}}")
+        if "{prompt}" not in self.prompt_instruction:
+            raise InputError(
+                f"summary template {self.name!r}: prompt_instruction must contain {{prompt}}"
+            )
 
 
-def clean_summary(text: str) -> str:
-    """Strip the boilerplate small models wrap around a summary (quotes, a 'Summary:' label) and
-    drop lines and sentences repeated word for word (small models loop), keeping the first
-    occurrence."""
-    text = text.strip()
-    for label in ("Summary:", "summary:", "**Summary:**", "Preference summary:"):
-        if text.startswith(label):
-            text = text[len(label):].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    lines, seen_lines = [], set()
-    for line in text.splitlines():  # list items loop line by line, without sentence ends
-        key = line.strip().lower()
-        if key and key in seen_lines:
-            continue
-        seen_lines.add(key)
-        lines.append(line)
-    text = "\n".join(lines)
-    sentences = _SENTENCE_END.split(text)
-    seen: set[str] = set()
-    kept = []
-    for sentence in sentences:
-        key = sentence.strip().rstrip(".!?").lower()
-        if key not in seen:
-            seen.add(key)
-            kept.append(sentence)
-    return " ".join(kept) if len(kept) < len(sentences) else text
+SUMMARY_TEMPLATES: dict[str, SummaryTemplate] = {}
+
+
+def register_summary_template(template: SummaryTemplate) -> SummaryTemplate:
+    """Make ``template`` selectable by name (``SummarySpec(template=name)``)."""
+    if not template.name or template.name in SUMMARY_TEMPLATES:
+        raise InputError(f"summary template name {template.name!r} is empty or already registered")
+    SUMMARY_TEMPLATES[template.name] = template
+    return template
+
+
+def summary_template(name: str) -> SummaryTemplate:
+    """The registered template ``name``; an unknown name is an error listing the known ones."""
+    try:
+        return SUMMARY_TEMPLATES[name]
+    except KeyError:
+        known = ", ".join(sorted(SUMMARY_TEMPLATES))
+        raise InputError(f"unknown summary template {name!r}; known templates: {known}") from None
+
+
+register_summary_template(
+    SummaryTemplate(
+        name="app-i",
+        system=SUMMARIZER_SYSTEM,
+        instruction=SUMMARIZER_INSTRUCTION,
+        prompt_instruction=PROMPT_DEPENDENT_INSTRUCTION,
+        description="the paper's App. I wording: general third-person preferences, no examples",
+    )
+)
+
+# The embedded 135M generator imitates text in its context but barely reacts to a description
+# of the user (docs/results.md, headroom): these two let the summary carry example-like text in
+# the user's preferred style, which App. I forbids ("do not repeat the examples").
+EXAMPLES_INSTRUCTION = (
+    "Based on the information above, describe this user's preferred kind of response so that "
+    "another assistant can imitate it. First say in one sentence what they prefer (tone, length, "
+    "level of detail) and what they dislike. Then write one short sample answer in exactly the "
+    "style they preferred, reusing typical phrases of their preferred responses. At most "
+    "{max_words} words in all."
+)
+
+QUOTE_INSTRUCTION = (
+    "Based on the information above, write a short profile of this user for another assistant. "
+    "First one sentence on what they prefer (tone, length, level of detail). Then write "
+    "\"They like answers such as:\" and copy, word for word, the preferred response that shows "
+    "their style best. At most {max_words} words in all."
+)
+
+register_summary_template(
+    SummaryTemplate(
+        name="examples",
+        system=SUMMARIZER_SYSTEM,
+        instruction=EXAMPLES_INSTRUCTION,
+        prompt_instruction=PROMPT_DEPENDENT_INSTRUCTION,
+        description="one sentence on the preferences, then a short sample answer in that style",
+    )
+)
+register_summary_template(
+    SummaryTemplate(
+        name="quote",
+        system=SUMMARIZER_SYSTEM,
+        instruction=QUOTE_INSTRUCTION,
+        prompt_instruction=PROMPT_DEPENDENT_INSTRUCTION,
+        description="one sentence on the preferences, then a preferred response quoted word for word",
+    )
+)
 
 
 _COMPLETE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")

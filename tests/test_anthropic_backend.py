@@ -115,7 +115,7 @@ def test_claude_as_summarizer_then_cached(tmp_path):
     assert summary.text == "The user prefers rigorous, technical answers."
     assert summary.summarizer == f"anthropic:{MODEL}"
     (request,) = claude.requests
-    assert request["system"] == SUMMARIZER_SYSTEM and request["max_tokens"] == p.summary_tokens
+    assert request["system"] == SUMMARIZER_SYSTEM and request["max_tokens"] == p.summary_spec.max_tokens == 96
     assert "Rayleigh scattering" in request["messages"][0]["content"]
     assert p.summarize(USER) == summary and len(claude.requests) == 1  # from the store
     p.generate("What is entropy?", user_id="dr_chen", max_new_tokens=20)

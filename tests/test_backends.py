@@ -31,6 +31,39 @@ def test_third_party_backends_take_the_builtin_route():
     assert "echo" in known_backends()
 
 
+def test_capabilities_are_declared_on_the_backend(tmp_path):
+    """Callers read what a backend declares: a server (max_concurrency set) gets concurrent
+    requests, a local model one batch; evaluation refuses a backend without log-probs."""
+    from popi_sdk import Personalizer
+    from popi_sdk.errors import InputError
+    from popi_sdk.eval.runner import GeneratorRun
+
+    class Recording(Backend):
+        def __init__(self, name, max_concurrency=None):
+            self.name, self.max_concurrency = name, max_concurrency
+            self.batches, self.calls = [], 0
+
+        def generate(self, messages, options):
+            self.calls += 1
+            return "The user likes short answers."
+
+        def generate_batch(self, batch, options):
+            self.batches.append(len(batch))
+            return super().generate_batch(batch, options)
+
+    users = [{"user_id": f"u{i}", "persona": f"I am user {i}."} for i in range(4)]
+    local, server = Recording("rec:local"), Recording("rec:server", max_concurrency=4)
+    assert Backend.max_concurrency is None and not Backend.supports_logprobs
+    Personalizer(summarizer=local, store=":memory:").summarize_many(users, progress=False)
+    assert local.batches == [4]  # one batch of every uncached user
+    Personalizer(summarizer=server, store=":memory:").summarize_many(users, progress=False)
+    assert server.batches == [] and server.calls == 4  # one request per user, no batch call
+    register_backend("rec", lambda model, **kw: server, help="test backend")
+    with pytest.raises(InputError, match="not a local model"):
+        GeneratorRun.load("rec:server", batch_size=1, bf16=False)
+    assert hf.HFBackend.supports_logprobs
+
+
 def test_options_forbid_unknown_fields():
     with pytest.raises(ValueError, match="max_tokens"):
         GenerateOptions(max_tokens=3)

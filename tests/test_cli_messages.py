@@ -64,8 +64,8 @@ def test_top_level_help_fits_80_columns_without_broken_lines():
     assert any(line.strip() == "Learned LLM personalization for any model." for line in lines)
     start = next(i for i, line in enumerate(lines) if "Commands" in line)
     panel = [line.strip("│ ") for line in lines[start + 1 :] if line.startswith("│")]
-    names = {"demo", "summarize", "generate", "forget", "backends", "eval", "data", "train", "launch",
-             "summary"}
+    names = {"demo", "summarize", "generate", "forget", "backends", "eval", "serve", "data", "train",
+             "launch", "summary"}
     # every line of the commands panel is one whole command: none continues on a second line
     assert {line.split()[0] for line in panel} == names and len(panel) == len(names)
     assert all(len(line) <= 80 for line in lines)

@@ -19,6 +19,7 @@ from popi_sdk.signals import PreferencePair, Signals, Summary, UserRow
 from popi_sdk.templates import prompt_only_messages, raw_signals_messages
 
 POSITIVE = "This user prefers positive reviews."
+REFERENCES = ("oracle", "shuffled")  # need users with at least two personas
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -149,7 +150,8 @@ def test_parse_methods_puts_base_first_and_checks_checkpoints():
         parse_methods("popi")
     with pytest.raises(InputError, match="--generator"):
         parse_methods("raw-aligned", summarizer="s")
-    assert {m.name for m in METHODS.values() if m.transferable} == {"base", "raw", "inference", "popi"}
+    assert {m.name for m in METHODS.values() if m.transferable} == {
+        "base", "raw", "inference", "popi", "oracle", "shuffled"}
 
 
 def test_report_tables():
@@ -242,14 +244,81 @@ def test_every_method_with_checkpoints(smollm2, smollm2_dir, tmp_path):
     store = tmp_path / "s.sqlite"
     _stored_summary(store, users[0], "hf", "The user likes upbeat reviews.")
     _stored_summary(store, users[0], f"hf:{smollm2_dir}", users[0].persona)
-    methods = parse_methods(list(METHODS), summarizer=str(smollm2_dir), generator=str(smollm2_dir))
+    methods = parse_methods([m for m in METHODS if m not in REFERENCES],
+                            summarizer=str(smollm2_dir), generator=str(smollm2_dir))
     results, _ = evaluate(
         users, methods, OracleJudge(), summarizer=str(smollm2_dir), generator=str(smollm2_dir),
         store=str(store), max_new_tokens=4, progress=False,
     )
     got = results["methods"]
-    assert list(got) == list(METHODS)
+    assert list(got) == [m for m in METHODS if m not in REFERENCES]
     # the "trained" generator is the same weights: aligned methods equal their unaligned twins
     assert got["raw-aligned"]["mean_margin"] == pytest.approx(got["raw"]["mean_margin"], abs=1e-4)
     assert got["popi-full"]["mean_margin"] == pytest.approx(got["popi"]["mean_margin"], abs=1e-4)
     assert got["popi"]["mean_margin"] != got["inference"]["mean_margin"]  # different summaries
+
+
+# -- reference methods: the persona as the summary, and another user's summary -------------------
+def _two_personas() -> list[UserRow]:
+    from popi_sdk.data.synth import synth_users
+
+    users = synth_users("review", 12, seed=3, pairs=1, examples=(1, 1))
+    by_persona = {}
+    for u in users:
+        by_persona.setdefault(u.persona, u)
+    assert len(by_persona) >= 2
+    return list(by_persona.values())[:2]
+
+
+def test_shuffled_summaries_come_from_users_with_another_persona():
+    from popi_sdk.data.synth import synth_users
+    from popi_sdk.eval.runner import shuffled_summaries
+
+    users = synth_users("review", 40, seed=1, pairs=1, examples=(1, 1))
+    own = [f"summary of {u.user_id}" for u in users]
+    got = shuffled_summaries(users, own, seed=0)
+    donor = {text: u for u, text in zip(users, own)}
+    for u, text in zip(users, got):
+        assert donor[text].persona != u.persona
+    assert got == shuffled_summaries(users, own, seed=0)  # seeded
+    assert got != shuffled_summaries(users, own, seed=1)
+
+
+def test_reference_methods_need_personas_before_any_model_runs():
+    from popi_sdk.eval.runner import evaluate
+
+    users = _two_personas()
+    no_persona = [users[0].model_copy(update={"persona": None}), users[1]]
+    with pytest.raises(InputError, match=r"method 'oracle'.*1 user\(s\) have no 'persona' \(review-"):
+        evaluate(no_persona, parse_methods("oracle"), get_judge("oracle"), base="no-such-backend:x")
+    same = [users[0], users[1].model_copy(update={"persona": users[0].persona})]
+    with pytest.raises(InputError, match="at least two personas"):
+        evaluate(same, parse_methods("shuffled"), get_judge("oracle"), base="no-such-backend:x")
+
+
+@pytest.mark.model
+def test_oracle_scores_the_persona_and_shuffled_swaps_summaries(smollm2, tmp_path):
+    """With each user's stored base summary equal to their persona, ``oracle`` must score exactly
+    like ``inference``, and ``shuffled`` like ``inference`` with the two users' texts swapped."""
+    from popi_sdk.eval.runner import evaluate
+
+    users = _two_personas()
+    store = tmp_path / "s.sqlite"
+    for u in users:
+        _stored_summary(store, u, "hf", u.persona)
+    results, records = evaluate(
+        users, parse_methods("inference,oracle,shuffled"), OracleJudge(), store=str(store),
+        max_new_tokens=2, progress=False,
+    )
+    got = results["methods"]
+    assert got["oracle"]["title"] == "Oracle persona"
+    assert got["oracle"]["mean_margin"] == pytest.approx(got["inference"]["mean_margin"], abs=1e-4)
+    assert got["shuffled"]["mean_margin"] != pytest.approx(got["inference"]["mean_margin"], abs=1e-4)
+    assert results["summaries"]["shuffled"]["shuffled_from"] == "base"
+
+    swapped = [users[0].model_copy(update={"persona": users[1].persona}),
+               users[1].model_copy(update={"persona": users[0].persona})]
+    again, _ = evaluate(swapped, parse_methods("oracle"), OracleJudge(), store=":memory:",
+                        max_new_tokens=2, progress=False)
+    assert got["shuffled"]["mean_margin"] == pytest.approx(again["methods"]["oracle"]["mean_margin"], abs=1e-4)
+    assert {r["method"] for r in records} >= {"oracle", "shuffled"}

@@ -1,6 +1,7 @@
 """Every script in examples/ runs: the GPT-4o one as a command against a real OpenAI-compatible
 server (``transformers serve``), the Claude one through the real ``anthropic`` client with a mock
-transport handed to its ``main(argv, backend=...)``."""
+transport handed to its ``main(argv, backend=...)``, the existing-OpenAI-app one against a real
+``popi serve``."""
 
 from __future__ import annotations
 
@@ -112,3 +113,32 @@ def test_examples_document_their_options(name):
     assert done.returncode == 0, done.stderr
     for option in ("--model", "--base-url", "--summarizer", "--store", "--max-tokens"):
         assert option in done.stdout
+
+
+def test_existing_openai_app_through_popi_serve(tmp_path, capsys):
+    """The unchanged-OpenAI-app example against a real `popi serve` (with a proxy key) in front of
+    a loopback stub that echoes its system message."""
+    pytest.importorskip("fastapi", reason='popi serve needs its extra: pip install "popi-sdk[serve]"')
+    from serve_stub import EchoServer
+
+    from popi_sdk import Personalizer
+    from popi_sdk.serve import ServeConfig, create_app, parse_generators
+    from popi_sdk.serve.background import running
+
+    key = "example-proxy-key-0123456789"
+    stub = EchoServer(models=("gpt-4o-mini",))
+    p = Personalizer(store=tmp_path / "summaries.sqlite")
+    with running(stub.app) as upstream:
+        config = ServeConfig(generators=parse_generators([f"openai:gpt-4o-mini@{upstream}/v1"]),
+                             api_keys=[key], max_retries=0)
+        with running(create_app(p, config)) as base:
+            load_example("existing_openai_app").main([
+                "--base-url", f"{base}/v1", "--api-key", key, "--max-tokens", "20",
+                "--summary", "Maya is six and loves dinosaurs."])
+    out = capsys.readouterr().out
+    maya, stranger = out.split("[someone-new]")
+    assert "[maya] personalized: true" in maya
+    assert GENERATOR_SUMMARY_SYSTEM.format(summary="Maya is six and loves dinosaurs.") in maya
+    assert "personalized: false" in stranger and "SYSTEM[-]" in stranger
+    assert p.get_summary("maya").source == "user"
+    assert [body["max_tokens"] for body, _ in stub.requests] == [20, 20]

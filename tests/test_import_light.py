@@ -4,7 +4,7 @@ personalizes an API model with cached summaries should not load a GPU stack."""
 import subprocess
 import sys
 
-HEAVY = ["torch", "transformers", "trl", "openai", "anthropic", "sky"]
+HEAVY = ["torch", "transformers", "trl", "openai", "anthropic", "sky", "fastapi", "uvicorn", "aiohttp"]
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -20,6 +20,12 @@ def test_import_does_not_load_heavy_modules():
     assert not [m for m in HEAVY if m in loaded]
 
 
+def test_import_does_not_load_the_data_modules():
+    """Loaders and synthetic-data generators are for `popi data` and training, not for serving."""
+    loaded = _loaded_after("import popi_sdk; popi_sdk.Personalizer(store=':memory:')")
+    assert not [m for m in loaded if m.startswith("popi_sdk.data")]
+
+
 def test_cli_help_does_not_load_heavy_modules():
     code = (
         "import sys\nsys.argv=['popi','--help']\nfrom popi_sdk.cli import app\n"
@@ -32,5 +38,5 @@ def test_cli_help_does_not_load_heavy_modules():
 def test_popi_help_runs():
     out = subprocess.run([sys.executable, "-m", "popi_sdk.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    for command in ("demo", "summarize", "generate", "forget"):
+    for command in ("demo", "summarize", "generate", "forget", "serve"):
         assert command in out.stdout

@@ -110,14 +110,14 @@ from pathlib import Path
 name = Path(sys.argv[0]).name
 argv = sys.argv[1:]
 log = Path(os.environ["STUB_LOG"])
-keep = ("CUDA_VISIBLE_DEVICES", "OPENAI_BASE_URL", "OPENAI_API_KEY")
+keep = ("CUDA_VISIBLE_DEVICES", "OPENAI_BASE_URL", "OPENAI_API_KEY", "POPI_STORE", "POPI_SERVE_API_KEYS")
 with log.open("a") as f:
     f.write(json.dumps({{"cmd": name, "argv": argv, "env": {{k: os.environ[k] for k in keep if k in os.environ}}}}) + "\n")
 if name == "curl":  # ready once a server was started on the port asked for
     port = argv[-1].split(":")[2].split("/")[0]
     started = [json.loads(l) for l in log.read_text().splitlines()]
-    sys.exit(0 if any(e["cmd"] == "vllm" and port in e["argv"] for e in started) else 7)
-if name == "vllm":  # a server stays up until stopped; three seconds is enough here
+    sys.exit(0 if any(e["cmd"] in ("vllm", "popi") and port in e["argv"] for e in started) else 7)
+if name == "vllm" or argv[:1] == ["serve"]:  # a server stays up until stopped; three seconds is enough here
     import time
     time.sleep(3)
 stage = next((a for a in argv if a in ("stage1", "stage2")), None)
@@ -280,7 +280,8 @@ def test_summarize_run_serves_then_summarizes_through_vllm(tmp_path, stubs):
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_serve_run_starts_generator_then_summarizer(tmp_path, stubs, gpus):
     out, calls = run_script("serve", tmp_path, stubs, SKYPILOT_NUM_GPUS_PER_NODE=gpus,
-                            VLLM_API_KEY="k3y", GENERATOR="meta-llama/Llama-3.2-3B-Instruct")
+                            VLLM_API_KEY="k3y", GENERATOR="meta-llama/Llama-3.2-3B-Instruct",
+                            POPI_STORE="postgresql://popi@db/popi")
     assert out.returncode == 0, out.stderr
     # Background servers log when their process starts, which may interleave with the other's:
     # identify them by port rather than by log order.
@@ -298,6 +299,25 @@ def test_serve_run_starts_generator_then_summarizer(tmp_path, stubs, gpus):
         assert not any("--gpu-memory-utilization" in s["argv"] for s in servers)
     else:
         assert all("--gpu-memory-utilization" in s["argv"] for s in servers)
+    # The personalization proxy starts last, in front of the generator, with the store secret.
+    (proxy,) = [c for c in calls if c["cmd"] == "popi"]
+    assert calls.index(proxy) > max(calls.index(s) for s in servers)
+    assert proxy["argv"] == [
+        "serve", "--host", "0.0.0.0", "--port", "8080", "--no-access-log",
+        "--generator", "popi-generator=openai:popi-generator@http://127.0.0.1:8000/v1",
+        "--summarizer", "openai:popi-summarizer",
+    ]
+    assert proxy["env"] == {"OPENAI_API_KEY": "k3y", "OPENAI_BASE_URL": "http://127.0.0.1:8001/v1",
+                            "POPI_STORE": "postgresql://popi@db/popi", "POPI_SERVE_API_KEYS": "k3y"}
+
+
+def test_serve_run_without_a_store_secret_says_where_summaries_live(tmp_path, stubs):
+    out, calls = run_script("serve", tmp_path, stubs, VLLM_API_KEY="k3y", POPI_SERVE_API_KEYS="proxy-keys")
+    assert out.returncode == 0, out.stderr
+    (proxy,) = [c for c in calls if c["cmd"] == "popi"]
+    assert proxy["env"]["POPI_STORE"] == str(tmp_path / "home" / "popi-summaries.sqlite")
+    assert proxy["env"]["POPI_SERVE_API_KEYS"] == "proxy-keys"
+    assert "POPI_STORE is not set" in out.stderr
 
 
 # -- building the task -----------------------------------------------------------------------

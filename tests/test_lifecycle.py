@@ -27,9 +27,9 @@ EXAMPLES = [
 
 
 class CallCounter:
-    def __init__(self, model):
+    def __init__(self, method):
         self.calls = 0
-        self.original = model.generate
+        self.original = method
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -39,8 +39,8 @@ class CallCounter:
 @pytest.fixture
 def p(smollm2, store_path, monkeypatch):
     personalizer = Personalizer(store=store_path, summary_tokens=24)
-    counter = CallCounter(smollm2.model)
-    monkeypatch.setattr(smollm2.model, "generate", counter)
+    counter = CallCounter(smollm2.generate_batch)  # every local model call goes through it
+    monkeypatch.setattr(smollm2, "generate_batch", counter)
     personalizer.counter = counter
     return personalizer
 

@@ -54,7 +54,9 @@ def test_kl_weight_follows_the_paper():
 
 def test_bad_arguments_name_the_fix():
     one = torch.tensor(0.0)
-    with pytest.raises(ValueError, match="beta must be positive"):
+    from popi_sdk.errors import InputError
+
+    with pytest.raises(InputError, match="beta must be positive"):
         popi_loss(one, one, one, one, beta=0)
-    with pytest.raises(ValueError, match="'dpo' or 'ipo'"):
+    with pytest.raises(InputError, match="'dpo' or 'ipo'"):
         popi_loss(one, one, one, one, beta=0.1, loss_type="kto")

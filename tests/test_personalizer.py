@@ -17,9 +17,9 @@ KID = UserSignals(
 class CallCounter:
     """Counts calls of the real torch model's ``generate`` (the model still runs)."""
 
-    def __init__(self, model):
+    def __init__(self, method):
         self.calls = 0
-        self.original = model.generate
+        self.original = method
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -29,8 +29,8 @@ class CallCounter:
 @pytest.fixture
 def personalizer(smollm2, store_path, monkeypatch):
     p = Personalizer(store=store_path, summary_tokens=24)
-    counter = CallCounter(smollm2.model)
-    monkeypatch.setattr(smollm2.model, "generate", counter)
+    counter = CallCounter(smollm2.generate_batch)  # every local model call goes through it
+    monkeypatch.setattr(smollm2, "generate_batch", counter)
     p.counter = counter
     return p
 

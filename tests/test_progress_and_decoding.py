@@ -12,7 +12,8 @@ from popi_sdk.backends.hf import _RowsDone
 from popi_sdk.errors import InputError
 from popi_sdk.personalizer import SMALL_MODEL
 from popi_sdk.progress import PhaseTimer, progress_bar
-from popi_sdk.templates import clean_summary, cut_to_last_sentence, prompt_only_messages, summary_messages
+from popi_sdk.summary_spec import SummarySpec
+from popi_sdk.templates import cut_to_last_sentence, prompt_only_messages, summary_messages
 
 
 @pytest.mark.parametrize("text, want", [
@@ -29,11 +30,28 @@ def test_cut_to_last_sentence(text, want):
     assert cut_to_last_sentence(text) == want
 
 
-def test_clean_summary_drops_list_lines_a_small_model_repeats():
+def test_spec_clean_drops_list_lines_a_small_model_repeats_and_cuts_only_when_capped():
+    spec = SummarySpec()
     looped = "The user's preferences are:\n- Simple words\n- Comparison: 3 sentences\n" + \
         "- Comparison: 3 sentences\n" * 5 + "- Comparison"
-    assert clean_summary(looped) == ("The user's preferences are:\n- Simple words\n"
-                                     "- Comparison: 3 sentences\n- Comparison")
+    assert spec.clean(looped) == ("The user's preferences are:\n- Simple words\n"
+                                  "- Comparison: 3 sentences\n- Comparison")
+    assert spec.clean(looped, capped=True) == ("The user's preferences are:\n- Simple words\n"
+                                               "- Comparison: 3 sentences")
+    assert spec.clean("Summary: Likes cats. Likes cats. Prefers a style that is", capped=True) == "Likes cats."
+    assert spec.at_cap(spec.max_tokens - 1) and not spec.at_cap(spec.max_tokens - 10)
+
+
+def test_spec_carries_the_small_model_settings_into_options_and_cache_key():
+    plain, small = SummarySpec(), SummarySpec(**SMALL_MODEL)
+    assert small.options().repetition_penalty == SMALL_MODEL["repetition_penalty"]
+    assert small.options().no_repeat_ngram_size == SMALL_MODEL["no_repeat_ngram_size"]
+    assert "repetition_penalty" not in plain.cache_key() and small.cache_key() != plain.cache_key()
+    assert SummarySpec.from_json(small.to_json()) == small
+    with pytest.raises(InputError, match="no_repeat_ngram_size"):
+        Personalizer(store=":memory:", no_repeat_ngram_size=-1)
+    p = Personalizer(store=":memory:", summary=SummarySpec(max_words=30), **SMALL_MODEL)
+    assert p.summary_spec == SummarySpec(max_words=30, **SMALL_MODEL)
 
 
 def test_small_model_settings_are_checked_options():
@@ -107,6 +125,7 @@ def test_eval_plot_draws_both_metrics_per_method(tmp_path):
 # -- with the bundled model ---------------------------------------------------------------------
 @pytest.mark.model
 def test_local_batch_reports_rows_and_streams_the_same_text(smollm2):
+    assert smollm2.fast_decoder() is not None  # the default path: rows reported by the fast decoder
     batch = [prompt_only_messages("Say hi."), summary_messages("What is a star?", "The user is a child.")]
     options = GenerateOptions(max_new_tokens=8)
     calls = []
@@ -121,12 +140,30 @@ def test_local_batch_reports_rows_and_streams_the_same_text(smollm2):
 
 
 @pytest.mark.model
+@pytest.mark.parametrize("settings", [SMALL_MODEL, {"no_repeat_ngram_size": 2}, {"repetition_penalty": 1.3}])
+def test_fast_path_and_streaming_apply_small_model_settings_alike(smollm2, settings):
+    """A batch decodes on the fast decoder (reporting each row), a stream on transformers'
+    generate: with each setting the two write the same greedy text."""
+    assert smollm2.fast_decoder() is not None
+    batch = [prompt_only_messages("List three fruits."), summary_messages("What is a star?", "The user is a child.")]
+    options = GenerateOptions(max_new_tokens=24, **settings)
+    calls = []
+    texts = smollm2.generate_batch(batch, options, done=calls.append)
+    assert sum(calls) == len(batch)
+    assert texts != smollm2.generate_batch(batch, GenerateOptions(max_new_tokens=24)) or settings is SMALL_MODEL
+    for conv, text in zip(batch, texts):
+        pieces = list(smollm2.stream(conv, options))
+        assert len(pieces) > 1 and "".join(pieces) == text
+
+
+@pytest.mark.model
 def test_summary_at_the_cap_ends_with_a_whole_sentence(smollm2):
     p = Personalizer(store=":memory:", summary_tokens=24, **SMALL_MODEL)
     user = {"user_id": "kid", "persona": "I am 8 years old and I love animals and drawing."}
     summary = p.summarize(user)
-    raw = clean_summary(p.summarizer.generate(p.summarizer_input(user), p._summary_options()))
-    assert smollm2.count_tokens(raw) >= 22, "the summary did not reach the cap: nothing to test"
+    spec = p.summary_spec
+    raw = spec.clean(p.summarizer.generate(p.summarizer_input(user), spec.options()))
+    assert spec.at_cap(smollm2.count_tokens(raw)), "the summary did not reach the cap: nothing to test"
     assert summary.text == cut_to_last_sentence(raw) and summary.text[-1] in ".!?"
     assert summary.n_tokens == smollm2.count_tokens(summary.text) < smollm2.count_tokens(raw)
 

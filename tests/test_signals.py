@@ -53,12 +53,3 @@ def test_signals_hash_ignores_user_id_and_tracks_content():
 def test_user_row_converts_to_signals():
     row = UserRow(user_id="u", signals={"pairs": [PAIR]}, examples=[PAIR], persona="truth")
     assert row.user_signals().pairs[0].chosen == "Hello!"
-
-
-def test_clean_summary_strips_labels_and_repeated_sentences():
-    from popi_sdk.templates import clean_summary
-
-    assert clean_summary('Summary: "The user likes A. They like B. They like B. They like B"') == (
-        "The user likes A. They like B."
-    )
-    assert clean_summary("- a\n- b\n") == "- a\n- b"

@@ -14,10 +14,28 @@ def test_defaults_are_the_papers():
     cfg = TrainConfig()
     assert cfg.beta == 0.01 and cfg.loss_type == "dpo"
     s1 = cfg.stage1
-    assert (s1.learning_rate, s1.batch_size, s1.num_generations, s1.temperature) == (1e-6, 8, 8, 0.6)
+    assert (s1.learning_rate, s1.batch_size, s1.num_generations) == (1e-6, 8, 8)
+    assert cfg.summary.train_temperature == 0.6
     assert (s1.warmup_steps, s1.lr_scheduler) == (150, "cosine")
     assert cfg.stage2.learning_rate == 1e-6 and cfg.stage2.batch_size == 8
     assert cfg.kl == pytest.approx(0.002 * 0.01)
+
+
+def test_one_default_summary_spec_for_training_and_the_sdk():
+    from popi_sdk import Personalizer
+    from popi_sdk.summary_spec import SummarySpec
+
+    assert TrainConfig().summary == SummarySpec() == Personalizer(store=":memory:").summary_spec
+    small, paper = load_config(preset="cpu-small").summary, load_config(preset="paper").summary
+    assert (small.max_tokens, small.max_words) == (48, 60)
+    assert (paper.max_tokens, paper.max_words, paper.train_temperature) == (128, 60, 0.6)
+
+
+def test_moved_summary_fields_say_where_they_went():
+    with pytest.raises(ConfigError) as e:
+        load_config(preset="cpu-small", overrides=["stage1.max_summary_tokens=6", "prompt_dependent=true"])
+    assert "stage1.max_summary_tokens: renamed. Fix: use summary.max_tokens" in str(e.value)
+    assert "prompt_dependent: renamed. Fix: use summary.prompt_dependent" in str(e.value)
 
 
 def test_kl_weight_follows_beta_and_loss_and_can_be_set():
@@ -62,7 +80,7 @@ def test_overrides_are_dotted_yaml_values_and_max_steps_caps_both_stages(tmp_pat
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):
-    cfg = load_config(preset="cpu-small", overrides=["loss_type=ipo", "prompt_dependent=true"])
+    cfg = load_config(preset="cpu-small", overrides=["loss_type=ipo", "summary.prompt_dependent=true"])
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg

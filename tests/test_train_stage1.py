@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,7 @@ def _cfg(tiny_dir, data_dir, out, **overrides):
         "model": str(tiny_dir), "precision": "fp32", "save_steps": 1,
         "stage1.max_steps": 2, "stage2.max_steps": 2, "lora.enabled": False,
         "stage1.kl_weight": None,  # 0.002·β: TRL's reference model is reloaded from the folder
-        "stage1.batch_size": 2, "stage1.num_generations": 2, "stage1.max_summary_tokens": 6,
+        "stage1.batch_size": 2, "stage1.num_generations": 2, "summary.max_tokens": 6,
         "stage1.learning_rate": 1e-2, "stage1.warmup_steps": 0, "stage1.lr_scheduler": "constant",
     }
     base.update(overrides)
@@ -66,7 +67,7 @@ def test_prompt_dependent_rows_condition_each_summary_on_its_prompt(tiny_dir, da
     from popi_sdk.train.stage1 import build_rows
 
     users = [UserRow.model_validate(_user(0, n_examples=2))]
-    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", prompt_dependent=True)
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{"summary.prompt_dependent": True})
     rows, examples = build_rows(users, cfg)
     assert [r["example_key"] for r in rows] == ["u0#0", "u0#1"]
     assert "Review item 1." in rows[1]["prompt"][-1]["content"]
@@ -250,3 +251,102 @@ def test_lora_shares_one_base_model_and_saves_a_merged_checkpoint(tiny_dir, data
     before = _weights(tiny_dir)
     assert any(not (before[k] == after[k]).all() for k in before)
     assert json.loads((run / "stage1" / "popi_stage.json").read_text())["lora_merged"] is True
+
+
+# -- validation users, best-of-N warm start -----------------------------------------------------
+def test_validation_split_is_seeded_disjoint_and_checked():
+    from popi_sdk.errors import ConfigError
+    from popi_sdk.train.validation import split_validation
+
+    users = [UserRow.model_validate(_user(i)) for i in range(10)]
+    users.append(UserRow.model_validate({**_user(10), "examples": []}))
+    train, val = split_validation(users, 3, seed=0)
+    assert len(val) == 3 and len(train) == 8
+    assert {u.user_id for u in train}.isdisjoint(u.user_id for u in val)
+    assert all(u.examples for u in val)  # a validation user must have something to score
+    assert [u.user_id for u in split_validation(users, 3, seed=0)[1]] == [u.user_id for u in val]
+    assert split_validation(users, 0, seed=0) == (users, [])
+    with pytest.raises(ConfigError, match="stage1.validation_users = 10.*only 10 users with examples"):
+        split_validation(users, 10, seed=0)
+
+
+def test_warm_start_pass_lowers_the_loss_on_the_picked_summaries_only(tiny_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.train.warmstart import _encode, supervised_pass
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    messages = [{"role": "user", "content": "Summarize the user."}]
+    prompt_ids, summary_ids = _encode(tok, messages, "The user likes short answers.")
+    full = tok(tok.apply_chat_template([*messages, {"role": "assistant", "content": "The user likes short answers."}],
+                                       tokenize=False), add_special_tokens=False)["input_ids"]
+    assert prompt_ids + summary_ids == full[: len(prompt_ids) + len(summary_ids)]
+    assert tok.decode(summary_ids).startswith("The user likes short answers.")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = supervised_pass(model, tok, [(messages, "The user likes short answers.")] * 4,
+                             learning_rate=1e-2, batch_size=2, epochs=3, seed=0)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 1.0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_validation_curve_and_warm_start_in_a_run(tiny_dir, tmp_path):
+    from popi_sdk.train import stage1
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(6)))
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data, run, **{
+        "stage1.validation_users": 2, "stage1.eval_every": 1, "stage1.warm_start_samples": 2,
+        "stage1.warm_start_learning_rate": 1e-2, "stage1.kl_weight": 0,
+    })
+    stage1.main(cfg)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in logged if r.get("kind") == "validation"]
+    assert [(r["step"], r["phase"]) for r in val] == [(0, "initial"), (0, "warm_start"), (1, "grpo"), (2, "grpo")]
+    for r in val:
+        assert r["val_users"] == 2 and r["val_examples"] == 4
+        assert math.isfinite(r["val_reward"]) and 0.0 <= r["val_accuracy"] <= 1.0
+    (warm,) = [r for r in logged if r.get("kind") == "warm_start"]
+    assert warm["warm_start_users"] == 4 and warm["warm_start_best_reward"] >= warm["warm_start_mean_reward"]
+    picked = [json.loads(line) for line in (run / "warm_start.jsonl").read_text().splitlines()]
+    held_out = {json.loads(line)["user_id"] for line in (run / "validation" / "step-00002.jsonl").read_text().splitlines()}
+    assert len(picked) == 4 and held_out.isdisjoint(p["example_key"] for p in picked)
+    assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-00000.jsonl", "step-00001.jsonl", "step-00002.jsonl"]
+    assert (run / "rewards.png").stat().st_size > 0
+
+
+def test_validation_scores_with_the_training_reward(tiny_dir):
+    """One forest pass gives the validation reward and accuracy; the reward must equal the GRPO
+    reward (summary_rewards) on the same summaries, and the accuracy must follow the margins."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.train.stage1 import SummaryReward
+    from popi_sdk.train.validation import Validator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    scorer = SequenceScorer(model, tok)
+    users = [UserRow.model_validate(_user(i)) for i in range(2)]
+    reward = SummaryReward(scorer, ReferenceCache(scorer, "tiny"), {u.user_id: u.examples for u in users},
+                           beta=0.1, loss_type="dpo")
+    texts = ["The user likes praise.", "The user is harsh."]
+    validator = Validator(users, [[] for _ in users], reward, lambda m, t, msgs: texts, Path("unused"))
+    record = validator.run(model, tok, 3, write=False)
+    want = reward.score([u.examples for u in users], texts)
+    assert record["val_reward"] == pytest.approx(sum(want) / 2, abs=1e-5)
+    assert record["step"] == 3 and record["val_examples"] == 4 and record["val_users"] == 2
+
+    def margin(context, pair):
+        lp = scorer.logprobs([context, context], [pair.chosen, pair.rejected])
+        return float(lp[0] - lp[1])
+
+    outcomes = []
+    for user, text in zip(users, texts):
+        for pair in user.examples:
+            m, b = margin(summary_messages(pair.prompt, text), pair), margin(prompt_only_messages(pair.prompt), pair)
+            outcomes.append(1.0 if m > b + 1e-6 else 0.0 if m < b - 1e-6 else 0.5)
+    assert record["val_accuracy"] == pytest.approx(sum(outcomes) / len(outcomes))

@@ -42,7 +42,7 @@ def _cfg(tiny_dir, data_dir, out, **overrides):
         "stage1.max_steps": 2, "stage2.max_steps": 2, "lora.enabled": False,
         "beta": 0.5,
         # The base model writes the summaries (the Inference-Aligned setting): no stage 1 needed.
-        "stage2.summarizer": str(tiny_dir), "stage1.max_summary_tokens": 6,
+        "stage2.summarizer": str(tiny_dir), "summary.max_tokens": 6,
         "stage2.batch_size": 2, "stage2.learning_rate": 1e-3, "stage2.warmup_steps": 0,
         "stage2.lr_scheduler": "constant",
     }
@@ -169,7 +169,7 @@ def test_ipo_and_prompt_dependent_summaries(tiny_dir, data_dir, tmp_path):
     from popi_sdk.train import stage2
 
     run = tmp_path / "run"
-    cfg = _cfg(tiny_dir, data_dir, run, loss_type="ipo", prompt_dependent=True,
+    cfg = _cfg(tiny_dir, data_dir, run, loss_type="ipo", **{"summary.prompt_dependent": True},
                **{"stage2.max_steps": 1})
     summaries = stage2.summaries_for([UserRow.model_validate(_user(0))], cfg)
     assert sorted(summaries) == ["u0#0", "u0#1"]

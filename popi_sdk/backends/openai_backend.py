@@ -18,8 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from popi_sdk.backends.api import APIBackend
-from popi_sdk.backends.base import GenerateOptions
-from popi_sdk.templates import Message
+from popi_sdk.backends.base import GenerateOptions, Message
 
 DEFAULT_MODEL = "gpt-4o-mini"
 

@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Modules that add top-level commands to ``app`` (each defines ``register(app)``).
-_COMMAND_MODULES = ["popi_sdk.cli.sdk", "popi_sdk.cli.eval"]
+_COMMAND_MODULES = ["popi_sdk.cli.sdk", "popi_sdk.cli.eval", "popi_sdk.cli.serve"]
 # Sub-command groups: ``popi <name> ...`` -> (module exposing a ``typer.Typer`` named ``app``,
 # the one line shown for it in ``popi --help``; the group's own help stays on ``popi NAME --help``).
 _GROUPS: dict[str, tuple[str, str]] = {

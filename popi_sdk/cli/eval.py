@@ -12,7 +12,9 @@ def eval_command(
     data: Path = typer.Option(..., "--data", help="Held-out users (JSON Lines), e.g. DIR/test.jsonl."),
     methods: str = typer.Option(
         "base,raw,inference",
-        help="Comma-separated: base, raw, inference, popi, popi-full, raw-aligned, inference-aligned.",
+        help="Comma-separated: base, raw, inference, popi, popi-full, raw-aligned, inference-aligned, "
+        "and the references oracle (the true persona as the summary) and shuffled (another "
+        "user's summary).",
     ),
     judge: str = typer.Option(
         "oracle", help="'oracle' (synthetic personas) or a backend name, e.g. openai:gpt-4o."
@@ -29,15 +31,19 @@ def eval_command(
         None, min=1, help="Judge answers to only the first N examples of each user (default: all)."
     ),
     max_new_tokens: int = typer.Option(48, min=1, help="Length cap of each generated answer."),
-    summary_tokens: int = typer.Option(
-        96, min=1, help="Length cap of each summary (match stage1.max_summary_tokens of a trained run)."
+    summary_tokens: Optional[int] = typer.Option(
+        None, help="Override the length cap of each summary (default: the trained summarizer's "
+        "popi_summary.json, else 96)."
     ),
-    summary_words: int = typer.Option(
-        60, min=1, help="Summary length asked of the summarizer (match stage1.summary_words)."
+    summary_words: Optional[int] = typer.Option(
+        None, help="Override the summary length asked of the summarizer (default: the trained "
+        "summarizer's popi_summary.json, else 60 words)."
     ),
     batch_size: int = typer.Option(8, min=1, help="Sequences per forward pass."),
     bf16: bool = typer.Option(False, help="Score under bfloat16 autocast."),
-    seed: int = typer.Option(0, help="Seed of the LLM judge's position randomization."),
+    seed: int = typer.Option(
+        0, help="Seed of the LLM judge's position randomization and of the shuffled control."
+    ),
     store: Optional[str] = typer.Option(
         None, help="Summary store (default: OUT/summaries.sqlite, so a rerun reuses the summaries)."
     ),
@@ -83,12 +89,14 @@ def eval_command(
         progress=progress,
         summary_tokens=summary_tokens,
         summary_words=summary_words,
+        shuffle_seed=seed,
     )
     results["config"] = {
         "data": str(data), "methods": [m.name for m in chosen], "judge": judge, "base": base,
         "summarizer": summarizer, "generator": generator, "generators": gens, "limit": limit,
         "prompts_per_user": prompts_per_user, "max_new_tokens": max_new_tokens, "seed": seed,
         "summary_tokens": summary_tokens, "summary_words": summary_words,
+        "summary_spec": next(iter(results["summaries"].values()), {}).get("spec"),
         "bf16": bf16,
     }
     paths = write_results(out, results, records)

@@ -201,9 +201,10 @@ def serve(
     cluster: Optional[str] = _CLUSTER,
     dry_run: bool = _DRY_RUN,
 ) -> None:
-    """Serve the summarizer (port 8001) and generator (port 8000) with vllm serve.
+    """Serve the summarizer (port 8001) and generator (port 8000) with vllm serve, and popi serve
+    (the personalization proxy, port 8080) in front of the generator.
 
-    Both endpoints are OpenAI-compatible; the cluster stays up until you `sky down` it.
+    All three are OpenAI-compatible; the cluster stays up until you `sky down` it.
     """
     from popi_sdk import launch as L
     from popi_sdk.errors import ConfigError

@@ -24,8 +24,12 @@ def demo(
     users: Optional[Path] = typer.Option(None, help="Users file (JSON Lines); default: the shipped examples."),
     prompt: str = typer.Option(DEMO_PROMPT, help="The question every user asks."),
     max_new_tokens: int = typer.Option(80, min=1, help="Length cap of each answer."),
-    summary_tokens: int = typer.Option(96, min=1, help=SUMMARY_TOKENS_HELP),
-    summary_words: int = typer.Option(40, min=1, help=SUMMARY_WORDS_HELP),
+    summary_tokens: Optional[int] = typer.Option(
+        None, min=1, help=SUMMARY_TOKENS_HELP + " Default: the summarizer's trained spec, else 96."
+    ),
+    summary_words: Optional[int] = typer.Option(
+        None, min=1, help=SUMMARY_WORDS_HELP + " Default: the summarizer's trained spec, else 40."
+    ),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER; default hf)."),
     generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
@@ -47,8 +51,17 @@ def demo(
     console = Console()
     timer = PhaseTimer()
     rows = read_users(users or _demo_users_file())
+    from popi_sdk.backends import get_backend
+    from popi_sdk.settings import DEFAULT_BACKEND, resolve
+    from popi_sdk.summary_spec import SummarySpec
+
+    # The demo asks an untrained summarizer for 40 words; a trained one writes as it was trained.
+    trained = SummarySpec.of_backend(
+        get_backend(resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND)),
+        default=SummarySpec(max_words=40),
+    )
     p = Personalizer(
-        summarizer=summarizer, generator=generator, store=store,
+        summarizer=summarizer, generator=generator, store=store, summary=trained,
         summary_tokens=summary_tokens, summary_words=summary_words, **SMALL_MODEL,
     )
     with timer.phase("loading"), console.status(f"Loading the model ({p._summarizer_spec})..."):
@@ -94,14 +107,19 @@ def summarize(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write one summary per line."),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER)."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
-    summary_tokens: int = typer.Option(96, min=1, help=SUMMARY_TOKENS_HELP),
-    summary_words: int = typer.Option(60, min=1, help=SUMMARY_WORDS_HELP),
     batch_size: int = typer.Option(8, min=1, help="Users per model call."),
     refresh: bool = typer.Option(False, help="Recompute even when a cached summary exists."),
+    summary_tokens: Optional[int] = typer.Option(
+        None, min=1, help=SUMMARY_TOKENS_HELP + " Default: the summarizer's trained spec, else 96."
+    ),
+    summary_words: Optional[int] = typer.Option(
+        None, min=1, help=SUMMARY_WORDS_HELP + " Default: the summarizer's trained spec, else 60."
+    ),
 ) -> None:
     """Summarize every user of FILE and write the summaries to OUT.
 
-    Users already summarized with the same signals and settings are read from the store."""
+    Users already summarized with the same signals and settings are read from the store. A
+    trained summarizer (RUN/stage1) writes them as it was trained (its popi_summary.json)."""
     from popi_sdk import Personalizer
     from popi_sdk.data import read_users
     from popi_sdk.data.jsonl import check_output_file, write_jsonl
@@ -209,9 +227,9 @@ def forget(
     """Delete everything stored about USER_ID.
 
     Every stored summary version and the stored signals."""
-    from popi_sdk.store import open_store
+    from popi_sdk import Personalizer
 
-    n = open_store(store).delete_user(user_id)
+    n = Personalizer(store=store).forget(user_id)
     typer.echo(f"Forgot {user_id}: {n} {_plural(n, 'summary', 'summaries')} deleted.")
 
 

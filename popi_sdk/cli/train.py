@@ -68,15 +68,22 @@ def all_(
     config: Optional[Path] = _CONFIG, preset: Optional[str] = _PRESET,
     data: Optional[Path] = _DATA, out: Optional[Path] = _OUT,
     max_steps: Optional[int] = _MAX_STEPS, set_: Optional[list[str]] = _SET,
+    rounds: int = typer.Option(
+        1, "--rounds", min=1,
+        help="Alternate the stages: round r > 1 trains stage 1 against round r-1's stage-2 "
+        "generator, then stage 2 again (RUN/round-r/).",
+    ),
 ) -> None:
     """Both stages, one after the other (a finished stage is skipped when resuming)."""
-    from popi_sdk.train import stage1 as first
-    from popi_sdk.train import stage2 as second
+    from popi_sdk.train.rounds import train_rounds
 
     cfg = _config(config, preset, data, out, max_steps, set_)
-    s1 = first.main(cfg)
-    s2 = second.main(cfg)
-    typer.echo(f"Stage 1 checkpoint: {s1}\nStage 2 checkpoint: {s2}")
+    done = train_rounds(cfg, rounds)
+    for r, (a, b) in enumerate(done, start=1):
+        if len(done) > 1:
+            typer.echo(f"Round {r}:")
+        typer.echo(f"Stage 1 checkpoint: {a}\nStage 2 checkpoint: {b}")
+    s1, s2 = done[-1]
     typer.echo(f'Load them with Personalizer(summarizer="{s1}", generator="{s2}")')
 
 

@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from popi_sdk.data.alignx_dimensions import DIMENSIONS
-from popi_sdk.data.jsonl import describe_validation_error
 from popi_sdk.data.records import Conversion, read_records, require_text
-from popi_sdk.errors import DataFileError, InputError
+from popi_sdk.errors import DataFileError, InputError, describe_validation_error
 from popi_sdk.signals import HistoryItem, PreferencePair, Signals, UserRow
 
 DEMOGRAPHICS = "Demographic Information"

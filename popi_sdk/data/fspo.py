@@ -22,9 +22,8 @@ from collections import defaultdict
 
 from pydantic import ValidationError
 
-from popi_sdk.data.jsonl import describe_validation_error
 from popi_sdk.data.records import Conversion, read_records, require_text
-from popi_sdk.errors import DataFileError, InputError
+from popi_sdk.errors import DataFileError, InputError, describe_validation_error
 from popi_sdk.signals import PreferencePair, Signals, UserRow
 
 PAIR_FIELDS = ("prompt", "response_x", "response_y", "scorer_level", "label")

@@ -14,45 +14,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from popi_sdk.errors import DataFileError, InputError
+from popi_sdk.errors import DataFileError, InputError, describe_validation_error
 from popi_sdk.signals import UserRow
 
 M = TypeVar("M", bound=BaseModel)
-
-_FIXES = {
-    "missing": "add the field",
-    "extra_forbidden": "remove it (or check its spelling)",
-    "string_type": "give a JSON string",
-    "list_type": "give a JSON list",
-    "dict_type": "give a JSON object",
-    "float_type": "give a number",
-    "float_parsing": "give a number",
-    "finite_number": "give a finite number (JSON cannot store NaN or Infinity)",
-    "model_type": "give a JSON object",
-    "model_attributes_type": "give a JSON object",
-}
-
-
-def format_loc(loc: Iterable[object]) -> str:
-    """``('signals', 'pairs', 0, 'chosen')`` -> ``signals.pairs[0].chosen``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(row)"
-
-
-def describe_validation_error(exc: ValidationError) -> list[str]:
-    """One human line per pydantic error: field path, message, and a fix where we know one."""
-    lines = []
-    for err in exc.errors():
-        where = format_loc(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        fix = _FIXES.get(err["type"])
-        lines.append(f"field {where}: {msg}" + (f". Fix: {fix}" if fix else ""))
-    return lines
 
 
 def no_such_file(path: Path) -> InputError:

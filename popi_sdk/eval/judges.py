@@ -17,8 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from popi_sdk.backends.base import Message
 from popi_sdk.errors import InputError
-from popi_sdk.templates import Message
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Judge:
     texts differ; :meth:`judge_many` handles identical pairs."""
 
     name = "judge"
+    #: Verdicts that could not be read from the judge's answer (counted as ties); ``None`` for a
+    #: judge whose verdicts always parse.
+    unparsed: int | None = None
 
     def judge_many(self, items: Sequence[Comparison]) -> list[float]:
         out: list[float] = [0.5] * len(items)

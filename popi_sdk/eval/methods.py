@@ -11,7 +11,16 @@ method                        context            summaries from         generato
 ``popi-full``                 a summary          ``--summarizer``       ``--generator``
 ``raw-aligned``               every raw signal   -                      ``--generator``
 ``inference-aligned``         a summary          base summarizer        ``--generator``
+``oracle`` (reference)        a summary          the true persona       base
+``shuffled`` (control)        a summary          another user's         base
 ============================  =================  =====================  ===================
+
+``oracle`` and ``shuffled`` are references for data with ground-truth personas: ``oracle`` puts
+the persona itself in the summary's place (how far a perfect description moves this generator),
+``shuffled`` gives each user the summary of a user with a different persona, from the trained
+summarizer when one is given, else the base one (what a summary is worth when it describes
+someone else). Together with ``inference`` and ``popi`` they say whether the generator reads
+summaries at all and how much of the way a summarizer has come.
 
 The contexts come only from :mod:`popi_sdk.templates`, the same functions training uses.
 """
@@ -22,17 +31,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from popi_sdk.backends.base import Message
 from popi_sdk.errors import InputError
 from popi_sdk.signals import Signals
-from popi_sdk.templates import (
-    Message,
-    prompt_only_messages,
-    raw_signals_messages,
-    summary_messages,
-)
+from popi_sdk.templates import prompt_only_messages, raw_signals_messages, summary_messages
 
 Context = Literal["prompt", "raw", "summary"]
-Source = Literal["base", "trained"]
+Source = Literal["base", "trained", "oracle", "shuffled"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ METHODS: dict[str, Method] = {
         Method("popi-full", "POPI-Full", "summary", "trained", "trained"),
         Method("raw-aligned", "Raw-Aligned", "raw", None, "trained"),
         Method("inference-aligned", "Inference-Aligned", "summary", "base", "trained"),
+        Method("oracle", "Oracle persona", "summary", "oracle", "base"),
+        Method("shuffled", "Shuffled summaries", "summary", "shuffled", "base"),
     )
 }
 

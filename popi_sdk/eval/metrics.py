@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from popi_sdk.backends.base import Message
 from popi_sdk.errors import InputError
-from popi_sdk.templates import Message, prompt_only_messages
+from popi_sdk.templates import prompt_only_messages
 
 
 def margins(chosen: Sequence[float], rejected: Sequence[float]) -> list[float]:

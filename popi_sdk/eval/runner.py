@@ -20,6 +20,7 @@ from popi_sdk.eval.judges import Comparison, Judge
 from popi_sdk.eval.methods import Method
 from popi_sdk.progress import progress_bar
 from popi_sdk.signals import UserRow
+from popi_sdk.summary_spec import SummarySpec, length_overrides
 
 
 @dataclass
@@ -39,7 +40,7 @@ class GeneratorRun:
         from popi_sdk.scoring import ReferenceCache, SequenceScorer
 
         backend = get_backend(spec)
-        if not hasattr(backend, "tokenizer") or not hasattr(backend, "model"):
+        if not backend.supports_logprobs:
             raise InputError(
                 f"generator {spec!r} is not a local model: evaluation needs log-probs, so give an "
                 "hf:<model> name or a checkpoint folder (API models can still judge, --judge)"
@@ -131,6 +132,7 @@ class Evaluation:
     def responses(self, run: GeneratorRun, method: Method) -> list[str]:
         """Greedy answers to the judged prompts (cached per generator and context)."""
         from popi_sdk.backends import GenerateOptions
+        from popi_sdk.personalizer import answer_all
 
         key = _key(method)
         if key in run.responses:
@@ -141,12 +143,14 @@ class Evaluation:
         ]
         options = GenerateOptions(max_new_tokens=self.max_new_tokens, temperature=0.0)
         started = time.perf_counter()
-        out: list[str] = []
-        step = 8
+        out = [""] * len(todo)
+
+        def keep(i: int, text: str) -> None:
+            out[i] = text
+
         with progress_bar(f"Generating {method.name} on {run.name}", len(todo), enabled=self.progress) as advance:
-            for start in range(0, len(todo), step):
-                out.extend(run.backend.generate_batch(todo[start : start + step], options))
-                advance(len(todo[start : start + step]))
+            answer_all(run.backend, todo, options, on_answer=keep, advance=advance,
+                       batch_size=run.scorer.batch_size)
         run.responses[key] = out
         self.seconds["generation"] += time.perf_counter() - started
         return out
@@ -207,32 +211,76 @@ class Evaluation:
         }
 
 
+def check_personas(users: Sequence[UserRow], why: str) -> None:
+    """Fail before any model runs when a reference method needs personas the data lacks."""
+    missing = [row.user_id for row in users if not row.persona]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(
+            f"{why}, but {len(missing)} user(s) have no 'persona' ({shown}). Use data with "
+            "ground-truth personas (e.g. `popi data synth`), or leave the method out"
+        )
+    if len({row.persona for row in users}) < 2:
+        raise InputError(
+            f"{why}, but every user has the same persona: a control needs at least two personas"
+        )
+
+
+def shuffled_summaries(users: Sequence[UserRow], summaries: Sequence[str], *, seed: int = 0) -> list[str]:
+    """Each user's summary replaced by the summary of a user with a *different* persona, drawn
+    with ``seed`` (the control of paper-style ablations: a summary of someone else)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for row in users:
+        donors = [i for i, other in enumerate(users) if other.persona != row.persona]
+        out.append(summaries[rng.choice(donors)])
+    return out
+
+
 def summarize_users(
     users: Sequence[UserRow],
     summarizer: str,
     store: Any,
     *,
+    spec: SummarySpec | None = None,
     progress: bool = True,
     batch_size: int = 8,
-    summary_tokens: int = 96,
-    summary_words: int = 60,
 ) -> tuple[list[str], dict]:
-    """Summaries of every user by ``summarizer`` (cached in ``store``) and their length stats.
-    ``summary_tokens`` / ``summary_words`` should match the training config's
-    ``stage1.max_summary_tokens`` / ``stage1.summary_words`` when evaluating a trained summarizer."""
+    """Summaries of every user by ``summarizer`` (cached in ``store``) and their length stats,
+    written under ``spec`` (default: the one ``summarizer`` was trained with, else the defaults)."""
     from popi_sdk.personalizer import Personalizer
 
-    p = Personalizer(
-        summarizer=summarizer, generator=summarizer, store=store,
-        summary_tokens=summary_tokens, summary_words=summary_words,
-    )
+    p = Personalizer(summarizer=summarizer, generator=summarizer, store=store, summary=spec)
     summaries = p.summarize_many(users, batch_size=batch_size, progress=progress)
     tokens = [s.n_tokens for s in summaries]
     return [s.text for s in summaries], {
         "summarizer": p.summarizer.name,
         "mean_tokens": M.mean(tokens),
         "users": len(summaries),
+        "spec": p.summary_spec.model_dump(),
     }
+
+
+def summary_spec_for(
+    summarizer: str | None, *, summary_tokens: int | None = None, summary_words: int | None = None
+) -> SummarySpec:
+    """The spec every summarizer of an evaluation writes with: the trained ``summarizer``'s saved
+    spec (so the base summarizer of Inference-Prompting gets the same instruction and budget, and
+    only the weights differ), else the defaults; then the explicit overrides."""
+    from popi_sdk.backends import get_backend
+
+    overrides = length_overrides(summary_tokens, summary_words)
+    base = SummarySpec.of_backend(get_backend(summarizer)) if summarizer else SummarySpec()
+    spec = base.replace(**overrides)
+    if spec.prompt_dependent:
+        raise InputError(
+            f"{summarizer} writes prompt-dependent summaries (its popi_summary.json has "
+            "prompt_dependent: true); evaluation scores one summary per user, so evaluate a "
+            "summarizer trained with summary.prompt_dependent: false"
+        )
+    return spec
 
 
 def evaluate(
@@ -250,8 +298,9 @@ def evaluate(
     batch_size: int = 8,
     bf16: bool = False,
     progress: bool = True,
-    summary_tokens: int = 96,
-    summary_words: int = 60,
+    summary_tokens: int | None = None,
+    summary_words: int | None = None,
+    shuffle_seed: int = 0,
 ) -> tuple[dict, list[dict]]:
     """Evaluate ``methods`` on ``users``; returns ``(results, per-example records)``.
 
@@ -259,6 +308,8 @@ def evaluate(
     Inference-Prompting, and the generator of the unaligned methods); ``summarizer`` and
     ``generator`` are trained checkpoints; ``generators`` adds a transfer table: the same
     summaries conditioning each of those generators, scored against that generator's own base.
+    Every summary is written under :func:`summary_spec_for` (the trained summarizer's saved spec;
+    ``summary_tokens`` / ``summary_words`` override it).
     """
     started = time.perf_counter()
     users = list(users)
@@ -267,17 +318,30 @@ def evaluate(
             "no user has labeled 'examples': evaluation scores each user's examples (the held-out "
             "preference pairs); give a test file such as DIR/test.jsonl from `popi data synth`"
         )
+    sources = {m.summarizer for m in methods if m.summarizer}
+    if "oracle" in sources:
+        check_personas(users, "method 'oracle' puts each user's ground-truth persona in the summary")
+    if "shuffled" in sources:
+        check_personas(users, "method 'shuffled' gives each user a summary of a user with another persona")
+        sources.add("trained" if summarizer else "base")
     judge.check({row.user_id: row.persona for row in users})
     summaries: dict[str, list[str]] = {}
     summary_stats: dict[str, dict] = {}
-    for source, spec in (("base", base), ("trained", summarizer)):
-        if any(m.summarizer == source for m in methods):
-            t0 = time.perf_counter()
-            summaries[source], summary_stats[source] = summarize_users(
-                users, spec, store, progress=progress, batch_size=batch_size,
-                summary_tokens=summary_tokens, summary_words=summary_words,
-            )
-            summary_stats[source]["seconds"] = round(time.perf_counter() - t0, 1)
+    runs_for = [(s, name) for s, name in (("base", base), ("trained", summarizer)) if s in sources]
+    if runs_for:
+        spec = summary_spec_for(summarizer, summary_tokens=summary_tokens, summary_words=summary_words)
+    for source, name in runs_for:
+        t0 = time.perf_counter()
+        summaries[source], summary_stats[source] = summarize_users(
+            users, name, store, spec=spec, progress=progress, batch_size=batch_size,
+        )
+        summary_stats[source]["seconds"] = round(time.perf_counter() - t0, 1)
+    if "oracle" in sources:
+        summaries["oracle"] = [row.persona or "" for row in users]
+    if "shuffled" in sources:
+        donor = "trained" if summarizer else "base"
+        summaries["shuffled"] = shuffled_summaries(users, summaries[donor], seed=shuffle_seed)
+        summary_stats["shuffled"] = {**summary_stats[donor], "shuffled_from": donor}
     ev = Evaluation(
         users, summaries, judge, max_new_tokens=max_new_tokens, prompts_per_user=prompts_per_user,
         progress=progress,
@@ -311,6 +375,6 @@ def evaluate(
         "seconds": round(time.perf_counter() - started, 1),
         "phase_seconds": {k: round(v, 1) for k, v in ev.seconds.items()},
     }
-    if hasattr(judge, "unparsed"):
+    if judge.unparsed is not None:
         results["stats"]["judge_unparsed"] = judge.unparsed
     return results, ev.records

@@ -7,6 +7,7 @@ Run folder layout::
     RUN/rewards.png            mean reward ± spread per step (stage 1), DPO margins (stage 2)
     RUN/checkpoints/stageN/    TRL checkpoints (resume points)
     RUN/stage1/, RUN/stage2/   final Hugging Face checkpoints, loadable by the SDK
+    RUN/stage1/popi_summary.json   the summary spec stage 1 trained with (SummarySpec)
     RUN/summaries.sqlite       training users' summaries by the stage-1 model (stage 2 input)
 """
 
@@ -218,6 +219,8 @@ def save_final(trainer: Any, tokenizer: Any, cfg: TrainConfig, stage: str) -> Pa
         trainer.save_model(str(dest))
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(dest)
+        if stage == "stage1":  # how the summarizer was trained to write, read back by every user
+            cfg.summary.save(dest)
         done = {"stage": stage, "steps": trainer.state.global_step, "lora_merged": cfg.lora.enabled}
         (dest / DONE_FILE).write_text(json.dumps(done), encoding="utf-8")
     trainer.accelerator.wait_for_everyone()

@@ -19,8 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from popi_sdk.errors import ConfigError
 from popi_sdk.objective import kl_weight
+from popi_sdk.summary_spec import SummarySpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: Fields that moved into the ``summary`` section (a SummarySpec), for the error an old config gets.
+RENAMED = {
+    "prompt_dependent": "summary.prompt_dependent",
+    "stage1.max_summary_tokens": "summary.max_tokens",
+    "stage1.summary_words": "summary.max_words",
+    "stage1.temperature": "summary.train_temperature",
+    "stage1.top_p": "summary.train_top_p",
+}
 ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 
 
@@ -56,10 +65,6 @@ class Stage1Options(_Section):
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, description="Micro-batches per optimizer step on each device."
     )
-    temperature: float = Field(default=0.6, gt=0, le=2.0, description="Sampling temperature.")
-    top_p: float = Field(default=1.0, gt=0, le=1.0, description="Nucleus sampling mass.")
-    max_summary_tokens: int = Field(default=128, ge=4, description="Longest summary sampled.")
-    summary_words: int = Field(default=60, ge=5, description="Length the summarizer is asked for.")
     examples_per_summary: int | None = Field(
         default=None,
         ge=1,
@@ -71,6 +76,35 @@ class Stage1Options(_Section):
     lr_scheduler: str = Field(default="cosine", description="transformers scheduler name.")
     grpo_loss: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
         default="grpo", description="TRL GRPO loss aggregation (paper: grpo)."
+    )
+    scale_rewards: Literal["none", "group", "batch"] = Field(
+        default="none",
+        description="GRPO advantage scaling: none (the paper: reward minus the group's mean), group "
+        "(also divide by the group's std) or batch (by the batch's std).",
+    )
+    validation_users: int = Field(
+        default=0,
+        ge=0,
+        description="Training users held out (drawn with seed) for the learning curve: their greedy "
+        "summaries are scored at step 0 and every eval_every steps; 0: none.",
+    )
+    eval_every: int = Field(
+        default=10, ge=1, description="Validate every N GRPO steps (and at the last step)."
+    )
+    warm_start_samples: int = Field(
+        default=0,
+        ge=0,
+        description="Best-of-N warm start: summaries sampled per training user before GRPO; the one "
+        "with the highest reward gets a supervised pass (rejection-sampling fine-tuning); 0: off.",
+    )
+    warm_start_learning_rate: float | None = Field(
+        default=None, gt=0, description="Learning rate of the warm start pass (None: learning_rate)."
+    )
+    warm_start_epochs: int = Field(
+        default=1, ge=1, description="Supervised passes over the best-of-N summaries."
+    )
+    warm_start_batch_size: int = Field(
+        default=4, ge=1, description="Summaries per optimizer step of the warm start pass."
     )
     kl_weight: float | None = Field(
         default=None,
@@ -132,9 +166,6 @@ class TrainConfig(_Section):
     out: str | None = Field(default=None, description="Run folder (checkpoints, metrics, plot).")
     beta: float = Field(default=0.01, gt=0, description="β of the summary-augmented loss.")
     loss_type: Literal["dpo", "ipo"] = Field(default="dpo", description="dpo or ipo, both stages.")
-    prompt_dependent: bool = Field(
-        default=False, description="Condition each summary on the upcoming prompt (paper App. B)."
-    )
     seed: int = Field(default=0, description="Random seed.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="auto: bf16 on a GPU, fp32 on CPU."
@@ -151,6 +182,11 @@ class TrainConfig(_Section):
     resume: bool = Field(
         default=True, description="Continue from the last checkpoint in the run folder."
     )
+    summary: SummarySpec = Field(
+        default_factory=SummarySpec,
+        description="How summaries are written (template, budget, sampling); stage 1 saves it "
+        "as RUN/stage1/popi_summary.json and everything that uses the summarizer reads it back.",
+    )
     stage1: Stage1Options = Field(default_factory=Stage1Options)
     stage2: Stage2Options = Field(default_factory=Stage2Options)
 
@@ -160,6 +196,15 @@ class TrainConfig(_Section):
             raise ValueError("stage1.max_steps must be a positive step count or -1 (use epochs)")
         if self.stage2.max_steps == 0 or self.stage2.max_steps < -1:
             raise ValueError("stage2.max_steps must be a positive step count or -1 (use epochs)")
+        if self.stage1.validation_users and self.summary.prompt_dependent:
+            raise ValueError(
+                "stage1.validation_users needs prompt-independent summaries (one per user): set "
+                "stage1.validation_users to 0 or summary.prompt_dependent to false"
+            )
+        if self.stage1.warm_start_samples == 1:
+            raise ValueError(
+                "stage1.warm_start_samples = 1 picks from one summary: use 0 (off) or at least 2"
+            )
         return self
 
     # -- derived values --------------------------------------------------------------------
@@ -169,7 +214,7 @@ class TrainConfig(_Section):
 
     @property
     def kl(self) -> float:
-        """GRPO's KL weight α (DESIGN.md: 0.002·β, IPO 0.002·2/β) unless set explicitly."""
+        """GRPO's KL weight α (paper §4: 0.002·β, IPO 0.002·2/β) unless set explicitly."""
         if self.stage1.kl_weight is not None:
             return self.stage1.kl_weight
         return kl_weight(self.beta, self.loss_type)
@@ -271,7 +316,9 @@ def _describe(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc) or "(config)"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and where in RENAMED:
+            lines.append(f"field {where}: renamed. Fix: use {RENAMED[where]}")
+        elif err["type"] == "extra_forbidden":
             known = _fields_at(loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?" if close else (

@@ -25,16 +25,26 @@ Cloud (SkyPilot, both stages; see docs/launch.md)::
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from popi_sdk.backends.base import Message
 from popi_sdk.backends.hf import resolve_model
 from popi_sdk.errors import InputError, MissingDependencyError
 from popi_sdk.signals import PreferencePair, UserRow
-from popi_sdk.templates import Message, clean_summary, summarizer_messages
+from popi_sdk.summary_spec import SummarySpec
 from popi_sdk.train import common
 from popi_sdk.train.config import TrainConfig
+from popi_sdk.train.validation import (
+    Validator,
+    split_validation,
+    validate_and_log,
+    validation_callback,
+    write_summaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +55,23 @@ def build_rows(
     """GRPO prompts and the examples each one's summaries are scored on.
 
     One row per user (one summary serves all of the user's examples), or, with
-    ``prompt_dependent``, one row per (user, example) whose summary is written for that prompt.
+    ``summary.prompt_dependent``, one row per (user, example) whose summary is written for that
+    prompt. The prompts are ``cfg.summary``'s messages, as the trained summarizer will read them.
     """
-    opts = cfg.stage1
+    spec = cfg.summary
     rows: list[dict[str, Any]] = []
     examples: dict[str, list[PreferencePair]] = {}
     for user in users:
-        pairs = user.examples[: opts.examples_per_summary]
+        pairs = user.examples[: cfg.stage1.examples_per_summary]
         if not pairs:
             continue
-        if cfg.prompt_dependent:
+        if spec.prompt_dependent:
             for j, pair in enumerate(pairs):
                 key = f"{user.user_id}#{j}"
-                messages = summarizer_messages(
-                    user.signals, max_words=opts.summary_words, prompt=pair.prompt
-                )
-                rows.append({"prompt": messages, "example_key": key})
+                rows.append({"prompt": spec.messages(user.signals, pair.prompt), "example_key": key})
                 examples[key] = [pair]
         else:
-            messages = summarizer_messages(user.signals, max_words=opts.summary_words)
-            rows.append({"prompt": messages, "example_key": user.user_id})
+            rows.append({"prompt": spec.messages(user.signals), "example_key": user.user_id})
             examples[user.user_id] = list(pairs)
     if not rows:
         raise InputError(
@@ -76,14 +83,16 @@ def build_rows(
 
 class SummaryReward:
     """GRPO reward: −(summary-augmented loss) of the frozen generator, averaged over the user's
-    examples. A plain callable, not an ``nn.Module`` (TRL would treat a module as a reward model);
-    TRL passes every dataset column as a keyword argument, so ``example_key`` arrives per sample.
+    examples, for each sampled summary cleaned as ``spec`` cleans summaries written for use.
+    A plain callable, not an ``nn.Module`` (TRL would treat a module as a reward model); TRL
+    passes every dataset column as a keyword argument, so ``example_key`` arrives per sample.
     """
 
     __name__ = "popi"
 
     def __init__(self, scorer: Any, reference: Any, examples: dict[str, list[PreferencePair]],
-                 *, beta: float, loss_type: str):
+                 *, beta: float, loss_type: str, spec: SummarySpec | None = None):
+        self.spec = spec or SummarySpec()
         self.scorer = scorer
         self.reference = reference
         self.examples = examples
@@ -96,7 +105,9 @@ class SummaryReward:
         self._adapter_model = peft_model
 
     @contextlib.contextmanager
-    def _generator(self):
+    def generator_context(self):
+        """The frozen generator ready to score: eval mode, and the adapter off when the
+        generator is the LoRA policy's base."""
         model = self.scorer.model
         was_training = model.training
         model.eval()  # no dropout; and training-mode checkpointing would turn the KV cache off
@@ -112,25 +123,25 @@ class SummaryReward:
     def precompute_reference(self) -> int:
         """Fill the reference cache for every example now, once (the reference never changes)."""
         pairs = [p for ps in self.examples.values() for p in ps]
-        with self._generator():
+        with self.generator_context():
             self.reference.pairs(pairs)  # one grouped, batched pass
         return len(pairs)
+
+    def score(self, examples: list[list[PreferencePair]], texts: list[str]) -> list[float]:
+        """Rewards of cleaned summaries ``texts[i]`` on ``examples[i]`` (call inside
+        :meth:`generator_context`)."""
+        from popi_sdk.scoring import summary_rewards
+
+        return summary_rewards(
+            self.scorer, self.reference, examples, texts, beta=self.beta, loss_type=self.loss_type
+        )
 
     def __call__(
         self, prompts: list, completions: list, example_key: list[str], **_: Any
     ) -> list[float]:
-        from popi_sdk.scoring import summary_rewards
-
-        texts = [clean_summary(_completion_text(c)) for c in completions]
-        with self._generator():
-            return summary_rewards(
-                self.scorer,
-                self.reference,
-                [self.examples[k] for k in example_key],
-                texts,
-                beta=self.beta,
-                loss_type=self.loss_type,
-            )
+        texts = [self.spec.clean(_completion_text(c)) for c in completions]
+        with self.generator_context():
+            return self.score([self.examples[k] for k in example_key], texts)
 
 
 def _completion_text(completion: str | list[Message]) -> str:
@@ -160,11 +171,11 @@ def grpo_args(cfg: TrainConfig) -> Any:
             "stage1.batch_size x stage1.num_generations",
         ),
         num_generations=opts.num_generations,
-        max_completion_length=opts.max_summary_tokens,
-        temperature=opts.temperature,
-        top_p=opts.top_p,
+        max_completion_length=cfg.summary.max_tokens,
+        temperature=cfg.summary.train_temperature,
+        top_p=cfg.summary.train_top_p,
         beta=cfg.kl,
-        scale_rewards="none",
+        scale_rewards=opts.scale_rewards,
         loss_type=opts.grpo_loss,
         use_vllm=opts.use_vllm,
         vllm_mode=opts.vllm_mode,
@@ -174,7 +185,8 @@ def grpo_args(cfg: TrainConfig) -> Any:
 
 
 def main(cfg: TrainConfig) -> str:
-    """Train the summarizer; returns the final checkpoint folder ``RUN/stage1``."""
+    """Train the summarizer; returns the final checkpoint folder ``RUN/stage1``, which holds the
+    summary spec it was trained with (``popi_summary.json``)."""
     common.require_train_stack()
     run = common.prepare_run(cfg)
     if common.stage_done(cfg, "stage1"):
@@ -187,7 +199,9 @@ def main(cfg: TrainConfig) -> str:
     from popi_sdk.data import read_users
     from popi_sdk.scoring import ReferenceCache, SequenceScorer
 
-    users = read_users(cfg.train_file())
+    users, val_users = split_validation(
+        read_users(cfg.train_file()), cfg.stage1.validation_users, seed=cfg.seed
+    )
     rows, examples = build_rows(users, cfg)
     args = grpo_args(cfg)
     policy_path, policy = common.load_policy(cfg.model)
@@ -203,8 +217,22 @@ def main(cfg: TrainConfig) -> str:
                             bf16=args.bf16)
     reward = SummaryReward(
         scorer, ReferenceCache(scorer, cfg.generator_model), examples,
-        beta=cfg.beta, loss_type=cfg.loss_type,
+        beta=cfg.beta, loss_type=cfg.loss_type, spec=cfg.summary,
     )
+    callbacks = [common.metrics_callback(cfg, "stage1")]
+    spec = cfg.summary
+    # Validation writes summaries as the SDK will with the trained checkpoint: the spec's own
+    # sampling for use (greedy by default), its token cap and its cleaning.
+    summarize = functools.partial(
+        write_summaries, max_tokens=spec.max_tokens, clean=spec.clean, temperature=spec.temperature,
+        batch_size=cfg.stage1.score_batch_size,
+    )
+    if val_users:
+        validator = Validator(
+            val_users, [spec.messages(u.signals) for u in val_users], reward, summarize,
+            run / "validation",
+        )
+        callbacks.append(validation_callback(validator, cfg.stage1.eval_every, run / "metrics.jsonl", tokenizer))
     trainer = GRPOTrainer(
         model=policy,
         reward_funcs=[reward],
@@ -212,7 +240,7 @@ def main(cfg: TrainConfig) -> str:
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=common.lora_config(cfg),
-        callbacks=[common.metrics_callback(cfg, "stage1")],
+        callbacks=callbacks,
     )
     common.show_progress(trainer, "stage1")
     if shared_base:
@@ -220,7 +248,25 @@ def main(cfg: TrainConfig) -> str:
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.
     n = reward.precompute_reference()
     log.info("reference log-probs of %d examples computed once", n)
-    trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage1"))
+    resume = common.last_checkpoint(cfg, "stage1")
+    main_process = trainer.accelerator.is_main_process
+    metrics = run / "metrics.jsonl"
+    if val_users and resume is None:
+        validate_and_log(validator, trainer.model, tokenizer, metrics, step=0, phase="initial",
+                         main_process=main_process)
+    if cfg.stage1.warm_start_samples and resume is None:
+        from popi_sdk.train.warmstart import warm_start
+
+        record = warm_start(
+            trainer.model, tokenizer, reward, rows, cfg.stage1, spec=spec, run=run, seed=cfg.seed,
+        )
+        if main_process:
+            with metrics.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if val_users:
+            validate_and_log(validator, trainer.model, tokenizer, metrics, step=0,
+                             phase="warm_start", main_process=main_process)
+    trainer.train(resume_from_checkpoint=resume)
     dest = common.save_final(trainer, tokenizer, cfg, "stage1")
     if trainer.accelerator.is_main_process:
         from popi_sdk.train.plot import plot_run

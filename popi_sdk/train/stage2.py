@@ -36,6 +36,7 @@ from typing import Any
 from popi_sdk.backends.hf import resolve_model
 from popi_sdk.errors import ConfigError, InputError
 from popi_sdk.signals import PreferencePair, UserRow
+from popi_sdk.summary_spec import SummarySpec
 from popi_sdk.templates import summary_messages
 from popi_sdk.train import common
 from popi_sdk.train.config import TrainConfig
@@ -70,59 +71,69 @@ def popi_dpo_trainer_class() -> type:
     return PopiDPOTrainer
 
 
-def summaries_for(users: Sequence[UserRow], cfg: TrainConfig) -> dict[str, str]:
-    """Summary text per example key: ``user_id`` (one summary per user, cached in
-    RUN/summaries.sqlite) or ``user_id#j`` for the prompt-dependent variant."""
-    from popi_sdk import Personalizer
+def summary_spec(cfg: TrainConfig, summarizer: str) -> SummarySpec:
+    """How stage 2's summaries are written: as the summarizer was trained (its folder's
+    ``popi_summary.json``, e.g. RUN/stage1's), else the config's ``summary`` section (a base model
+    summarizing, the Inference-Aligned setting)."""
+    spec = SummarySpec.from_checkpoint(summarizer, default=cfg.summary)
+    if spec != cfg.summary:
+        differ = [k for k, v in spec.model_dump().items() if getattr(cfg.summary, k) != v]
+        log.warning(
+            "summaries are written as %s was trained; the config's summary section differs in %s",
+            summarizer, ", ".join(differ),
+        )
+    return spec
 
+
+def summarizer_path(cfg: TrainConfig) -> str:
+    """The model folder that writes stage 2's summaries (RUN/stage1 unless stage2.summarizer)."""
     run = cfg.run_dir()
-    summarizer = cfg.stage2.summarizer or str(run / "stage1")
     if cfg.stage2.summarizer is None and not (run / "stage1" / "config.json").exists():
         raise ConfigError(
             f"{run / 'stage1'} holds no stage-1 checkpoint: run `popi train stage1` with the same "
             "--out first, or set stage2.summarizer to a model folder"
         )
-    summarizer = resolve_model(summarizer)
-    opts = cfg.stage1
-    p = Personalizer(
-        summarizer=summarizer, store=run / "summaries.sqlite",
-        summary_tokens=opts.max_summary_tokens, summary_words=opts.summary_words,
-    )
+    return resolve_model(cfg.stage2.summarizer or str(run / "stage1"))
+
+
+def summaries_for(
+    users: Sequence[UserRow], cfg: TrainConfig, spec: SummarySpec | None = None
+) -> dict[str, str]:
+    """Summary text per example key, cached in RUN/summaries.sqlite: ``user_id`` (one summary
+    per user) or ``user_id#j`` when ``spec`` (default: :func:`summary_spec`) is prompt-dependent."""
+    from popi_sdk import Personalizer
+
+    summarizer = summarizer_path(cfg)
+    spec = spec or summary_spec(cfg, summarizer)
+    p = Personalizer(summarizer=summarizer, store=cfg.run_dir() / "summaries.sqlite", summary=spec)
     with_examples = [u for u in users if u.examples]
-    if not cfg.prompt_dependent:
-        # Training uses what the stage-1 model writes, nothing included (as the prompt-dependent
-        # branch below does); an empty summary is just never stored for the SDK to serve.
-        done = p.summarize_many(with_examples, batch_size=cfg.stage2.summary_batch_size,
-                                keep_empty=True)
+    # Training uses what the stage-1 model writes, nothing included; an empty summary is just
+    # never stored for the SDK to serve.
+    batch_size = cfg.stage2.summary_batch_size
+    if not spec.prompt_dependent:
+        done = p.summarize_many(with_examples, batch_size=batch_size, keep_empty=True)
         return {s.user_id: s.text for s in done}
-    # Prompt-dependent summaries are per (user, prompt), which the store does not key on.
-    from popi_sdk.backends import GenerateOptions
-    from popi_sdk.templates import clean_summary, summarizer_messages
-
-    keys, batch = [], []
-    for user in with_examples:
-        for j, pair in enumerate(user.examples):
-            keys.append(f"{user.user_id}#{j}")
-            batch.append(summarizer_messages(user.signals, max_words=opts.summary_words,
-                                             prompt=pair.prompt))
-    from popi_sdk.progress import progress_bar
-
-    options = GenerateOptions(max_new_tokens=opts.max_summary_tokens, temperature=0.0)
-    with progress_bar("Summarizing (per prompt)", len(batch)) as advance:
-        texts = p.summarizer.generate_batch_reporting(batch, options, advance)
-    return {k: clean_summary(t) for k, t in zip(keys, texts)}
+    keyed = [(f"{u.user_id}#{j}", u, pair.prompt) for u in with_examples for j, pair in enumerate(u.examples)]
+    done = p.summarize_many(
+        [u for _, u, _ in keyed], prompts=[q for _, _, q in keyed], batch_size=batch_size,
+        keep_empty=True,
+    )
+    return {key: s.text for (key, _, _), s in zip(keyed, done)}
 
 
 def build_rows(
     users: Sequence[UserRow], summaries: dict[str, str], scorer: Any, reference: Any,
-    cfg: TrainConfig,
+    cfg: TrainConfig, *, prompt_dependent: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Tokenized DPO rows with the x-only reference log-probs of the initial generator."""
+    """Tokenized DPO rows with the x-only reference log-probs of the initial generator.
+    ``prompt_dependent`` (default ``cfg.summary``'s) says how ``summaries`` are keyed."""
+    if prompt_dependent is None:
+        prompt_dependent = cfg.summary.prompt_dependent
     pairs: list[PreferencePair] = []
     texts: list[str] = []
     for user in users:
         for j, pair in enumerate(user.examples):
-            key = f"{user.user_id}#{j}" if cfg.prompt_dependent else user.user_id
+            key = f"{user.user_id}#{j}" if prompt_dependent else user.user_id
             if key in summaries:
                 pairs.append(pair)
                 texts.append(summaries[key])
@@ -179,8 +190,9 @@ def main(cfg: TrainConfig) -> str:
 
     users = read_users(cfg.train_file())
     args = dpo_args(cfg)
+    spec = summary_spec(cfg, summarizer_path(cfg))
     with PartialState().main_process_first():  # the main process writes the summaries once
-        summaries = summaries_for(users, cfg)
+        summaries = summaries_for(users, cfg, spec)
     from popi_sdk.backends import clear_backend_cache
 
     clear_backend_cache()  # the stage-1 model is not needed while the generator trains
@@ -191,7 +203,8 @@ def main(cfg: TrainConfig) -> str:
     reference_model = common.load_frozen(gen_path, bf16=args.bf16)
     scorer = SequenceScorer(reference_model, tokenizer, batch_size=cfg.stage2.score_batch_size,
                             bf16=args.bf16)
-    rows = build_rows(users, summaries, scorer, ReferenceCache(scorer, gen_path), cfg)
+    rows = build_rows(users, summaries, scorer, ReferenceCache(scorer, gen_path), cfg,
+                      prompt_dependent=spec.prompt_dependent)
     del scorer, reference_model
     log.info("%d DPO pairs, x-only reference log-probs precomputed", len(rows))
 

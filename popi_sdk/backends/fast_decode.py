@@ -1,0 +1,427 @@
+"""A lean decode loop for Llama-architecture models on CPU (SmolLM2, Llama, and their kin).
+
+``transformers``' ``generate`` spends most of a small model's decode step outside the matrix
+products: logits processors and stopping criteria, the cache growing by concatenation, mask and
+position bookkeeping, and several dozen small ops per layer. On the embedded SmolLM2-135M that
+overhead is larger than the weights' own read time (see ``docs/benchmarks.md``). This module runs
+the same model with the weights it already holds, through a forward pass of about fifteen torch ops
+per layer: fused q/k/v and gate/up projections, ``torch.nn.functional.rms_norm``, rotary tables
+taken once from the model's own rotary module, a key/value cache allocated once per call, and
+``scaled_dot_product_attention``.
+
+Weights for the projections (the LM head stays dense):
+
+- ``"float32"``: the model's own weights; greedy tokens match ``generate``'s.
+- ``"bfloat16"``: 16-bit copies; the matrix products take bf16 inputs.
+- ``"int4"``: 4-bit weights in groups of 32 along the input dimension, each group with its own
+  scale and offset, multiplied by torch's packed int4 CPU kernel with bf16 inputs (the scheme of
+  ``torchao``'s int4 weight-only quantization). The embedded model was published as a Q4_1 GGUF,
+  which is exactly this grid, so for it the 4-bit weights equal the float32 ones bit for bit (the
+  :attr:`FastDecoder.weight_error` is 0); what changes is the bf16 rounding of the activations
+  entering each product.
+
+Everything else (embeddings, norms, attention, the residual stream) stays float32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Weights = Literal["float32", "bfloat16", "int4"]
+INT4_GROUP = 32
+#: Candidates the 4-bit LM head shortlists for the exact greedy pick.
+SHORTLIST = 32
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why ``model`` cannot use the fast decoder (``None`` when it can)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) != "llama":
+        return f"model type {getattr(cfg, 'model_type', None)!r} (only 'llama' is supported)"
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        return "projection biases"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r}"
+    if str(next(model.parameters()).device) != "cpu":
+        return "a model that is not on the CPU"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
+        return "an unexpected module layout"
+    return None
+
+
+def int4_available() -> bool:
+    import torch
+
+    return hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(
+        torch, "_convert_weight_to_int4pack_for_cpu"
+    )
+
+
+class _Dense:
+    def __init__(self, weight: Any, dtype: Any):
+        self.weight = weight.detach().to(dtype).contiguous()
+        self.dtype = dtype
+        self.error = 0.0
+
+    def __call__(self, x: Any) -> Any:
+        import torch.nn.functional as F
+
+        if x.dtype == self.dtype:
+            return F.linear(x, self.weight)
+        return F.linear(x.to(self.dtype), self.weight).float()
+
+
+class _Int4:
+    """Group-wise asymmetric 4-bit weights: ``w = (q - 8) * scale + zero`` per 32 inputs."""
+
+    def __init__(self, weight: Any, group: int = INT4_GROUP):
+        import torch
+
+        w = weight.detach().float()
+        n, k = w.shape
+        grouped = w.view(n, k // group, group)
+        low, high = grouped.amin(-1), grouped.amax(-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = ((grouped - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+        self.error = float(((q * scale[..., None] + low[..., None]).view(n, k) - w).abs().max())
+        self.packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).view(n, k), 1)
+        zero = low + 8 * scale
+        self.scales = torch.stack([scale.t(), zero.t()], -1).contiguous().to(torch.bfloat16)
+        self.group = group
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        shape = x.shape
+        y = torch._weight_int4pack_mm_for_cpu(
+            x.reshape(-1, shape[-1]).to(torch.bfloat16), self.packed, self.group, self.scales
+        )
+        return y.reshape(*shape[:-1], -1).float()
+
+
+def _linear(weight: Any, weights: Weights) -> Any:
+    import torch
+
+    if weights == "int4" and weight.shape[1] % INT4_GROUP == 0:
+        return _Int4(weight)
+    return _Dense(weight, torch.bfloat16 if weights != "float32" else torch.float32)
+
+
+@dataclass
+class _Layer:
+    ln1: Any
+    qkv: Any
+    o: Any
+    ln2: Any
+    gate_up: Any
+    down: Any
+
+
+@dataclass
+class DecodeResult:
+    """New tokens per row (without the end-of-sequence token) and where the time went."""
+
+    tokens: list[list[int]]
+    prompt_tokens: int
+    first_token_s: float
+    total_s: float
+    steps: int = 0
+    per_row_done: list[int] = field(default_factory=list)
+
+
+class FastDecoder:
+    """Greedy or sampled decoding of a Llama-architecture ``model`` with its own KV cache."""
+
+    def __init__(self, model: Any, weights: Weights = "float32"):
+        import torch
+
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the fast decoder does not support {reason}")
+        if weights == "int4" and not int4_available():
+            raise ValueError("this torch build has no packed int4 CPU kernel")
+        cfg = model.config
+        self.weights = weights
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hidden = cfg.hidden_size
+        self.eps = cfg.rms_norm_eps
+        self.rotary = model.model.rotary_emb
+        self.max_positions = getattr(cfg, "max_position_embeddings", 8192)
+        self.embed = model.model.embed_tokens.weight.detach()
+        self.final_norm = model.model.norm.weight.detach()
+        # The LM head stays float32: its weights have no 4-bit grid to fall on (the embedded
+        # model's are 8-bit), and greedy decoding turns on the argmax over its 49k logits. With
+        # int4 weights a 4-bit copy of it only shortlists candidates (see _greedy).
+        self.lm_weight = model.lm_head.weight.detach().float().contiguous()
+        self.lm_head = _Dense(self.lm_weight, torch.float32)
+        self.lm_shortlist = _Int4(self.lm_weight) if weights == "int4" else None
+        self.layers = []
+        for block in model.model.layers:
+            att, mlp = block.self_attn, block.mlp
+            qkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach()
+            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+            self.layers.append(
+                _Layer(
+                    ln1=block.input_layernorm.weight.detach(),
+                    qkv=_linear(qkv, weights),
+                    o=_linear(att.o_proj.weight, weights),
+                    ln2=block.post_attention_layernorm.weight.detach(),
+                    gate_up=_linear(gate_up, weights),
+                    down=_linear(mlp.down_proj.weight, weights),
+                )
+            )
+        #: Largest absolute change of any projection weight (0 when the weights are exact).
+        self.weight_error = max(
+            max(layer.qkv.error, layer.o.error, layer.gate_up.error, layer.down.error)
+            for layer in self.layers
+        )
+        self._rope: tuple[Any, Any] | None = None
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one greedy decode step reads (projections and LM head; the shortlist's
+        exact rows are negligible)."""
+        def size(linear: Any) -> int:
+            if isinstance(linear, _Int4):
+                return linear.packed.numel() * linear.packed.element_size() + linear.scales.numel() * 2
+            return linear.weight.numel() * linear.weight.element_size()
+
+        head = self.lm_shortlist if self.lm_shortlist is not None else self.lm_head
+        return size(head) + sum(
+            size(layer.qkv) + size(layer.o) + size(layer.gate_up) + size(layer.down)
+            for layer in self.layers
+        )
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _rope_table(self, length: int) -> tuple[Any, Any]:
+        """cos/sin for positions ``0..length-1``, from the model's rotary module (so any rope
+        variant it implements comes out right)."""
+        import torch
+
+        if self._rope is None or self._rope[0].shape[0] < length:
+            size = min(max(length, 1024), max(length, self.max_positions))
+            pos = torch.arange(size)[None]
+            probe = self.embed[:1][None].float()
+            cos, sin = self.rotary(probe, pos)
+            self._rope = (cos[0].float(), sin[0].float())
+        return self._rope
+
+    def _forward(self, ids: Any, positions: Any, cache: list, start: int, mask: Any) -> Any:
+        """Run ``ids`` [B, T] at cache slots ``start..start+T``; last position's hidden state."""
+        import torch
+        import torch.nn.functional as F
+
+        b, t = ids.shape
+        h_, kv, hd = self.n_heads, self.n_kv, self.head_dim
+        cos_t, sin_t = self._rope
+        cos = cos_t[positions][:, None]  # [B, 1, T, hd]
+        sin = sin_t[positions][:, None]
+        half = hd // 2
+        x = F.embedding(ids, self.embed)
+        end = start + t
+        causal = mask is None and t > 1
+        for layer, (kc, vc) in zip(self.layers, cache):
+            y = F.rms_norm(x, (self.hidden,), layer.ln1, self.eps)
+            qkv = layer.qkv(y).view(b, t, h_ + 2 * kv, hd).transpose(1, 2)
+            qk, v = qkv[:, : h_ + kv], qkv[:, h_ + kv :]
+            rot = torch.cat((-qk[..., half:], qk[..., :half]), -1)
+            qk = qk * cos + rot * sin
+            kc[:, :, start:end] = qk[:, h_:]
+            vc[:, :, start:end] = v
+            a = F.scaled_dot_product_attention(
+                qk[:, :h_], kc[:, :, :end], vc[:, :, :end],
+                attn_mask=mask, is_causal=causal, enable_gqa=kv != h_,
+            )
+            x = x + layer.o(a.transpose(1, 2).reshape(b, t, h_ * hd))
+            y = F.rms_norm(x, (self.hidden,), layer.ln2, self.eps)
+            gate, up = layer.gate_up(y).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+        return F.rms_norm(x[:, -1], (self.hidden,), self.final_norm, self.eps)
+
+    def logits(self, hidden: Any) -> Any:
+        return self.lm_head(hidden)
+
+    def _greedy(self, hidden: Any, seen: Any, penalty: float, banned: Any = None) -> Any:
+        """The argmax of the float32 logits, computed for a shortlist only: the
+        :data:`SHORTLIST` best tokens by the 4-bit LM head (a quarter of its read time), plus
+        every token a repetition penalty lowers (``banned`` tokens are never picked). The 4-bit
+        logits are off by far less than the gap between the best token and the shortlist's last,
+        so the pick is the float32 one."""
+        import torch
+
+        approx = self.lm_shortlist(hidden)
+        if banned is not None:
+            approx = approx.masked_fill(banned, float("-inf"))
+        candidates = approx.topk(SHORTLIST, dim=-1).indices
+        if seen is not None:
+            candidates = torch.cat([candidates, seen], 1)
+        exact = torch.einsum("bd,bkd->bk", hidden, self.lm_weight[candidates])
+        if seen is not None:
+            picked = exact[:, SHORTLIST:]
+            exact[:, SHORTLIST:] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        if banned is not None:
+            exact = exact.masked_fill(banned.gather(1, candidates), float("-inf"))
+        return candidates.gather(1, exact.argmax(-1, keepdim=True)).flatten()
+
+    # -- decoding --------------------------------------------------------------------------
+    def generate(
+        self,
+        input_ids: Any,
+        attention_mask: Any,
+        *,
+        max_new_tokens: int,
+        eos_ids: Sequence[int],
+        pad_id: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        generator: Any = None,
+        on_row_done: Callable[[int], object] | None = None,
+    ) -> DecodeResult:
+        """Decode up to ``max_new_tokens`` after each left-padded row of ``input_ids``."""
+        import torch
+
+        t0 = time.perf_counter()
+        b, t = input_ids.shape
+        total = t + max_new_tokens
+        if total > self.max_positions:
+            raise ValueError(
+                f"prompt ({t} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's "
+                f"{self.max_positions} positions"
+            )
+        self._rope_table(total)
+        attn = attention_mask.bool()
+        padded = not bool(attn.all())
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = [
+            (torch.zeros(b, self.n_kv, total, self.head_dim), torch.zeros(b, self.n_kv, total, self.head_dim))
+            for _ in self.layers
+        ]
+        keys = torch.ones(b, total, dtype=torch.bool)
+        keys[:, :t] = attn
+        mask = None
+        if padded:  # causal, padding keys hidden; a pad query sees itself so no row is all -inf
+            causal = torch.ones(t, t, dtype=torch.bool).tril()
+            mask = (causal & attn[:, None, :]) | torch.eye(t, dtype=torch.bool)
+            mask = mask[:, None]
+        eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
+        seen = input_ids.clone() if repetition_penalty != 1.0 else None
+        ngrams = _NgramBan(no_repeat_ngram_size, input_ids.tolist()) if no_repeat_ngram_size else None
+        with torch.inference_mode():
+            hidden = self._forward(input_ids, positions, cache, 0, mask)
+            next_pos = positions[:, -1:] + 1
+            out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long)
+            done = torch.zeros(b, dtype=torch.bool)
+            lengths = [max_new_tokens] * b
+            first = 0.0
+            steps = 0
+            for step in range(max_new_tokens):
+                banned = ngrams.mask(self.lm_weight.shape[0]) if ngrams is not None else None
+                if temperature <= 0 and self.lm_shortlist is not None:
+                    token = self._greedy(hidden, seen, repetition_penalty, banned)
+                else:
+                    logits = self.logits(hidden)
+                    if seen is not None:
+                        logits = _penalize(logits, seen, repetition_penalty)
+                    if banned is not None:
+                        logits = logits.masked_fill(banned, float("-inf"))
+                    token = _pick(logits, temperature, top_p, top_k, generator)
+                token = torch.where(done, torch.full_like(token, pad_id), token)
+                out[:, step] = token
+                steps += 1
+                if step == 0:
+                    first = time.perf_counter() - t0
+                ended = torch.isin(token, eos) & ~done
+                if bool(ended.any()):
+                    for row in ended.nonzero().flatten().tolist():
+                        lengths[row] = step
+                    done |= ended
+                    if on_row_done is not None:
+                        on_row_done(int(ended.sum()))
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                if seen is not None:
+                    seen = torch.cat([seen, token[:, None]], 1)
+                if ngrams is not None:
+                    ngrams.append(token.tolist())
+                slot = t + step
+                step_mask = keys[:, None, None, : slot + 1] if padded else None
+                hidden = self._forward(token[:, None], next_pos, cache, slot, step_mask)
+                next_pos = next_pos + 1
+        if on_row_done is not None and not bool(done.all()):
+            on_row_done(int((~done).sum()))
+        tokens = [out[row, : lengths[row]].tolist() for row in range(b)]
+        return DecodeResult(
+            tokens=tokens,
+            prompt_tokens=int(attention_mask.sum()),
+            first_token_s=first,
+            total_s=time.perf_counter() - t0,
+            steps=steps,
+        )
+
+
+class _NgramBan:
+    """transformers' ``no_repeat_ngram_size``: a token that would complete an n-gram already in
+    the row (prompt, padding and answer so far) is banned."""
+
+    def __init__(self, n: int, rows: list[list[int]]):
+        self.n = n
+        self.rows = [list(r) for r in rows]
+        self.seen: list[dict[tuple, set]] = [{} for _ in rows]
+        for row, table in zip(self.rows, self.seen):
+            for j in range(len(row) - n + 1):
+                table.setdefault(tuple(row[j : j + n - 1]), set()).add(row[j + n - 1])
+
+    def append(self, tokens: list[int]) -> None:
+        for row, table, token in zip(self.rows, self.seen, tokens):
+            row.append(token)
+            if len(row) >= self.n:
+                table.setdefault(tuple(row[len(row) - self.n : -1]), set()).add(token)
+
+    def mask(self, vocab: int) -> Any:
+        import torch
+
+        mask = torch.zeros(len(self.rows), vocab, dtype=torch.bool)
+        for i, (row, table) in enumerate(zip(self.rows, self.seen)):
+            if len(row) + 1 >= self.n:
+                banned = table.get(tuple(row[len(row) - self.n + 1 :]))
+                if banned:
+                    mask[i, list(banned)] = True
+        return mask
+
+
+def _penalize(logits: Any, seen: Any, penalty: float) -> Any:
+    """transformers' repetition penalty: seen tokens' logits divided (positive) or multiplied
+    (negative) by ``penalty``."""
+    import torch
+
+    picked = logits.gather(1, seen)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(1, seen, picked)
+
+
+def _pick(logits: Any, temperature: float, top_p: float, top_k: int, generator: Any) -> Any:
+    """Greedy at temperature 0; else sampling as transformers does it: temperature, then the
+    ``top_k`` most likely tokens (0: all), then the smallest set holding ``top_p`` of the mass."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).flatten()

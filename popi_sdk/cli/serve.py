@@ -1,0 +1,56 @@
+"""``popi serve``: the OpenAI-compatible personalization proxy (``popi_sdk.serve``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+
+def serve(
+    generator: Optional[list[str]] = typer.Option(
+        None, "--generator", "-g",
+        help="[ALIAS=]TARGET a request's model may pick; repeat for several. TARGET: openai:MODEL, "
+             "openai:MODEL@URL (vLLM, transformers serve), anthropic:MODEL, a bare server URL "
+             "(models forwarded as requested), hf, or a checkpoint folder. Env POPI_GENERATOR."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --api-key."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port to listen on."),
+    store: Optional[str] = typer.Option(None, help="Summary store: SQLite path or postgresql:// URL (env POPI_STORE)."),
+    summarizer: Optional[str] = typer.Option(None, help="Summarizer for POST /v1/users/ID/signals (env POPI_SUMMARIZER; default hf)."),
+    api_key: Optional[list[str]] = typer.Option(
+        None, "--api-key",
+        help="A proxy key clients must send as Bearer (repeatable). Env POPI_SERVE_API_KEYS=K1,K2 "
+             "keeps keys out of the process list."),
+    timeout: float = typer.Option(600.0, help="Seconds per upstream attempt."),
+    max_retries: int = typer.Option(2, min=0, help="Upstream retries on connection errors, 429 and 5xx."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+    access_log: bool = typer.Option(True, help="Log one line per request (method, path, status)."),
+) -> None:
+    """Serve OpenAI's chat completions API, personalized with each user's summary.
+
+    Point an OpenAI client's base_url at http://HOST:PORT/v1 and send user="ID" (or the
+    X-Popi-User header): the user's current summary becomes the system message. The summary
+    lifecycle lives under /v1/users/ID (docs at /docs).
+    """
+    from popi_sdk.serve import create_app, parse_generators
+    from popi_sdk.serve import serve as run
+    from popi_sdk.serve.config import ServeConfig, resolve_keys
+
+    values = list(generator or []) or ([os.environ["POPI_GENERATOR"]]
+                                       if os.environ.get("POPI_GENERATOR") else [])
+    config = ServeConfig(generators=parse_generators(values), api_keys=resolve_keys(api_key),
+                         host=host, timeout=timeout, max_retries=max_retries)
+    from popi_sdk import Personalizer
+
+    personalizer = Personalizer(summarizer=summarizer, store=store)
+    app = create_app(personalizer, config)
+    names = ", ".join(u.spec.id for u in app.state.upstreams)
+    auth = f"{len(config.api_keys)} proxy key(s)" if config.api_keys else "no key (loopback only)"
+    typer.echo(f"popi serve: http://{host}:{port}/v1 ({names}; {auth}; store {type(personalizer.store).__name__})",
+               err=True)
+    run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", short_help="Serve an OpenAI-compatible API, personalized per user.")(serve)

@@ -1,0 +1,173 @@
+"""Errors as OpenAI-compatible clients expect them: ``{"error": {"message", "type", "param",
+"code"}}`` with the HTTP status the ``openai`` client turns into the matching exception.
+
+The SDK's own errors (:mod:`popi_sdk.errors`, which the backends already raise for 401, 429, 5xx,
+timeouts and refused connections) map to a status here. A failure of the *upstream* is never told
+to the client as its own fault: the upstream rejecting the proxy's key is a 502 (the client's key
+was fine), an upstream timeout a 504, a refused connection a 502. Every message passes through a
+:class:`Redactor`, so no upstream key leaves the server in a body or a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from popi_sdk.errors import (
+    AuthenticationError,
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+    InputError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    NotFoundError,
+    PopiError,
+    RateLimitError,
+    StoreError,
+)
+
+#: Environment variables whose values are upstream credentials.
+SECRET_ENVS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "VLLM_API_KEY",
+               "HF_TOKEN")
+# Key-shaped tokens, masked or not, as providers echo them ("Incorrect API key provided: sk-...").
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_*.\-]{3,}|sk_[A-Za-z0-9_*.\-]{3,}|hf_[A-Za-z0-9]{8,})")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
+
+
+class Redactor:
+    """Removes secrets from text: the exact values it was given, and anything key-shaped."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    @classmethod
+    def from_environment(cls, extra: Iterable[str] = ()) -> Redactor:
+        return cls([*(os.environ.get(k, "") for k in SECRET_ENVS), *extra])
+
+    def add(self, *secrets: str) -> None:
+        self.secrets = sorted({*self.secrets, *(s for s in secrets if s and len(s) >= 4)},
+                              key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "[redacted]")
+        text = _BEARER.sub(r"\1[redacted]", text)
+        return _KEYLIKE.sub("[redacted]", text)
+
+
+@dataclass
+class APIErrorBody:
+    """One error as status, body and extra headers."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+    retry_after: str | None = None
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def json_bytes(self) -> bytes:
+        return json.dumps(self.body()).encode()
+
+    def sse(self) -> bytes:
+        """The error as one server-sent event; the ``openai`` client raises it as ``APIError``."""
+        return b"data: " + self.json_bytes() + b"\n\n"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": self.retry_after} if self.retry_after else {}
+
+
+def _upstream_status(exc: BaseException) -> tuple[int | None, str | None]:
+    """The upstream's HTTP status and Retry-After, from the client exception a backend wrapped."""
+    cause = exc.__cause__
+    status = getattr(cause, "status_code", None)
+    response = getattr(cause, "response", None)
+    retry = None
+    if response is not None:
+        try:
+            retry = response.headers.get("retry-after")
+        except Exception:  # a response without headers: nothing to forward
+            retry = None
+    return status, retry
+
+
+def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
+    """The OpenAI-shaped error for ``exc``. Unexpected exceptions say only that the server failed:
+    their details stay in the server log."""
+    msg = redact(str(exc))
+    if isinstance(exc, ModelNotFoundError):
+        return APIErrorBody(404, msg, "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, AuthenticationError):
+        return APIErrorBody(
+            502, f"the generator's upstream rejected this server's credentials: {msg} (this is "
+            "the proxy operator's key, not yours; ask them to fix it)", "upstream_error",
+            "upstream_authentication")
+    if isinstance(exc, RateLimitError):
+        _, retry = _upstream_status(exc)
+        return APIErrorBody(429, msg, "rate_limit_error", "rate_limit_exceeded",
+                            retry_after=retry)
+    if isinstance(exc, BackendTimeoutError):
+        return APIErrorBody(504, msg, "upstream_error", "upstream_timeout")
+    if isinstance(exc, BackendConnectionError):
+        return APIErrorBody(502, msg, "upstream_error", "upstream_unreachable")
+    if isinstance(exc, BackendError):
+        status, _ = _upstream_status(exc)
+        if status is not None and 400 <= status < 500:  # the request itself was refused
+            return APIErrorBody(400 if status in (400, 422) else status, msg,
+                                "invalid_request_error", "upstream_rejected")
+        if isinstance(exc, InputError):  # e.g. an unknown backend name
+            return APIErrorBody(400, msg, "invalid_request_error", "invalid_value")
+        return APIErrorBody(502, msg, "upstream_error", "upstream_failed")
+    if isinstance(exc, NotFoundError):
+        return APIErrorBody(404, msg, "invalid_request_error", "not_found")
+    if isinstance(exc, InputError):
+        return APIErrorBody(400, msg, "invalid_request_error", "invalid_value")
+    if isinstance(exc, StoreError):
+        return APIErrorBody(503, msg, "server_error", "store_unavailable")
+    if isinstance(exc, MissingDependencyError):
+        return APIErrorBody(501, msg, "server_error", "not_installed")
+    if isinstance(exc, PopiError):
+        return APIErrorBody(500, msg, "server_error", None)
+    return APIErrorBody(500, "the server failed on this request; its log has the details",
+                        "server_error", None)
+
+
+#: Loggers whose records may carry an upstream's words (and so, in theory, a key it echoed).
+REDACTED_LOGGERS = ("popi_sdk.serve", "openai", "openai._base_client", "anthropic",
+                    "anthropic._base_client", "httpx2", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a log record's message (and traceback) through a :class:`Redactor`."""
+
+    def __init__(self, redact: Redactor):
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def install_log_redaction(redact: Redactor) -> RedactingFilter:
+    """Redact every record of :data:`REDACTED_LOGGERS` from now on (one filter per server)."""
+    found = RedactingFilter(redact)
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.filters = [f for f in logger.filters if not isinstance(f, RedactingFilter)]
+        logger.addFilter(found)
+    return found

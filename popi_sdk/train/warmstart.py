@@ -1,0 +1,164 @@
+"""Best-of-N warm start for stage 1: rejection-sampling fine-tuning on the GRPO reward.
+
+Before GRPO, sample ``stage1.warm_start_samples`` summaries per training user from the initial
+summarizer, score each with the same reward GRPO uses (the frozen generator's −loss on the
+user's examples), keep the best one per user, and take one supervised pass on them (cross-entropy
+on the summary tokens only). GRPO on a small model and a few dozen steps mostly re-weights what
+the model already samples; the warm start moves the whole distribution to the best of what it
+samples in one step, so the GRPO steps that follow start from summaries that already help.
+
+The pass is a short plain loop on the trainer's model (the LoRA policy, whose adapter is the only
+trainable part) with its own optimizer, before ``GRPOTrainer.train`` builds its own: a second
+TRL trainer on the same model object would patch its ``forward`` twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from popi_sdk.eval import metrics as M
+from popi_sdk.templates import Message
+from popi_sdk.train.validation import write_summaries
+
+log = logging.getLogger(__name__)
+
+
+def best_of_n(
+    model: Any,
+    tokenizer: Any,
+    reward: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    clean: Any,
+) -> list[dict[str, Any]]:
+    """For each GRPO row (``prompt`` messages, ``example_key``), the best of ``n`` sampled
+    summaries with its reward and the group's mean reward."""
+    messages = [row["prompt"] for row in rows for _ in range(n)]
+    texts = write_summaries(model, tokenizer, messages, max_tokens=max_tokens, clean=clean,
+                            temperature=temperature, top_p=top_p)
+    with reward.generator_context():
+        rewards = reward.score([reward.examples[row["example_key"]] for row in rows for _ in range(n)], texts)
+    picked = []
+    for i, row in enumerate(rows):
+        group = list(zip(rewards[i * n : (i + 1) * n], texts[i * n : (i + 1) * n]))
+        best_reward, best_text = max(group, key=lambda g: g[0])
+        picked.append({
+            "example_key": row["example_key"], "prompt": row["prompt"], "summary": best_text,
+            "reward": best_reward, "group_mean": M.mean([g[0] for g in group]),
+        })
+    return picked
+
+
+def _encode(tokenizer: Any, messages: list[Message], summary: str) -> tuple[list[int], list[int]]:
+    """Prompt ids and summary ids (with the chat template's end-of-turn), tokenized apart so the
+    boundary is exact."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": summary}], tokenize=False
+    )
+    completion = full[len(prompt):] if full.startswith(prompt) else summary + (tokenizer.eos_token or "")
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return ids(prompt), ids(completion.rstrip("\n"))
+
+
+def supervised_pass(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[tuple[list[Message], str]],
+    *,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+) -> list[float]:
+    """Cross-entropy on the summary tokens of ``(messages, summary)`` pairs; returns the loss of
+    each optimizer step."""
+    import torch
+
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    encoded = [_encode(tokenizer, m, s) for m, s in examples]
+    pad = tokenizer.pad_token_id
+    losses: list[float] = []
+    was_training = model.training
+    model.train()
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(encoded)).tolist()
+            for start in range(0, len(order), batch_size):
+                batch = [encoded[i] for i in order[start : start + batch_size]]
+                width = max(len(p) + len(c) for p, c in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                labels = torch.full((len(batch), width), -100, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, (p, c) in enumerate(batch):
+                    seq = p + c
+                    ids[row, : len(seq)] = torch.tensor(seq)
+                    labels[row, len(p) : len(seq)] = torch.tensor(c)
+                    mask[row, : len(seq)] = 1
+                device = next(model.parameters()).device
+                loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             labels=labels.to(device)).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+    finally:
+        model.train(was_training)
+    return losses
+
+
+def warm_start(
+    model: Any,
+    tokenizer: Any,
+    reward: Any,
+    rows: Sequence[dict[str, Any]],
+    opts: Any,
+    *,
+    spec: Any,
+    run: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
+    samples), then one supervised pass; writes ``RUN/warm_start.jsonl`` (the picked summaries)
+    and returns a record for ``RUN/metrics.jsonl``."""
+    started = time.perf_counter()
+    log.info("warm start: sampling %d summaries for each of %d training users",
+             opts.warm_start_samples, len(rows))
+    picked = best_of_n(
+        model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
+        temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean,
+    )
+    sampled_at = time.perf_counter()
+    losses = supervised_pass(
+        model, tokenizer, [(p["prompt"], p["summary"]) for p in picked],
+        learning_rate=opts.warm_start_learning_rate or opts.learning_rate,
+        batch_size=opts.warm_start_batch_size, epochs=opts.warm_start_epochs, seed=seed,
+    )
+    with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
+        for p in picked:
+            fh.write(json.dumps({k: p[k] for k in ("example_key", "summary", "reward", "group_mean")}) + "\n")
+    record = {
+        "stage": "stage1", "kind": "warm_start", "step": 0,
+        "warm_start_best_reward": M.mean([p["reward"] for p in picked]),
+        "warm_start_mean_reward": M.mean([p["group_mean"] for p in picked]),
+        "warm_start_losses": losses,
+        "warm_start_users": len(picked),
+        "warm_start_samples": opts.warm_start_samples,
+        "warm_start_sampling_seconds": round(sampled_at - started, 1),
+        "warm_start_seconds": round(time.perf_counter() - started, 1),
+    }
+    log.info("warm start: best-of-%d reward %.3f (group mean %.3f); SFT loss %.3f -> %.3f in %.0f s",
+             opts.warm_start_samples, record["warm_start_best_reward"],
+             record["warm_start_mean_reward"], losses[0], losses[-1], record["warm_start_seconds"])
+    return record
