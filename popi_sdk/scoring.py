@@ -22,6 +22,8 @@ Three things make it cheap:
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,59 @@ class _Item:
 
     tokens: list[int]
     n_response: int
+
+
+@dataclass
+class _PrefixCache:
+    """The KV cache of a batch of prefixes that ran once, and what continuing them needs:
+    ``mask`` is their left-padding mask ``[P, width]``, ``lengths`` their unpadded lengths, and
+    ``argument`` the keyword the model's forward takes a cache by (:func:`cache_argument`)."""
+
+    kv: Any
+    mask: Any
+    lengths: list[int]
+    argument: str
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    def rows(self, rows: Sequence[int], device: Any) -> Any:
+        """A copy of the cache holding ``rows`` (with repeats), for one batch of continuations:
+        the forward pass appends to the cache it is given, so the original stays untouched."""
+        import torch
+
+        kv = copy.deepcopy(self.kv)
+        kv.batch_select_indices(torch.tensor(list(rows), device=device))
+        return kv
+
+
+def cache_argument(model: Any) -> str:
+    """The keyword ``model``'s forward takes its KV cache by, and the attribute its output returns
+    it in: ``cache`` from the transformers release that renamed it (``past_key_values`` is
+    deprecated there and goes in 5.40), ``past_key_values`` before. Read from the signature of the
+    model class's ``forward`` (a PEFT wrapper's base model), so both ends of ``transformers>=5.0``
+    work without a version table."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_argument_of(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _summed_logprobs(logits: Any, targets: Any) -> Any:
+    """``sum_j log softmax(logits[b, j])[targets[b, j]]`` over the positions whose target is not
+    -1. The log-normalizer is computed one row at a time, so the only vocabulary-wide tensor is
+    ``logits`` itself (a full float32 ``log_softmax`` of a score batch doubled the reward's peak
+    memory)."""
+    import torch
+
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1).float()
+    log_z = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
+    # where(), not a product: logits at padded positions may be NaN (fully masked rows)
+    return torch.where(targets >= 0, picked - log_z, torch.zeros_like(picked)).sum(-1)
 
 
 def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
@@ -82,11 +137,6 @@ class SequenceScorer:
         self.forward_calls = 0
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    @classmethod
-    def from_backend(cls, backend: Any, **kwargs: Any) -> "SequenceScorer":
-        """A scorer over a loaded :class:`~popi_sdk.backends.hf.HFBackend`'s model."""
-        return cls(backend.model, backend.tokenizer, **kwargs)
-
     # -- tokenization ----------------------------------------------------------------------
     def prompt_text(self, context: Sequence[Message]) -> str:
         return self.tokenizer.apply_chat_template(
@@ -124,9 +174,8 @@ class SequenceScorer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 
-    def _prefix_cache(self, prefixes: Sequence[list[int]]) -> tuple[Any, Any, list[int]]:
-        """Run non-empty ``prefixes`` once, as one left-padded batch; return (KV cache, padding
-        mask ``[P, width]``, lengths)."""
+    def _prefix_cache(self, prefixes: Sequence[list[int]]) -> _PrefixCache:
+        """Run non-empty ``prefixes`` once, as one left-padded batch."""
         import torch
 
         width = max(len(p) for p in prefixes)
@@ -139,6 +188,7 @@ class SequenceScorer:
             mask[row, width - n :] = 1
             pos[row, width - n :] = torch.arange(n)
         device = self.model.device
+        name = cache_argument(self.model)
         with self._autocast():
             out = self.model(
                 input_ids=ids.to(device),
@@ -149,7 +199,7 @@ class SequenceScorer:
             )
         self.forward_tokens += ids.numel()
         self.forward_calls += 1
-        return out.past_key_values, mask, [len(p) for p in prefixes]
+        return _PrefixCache(getattr(out, name), mask, [len(p) for p in prefixes], name)
 
     def _score_items(
         self,
@@ -169,31 +219,33 @@ class SequenceScorer:
             if item.n_response < 1 or len(item.tokens) <= item.n_response:
                 raise InputError("each scored sequence needs a non-empty response after a context")
         owners = list(owners) if owners is not None else [0] * len(items)
-        out = [0.0] * len(items)
         if not prefixes or not any(prefixes):
-            self._score_batches(None, items, list(range(len(items))), [0] * len(items), out)
-            return out
+            scores = self._score_batches(None, items, {i: 0 for i in range(len(items))})
+            return [scores[i] for i in range(len(items))]
         if not all(prefixes):
             raise InputError("either every prefix or none may be empty")
+        scores: dict[int, float] = {}
         # Prefixes in chunks, so the cache held at once stays bounded.
         for start in range(0, len(prefixes), self.batch_size):
-            chunk = list(range(start, min(start + self.batch_size, len(prefixes))))
-            members = [i for i in range(len(items)) if start <= owners[i] < start + len(chunk)]
+            stop = min(start + self.batch_size, len(prefixes))
+            members = {i: owners[i] - start for i in range(len(items)) if start <= owners[i] < stop}
             if not members:
                 continue
-            cache = self._prefix_cache([prefixes[p] for p in chunk])
-            self._score_batches(cache, items, members, [owners[i] - start for i in members], out)
-        return out
+            cache = self._prefix_cache(prefixes[start:stop])
+            scores.update(self._score_batches(cache, items, members))
+            del cache  # the next chunk's cache replaces it, not joins it
+        return [scores[i] for i in range(len(items))]
 
     def _score_batches(
-        self, cache: Any, items: Sequence[_Item], members: list[int], rows_of: list[int], out: list[float]
-    ) -> None:
+        self, cache: _PrefixCache | None, items: Sequence[_Item], members: dict[int, int]
+    ) -> dict[int, float]:
+        """Summed response log-probs of ``items[i]`` for each ``i`` in ``members``, which maps it
+        to the row of ``cache`` (its prefix) it follows (ignored without a cache)."""
         import torch
 
-        kv, pmask, plens = cache if cache is not None else (None, None, None)
-        p = pmask.shape[1] if pmask is not None else 0
+        p = cache.width if cache is not None else 0
         device = self.model.device
-        owner_of = dict(zip(members, rows_of))
+        scores: dict[int, float] = {}
         # Similar lengths together, so batches pad little.
         order = sorted(members, key=lambda i: len(items[i].tokens))
         for start in range(0, len(order), self.batch_size):
@@ -207,37 +259,33 @@ class SequenceScorer:
             targets = torch.full((len(batch), keep - 1), -1, dtype=torch.long)
             for row, (i, it) in enumerate(zip(idx, batch)):
                 n = len(it.tokens)
-                start_pos = plens[owner_of[i]] if plens is not None else 0
+                start_pos = cache.lengths[members[i]] if cache is not None else 0
                 ids[row, width - n :] = torch.tensor(it.tokens)
-                if pmask is not None:
-                    mask[row, :p] = pmask[owner_of[i]]
+                if cache is not None:
+                    mask[row, :p] = cache.mask[members[i]]
                 mask[row, p + width - n :] = 1
                 pos[row, width - n :] = torch.arange(start_pos, start_pos + n)
                 targets[row, keep - 1 - it.n_response :] = torch.tensor(it.tokens[n - it.n_response :])
             kwargs: dict[str, Any] = {}
-            if kv is not None:
-                batch_kv = copy.deepcopy(kv)
-                batch_kv.batch_select_indices(torch.tensor([owner_of[i] for i in idx], device=device))
-                kwargs["past_key_values"] = batch_kv
+            if cache is not None:
+                kwargs[cache.argument] = cache.rows([members[i] for i in idx], device)
             with torch.inference_mode(), self._autocast():
                 logits = self.model(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),
                     position_ids=pos.to(device),
-                    use_cache=kv is not None,
+                    use_cache=cache is not None,
                     logits_to_keep=keep,
                     **kwargs,
                 ).logits
+            del kwargs  # this batch's copy of the cache
             self.forward_tokens += len(batch) * width
             self.forward_calls += 1
             # logits[:, j] predicts the token at position width - keep + j + 1
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            targets = targets.to(device)
-            picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            # where(), not a product: logits at padded positions may be NaN (fully masked rows)
-            sums = torch.where(targets >= 0, picked, torch.zeros_like(picked)).sum(-1)
-            for row, i in enumerate(idx):
-                out[i] = float(sums[row])
+            sums = _summed_logprobs(logits[:, :-1], targets.to(device))
+            del logits
+            scores.update(zip(idx, sums.tolist()))
+        return scores
 
     # -- the API ---------------------------------------------------------------------------
     def logprobs(self, contexts: Sequence[list[Message]], responses: Sequence[str]) -> Any:
@@ -354,24 +402,6 @@ class ReferenceCache:
             [y for pair in pairs for y in (pair.chosen, pair.rejected)],
         )
         return values[0::2], values[1::2]
-
-
-def policy_pairs(
-    scorer: SequenceScorer, pairs: Sequence[PreferencePair], summary: str
-) -> tuple[Any, Any]:
-    """(chosen, rejected) policy log-prob tensors of ``pairs`` under one summary: the summary's
-    system prefix runs once, every example's chosen and rejected reuse it."""
-    import torch
-
-    if not pairs:
-        empty = torch.zeros(0)
-        return empty, empty
-    groups = scorer.logprobs_grouped(
-        [summary_messages(pair.prompt, summary) for pair in pairs],
-        [[pair.chosen, pair.rejected] for pair in pairs],
-    )
-    stacked = torch.stack(groups)
-    return stacked[:, 0], stacked[:, 1]
 
 
 def summary_rewards(

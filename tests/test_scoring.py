@@ -60,7 +60,9 @@ def _slow_logprob(model, tokenizer, context, response) -> float:
     while tokenizer.decode(f_ids[-1:]).strip() == "":  # the newline after the end-of-turn token
         f_ids = f_ids[:-1]
     with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([f_ids])).logits[0].float(), dim=-1)
+        # float64: a float32 log-softmax over the 49,152-token vocabulary is itself off by up to
+        # ~2e-4 per sequence, more than the tolerance the fast path is held to.
+        logp = torch.log_softmax(model(torch.tensor([f_ids])).logits[0].double(), dim=-1)
     return sum(float(logp[i - 1, f_ids[i]]) for i in range(len(p_ids), len(f_ids)))
 
 

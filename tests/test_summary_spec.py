@@ -120,6 +120,7 @@ def trained(tiny_dir, users, tmp_path_factory):
         overrides={
             "model": str(tiny_dir), "precision": "fp32", "lora.enabled": False, "save_steps": 1,
             "stage1.max_steps": 2, "stage1.batch_size": 2, "stage1.num_generations": 2,
+            "stage1.gradient_accumulation_steps": 1,
             "stage1.kl_weight": 0, **{f"summary.{k}": v for k, v in TRAINED.items()},
         },
         data=data, out=root / "run",

@@ -74,7 +74,7 @@ def test_sigkill_during_a_checkpoint_save_resumes_from_the_newest_complete_one(
             "model": str(tiny_dir), "precision": "fp32", "save_steps": 1, "save_total_limit": 3,
             "lora.enabled": False, "stage1.max_steps": 3, "stage1.batch_size": 2,
             "stage1.num_generations": 2, "summary.max_tokens": 4,
-            "stage1.warmup_steps": 0, "stage1.lr_scheduler": "constant",
+            "stage1.gradient_accumulation_steps": 1, "stage1.warmup_steps": 0, "stage1.lr_scheduler": "constant",
         },
     }
     script, marker, log = tmp_path / "child.py", tmp_path / "saving", tmp_path / "child.log"

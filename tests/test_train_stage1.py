@@ -44,6 +44,7 @@ def _cfg(tiny_dir, data_dir, out, **overrides):
         "stage1.max_steps": 2, "stage2.max_steps": 2, "lora.enabled": False,
         "stage1.kl_weight": None,  # 0.002·β: TRL's reference model is reloaded from the folder
         "stage1.batch_size": 2, "stage1.num_generations": 2, "summary.max_tokens": 6,
+        "stage1.gradient_accumulation_steps": 1,
         "stage1.learning_rate": 1e-2, "stage1.warmup_steps": 0, "stage1.lr_scheduler": "constant",
     }
     base.update(overrides)
@@ -350,3 +351,82 @@ def test_validation_scores_with_the_training_reward(tiny_dir):
             m, b = margin(summary_messages(pair.prompt, text), pair), margin(prompt_only_messages(pair.prompt), pair)
             outcomes.append(1.0 if m > b + 1e-6 else 0.0 if m < b - 1e-6 else 0.5)
     assert record["val_accuracy"] == pytest.approx(sum(outcomes) / len(outcomes))
+
+# -- the shared-prompt trainer ------------------------------------------------------------------
+def _grouped_batch(trainer, group: int):
+    """Two users' prompts, each repeated ``group`` times as TRL's sampler repeats them, left-padded,
+    followed by right-padded completions of different lengths (one of them empty)."""
+    import torch
+
+    prompts = [trainer.train_dataset[i]["prompt"] for i in (0, 1) for _ in range(group)]
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    completions = [list(range(100 + i, 100 + i + n)) for i, n in enumerate([5, 3, 1, 5, 2, 4][: len(prompts)])]
+    width, k = max(map(len, prompt_ids)), max(map(len, completions))
+    pad = trainer._tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p + c + [pad] * (k - len(c))
+                        for p, c in zip(prompt_ids, completions)])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (k - len(c))
+                         for p, c in zip(prompt_ids, completions)])
+    return prompt_ids, ids, mask, k
+
+
+def test_shared_prompt_trainer_gives_the_stock_log_probs_gradients_and_samples(
+        tiny_dir, data_dir, tmp_path):
+    """PopiGRPOTrainer runs each prompt once per group; the per-token log-probs, entropies and
+    their gradients equal TRL's stock computation over the full sequences, and greedy sampling
+    from the shared prefill gives the stock completions."""
+    import torch
+    from trl import GRPOTrainer
+
+    from popi_sdk.train.stage1 import build_trainer
+
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{
+        "lora.enabled": True, "lora.r": 4, "stage1.kl_weight": 0, "stage1.num_generations": 3})
+    trainer = build_trainer(cfg).trainer
+    assert type(trainer).__name__ == "PopiGRPOTrainer"
+    prompt_ids, ids, mask, k = _grouped_batch(trainer, group=3)
+
+    calls = []
+    inner = trainer.model.forward
+    trainer.model.forward = lambda *a, **kw: calls.append(kw["input_ids"].shape) or inner(*a, **kw)
+    results = []
+    for method in (type(trainer)._get_per_token_logps_and_entropies,
+                   GRPOTrainer._get_per_token_logps_and_entropies):
+        trainer.model.zero_grad()
+        logps, entropy, _ = method(trainer, trainer.model, ids, mask, k, compute_entropy=True)
+        (logps * mask[:, -k:]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results.append((logps.detach(), entropy.detach(), grads))
+    trainer.model.forward = inner
+    # shared: the two distinct prompts once, then the 6 continuations; stock: 6 full sequences
+    assert calls[0] == (2, ids.size(1) - k - 1) and calls[1] == (6, k + 1) and calls[2] == ids.shape
+    (fast, fast_ent, fast_grads), (stock, stock_ent, stock_grads) = results
+    assert fast.shape == stock.shape == (6, k)
+    torch.testing.assert_close(fast, stock, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast_ent, stock_ent, atol=1e-4, rtol=1e-4)
+    assert fast_grads.keys() == stock_grads.keys() and fast_grads
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, stock_grads[name], atol=1e-5, rtol=1e-3)
+
+    trainer.generation_config.do_sample = False
+    fast_ids, _ = trainer._generate_single_turn(prompt_ids, None, {}, 3)
+    stock_ids, _ = GRPOTrainer._generate_single_turn(trainer, prompt_ids, None, {}, 3)
+    assert fast_ids == stock_ids and all(fast_ids)
+
+
+def test_shared_prompt_steps_keep_each_group_in_one_micro_batch(tiny_dir, data_dir, tmp_path):
+    """With gradient accumulation, every micro-batch is one user's group (the stock trainer
+    shuffles the rows across micro-batches), so its prompt runs once."""
+    from popi_sdk.train.stage1 import build_trainer
+
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{
+        "stage1.kl_weight": 0, "stage1.num_generations": 2, "stage1.batch_size": 2,
+        "stage1.gradient_accumulation_steps": 2, "stage1.max_steps": 1})
+    trainer = build_trainer(cfg).trainer
+    seen = []
+    inner = trainer._compute_loss
+    trainer._compute_loss = lambda model, inputs: seen.append(inputs["prompt_ids"]) or inner(model, inputs)
+    trainer.train()
+    assert len(seen) == 2
+    for prompt_ids in seen:
+        assert len(prompt_ids) == 2 and bool((prompt_ids[0] == prompt_ids[1]).all())

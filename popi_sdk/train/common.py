@@ -126,6 +126,9 @@ def lora_config(cfg: TrainConfig) -> Any:
 
 def trainer_args(cfg: TrainConfig, stage: str, opts: Any) -> dict[str, Any]:
     """transformers.TrainingArguments fields both stages set the same way."""
+    import torch
+
+    bf16 = use_bf16(cfg)
     return dict(
         output_dir=str(cfg.run_dir() / "checkpoints" / stage),
         learning_rate=opts.learning_rate,
@@ -138,8 +141,10 @@ def trainer_args(cfg: TrainConfig, stage: str, opts: Any) -> dict[str, Any]:
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        # bf16 is TRL's default even on CPU, where it only slows things down.
-        bf16=use_bf16(cfg),
+        # bf16 is TRL's default even on CPU, where it only slows things down (docs/benchmarks.md).
+        bf16=bf16,
+        # transformers refuses bf16 without a GPU unless told the run is on the CPU on purpose.
+        use_cpu=bf16 and not torch.cuda.is_available(),
         seed=cfg.seed,
         report_to=[],
         disable_tqdm=False,

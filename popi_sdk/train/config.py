@@ -114,6 +114,21 @@ class Stage1Options(_Section):
     score_batch_size: int = Field(
         default=8, ge=1, description="Sequences per forward pass when scoring summaries."
     )
+    score_bf16: bool | None = Field(
+        default=None,
+        description="Score summaries (the reward) under bf16 autocast. None: as the training "
+        "precision. false keeps the reward exactly popi_sdk.scoring.summary_rewards' float32 "
+        "value while the loss trains under bf16 (bf16 scoring moves rewards by up to ~2e-2 at "
+        "beta=0.1, as much as a group's summaries differ).",
+    )
+    share_prompts: bool = Field(
+        default=True,
+        description="Run each user's prompt once per group of sampled summaries (in sampling and "
+        "in the loss) and compute log-probs at the completion positions only "
+        "(popi_sdk.train.grpo.PopiGRPOTrainer; same numbers, several times less time and memory "
+        "on CPU). false: TRL's stock GRPOTrainer. Several processes or vLLM always use the stock "
+        "path.",
+    )
     use_vllm: bool = Field(default=False, description="Roll out summaries with vLLM (GPU only).")
     vllm_mode: Literal["colocate", "server"] = Field(
         default="colocate", description="vLLM in the training process, or a `trl vllm-serve` server."

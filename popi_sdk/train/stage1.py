@@ -29,7 +29,7 @@ import functools
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from popi_sdk.backends.base import Message
 from popi_sdk.backends.hf import resolve_model
@@ -192,13 +192,57 @@ def main(cfg: TrainConfig) -> str:
     if common.stage_done(cfg, "stage1"):
         log.info("stage 1 already finished in %s; skipping", run / "stage1")
         return str(run / "stage1")
+    parts = build_trainer(cfg)
+    trainer, tokenizer = parts.trainer, parts.trainer.processing_class
+    resume = common.last_checkpoint(cfg, "stage1")
+    main_process = trainer.accelerator.is_main_process
+    metrics = run / "metrics.jsonl"
+    if parts.validator is not None and resume is None:
+        validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0, phase="initial",
+                         main_process=main_process)
+    if cfg.stage1.warm_start_samples and resume is None:
+        from popi_sdk.train.warmstart import warm_start
 
+        record = warm_start(
+            trainer.model, tokenizer, parts.reward, parts.rows, cfg.stage1, spec=cfg.summary,
+            run=run, seed=cfg.seed,
+        )
+        if main_process:
+            with metrics.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if parts.validator is not None:
+            validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0,
+                             phase="warm_start", main_process=main_process)
+    trainer.train(resume_from_checkpoint=resume)
+    dest = common.save_final(trainer, tokenizer, cfg, "stage1")
+    if main_process:
+        from popi_sdk.train.plot import plot_run
+
+        plot_run(run)
+    return str(dest)
+
+
+class Stage1Parts(NamedTuple):
+    """What :func:`build_trainer` assembles: the trainer, its reward, the GRPO rows (the warm
+    start samples for them too) and the validator of the held-out users (None without any)."""
+
+    trainer: Any
+    reward: SummaryReward
+    rows: list[dict[str, Any]]
+    validator: Validator | None
+
+
+def build_trainer(cfg: TrainConfig) -> Stage1Parts:
+    """The GRPO trainer of stage 1, with its reference log-probs computed, its reward, rows and
+    validator (``benchmarks/train_cpu.py`` times the parts of a step through them)."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
     from popi_sdk.data import read_users
     from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.train.grpo import popi_grpo_trainer_class
 
+    run = cfg.run_dir()
     users, val_users = split_validation(
         read_users(cfg.train_file()), cfg.stage1.validation_users, seed=cfg.seed
     )
@@ -208,32 +252,35 @@ def main(cfg: TrainConfig) -> str:
     tokenizer = common.load_tokenizer(policy_path)
 
     shared_base = cfg.lora.enabled and cfg.generator is None
+    score_bf16 = args.bf16 if cfg.stage1.score_bf16 is None else cfg.stage1.score_bf16
     if shared_base:
         generator, gen_tokenizer = policy, tokenizer
     else:
-        generator = common.load_frozen(cfg.generator_model, bf16=args.bf16)
+        generator = common.load_frozen(cfg.generator_model, bf16=score_bf16)
         gen_tokenizer = common.load_tokenizer(resolve_model(cfg.generator_model))
     scorer = SequenceScorer(generator, gen_tokenizer, batch_size=cfg.stage1.score_batch_size,
-                            bf16=args.bf16)
+                            bf16=score_bf16)
     reward = SummaryReward(
         scorer, ReferenceCache(scorer, cfg.generator_model), examples,
         beta=cfg.beta, loss_type=cfg.loss_type, spec=cfg.summary,
     )
     callbacks = [common.metrics_callback(cfg, "stage1")]
     spec = cfg.summary
-    # Validation writes summaries as the SDK will with the trained checkpoint: the spec's own
-    # sampling for use (greedy by default), its token cap and its cleaning.
-    summarize = functools.partial(
-        write_summaries, max_tokens=spec.max_tokens, clean=spec.clean, temperature=spec.temperature,
-        batch_size=cfg.stage1.score_batch_size,
-    )
+    validator = None
     if val_users:
+        # Validation writes summaries as the SDK will with the trained checkpoint: the spec's
+        # own sampling for use (greedy by default), its token cap and its cleaning.
+        summarize = functools.partial(
+            write_summaries, max_tokens=spec.max_tokens, clean=spec.clean,
+            temperature=spec.temperature, batch_size=cfg.stage1.score_batch_size,
+        )
         validator = Validator(
             val_users, [spec.messages(u.signals) for u in val_users], reward, summarize,
             run / "validation",
         )
         callbacks.append(validation_callback(validator, cfg.stage1.eval_every, run / "metrics.jsonl", tokenizer))
-    trainer = GRPOTrainer(
+    trainer_class = popi_grpo_trainer_class() if cfg.stage1.share_prompts else GRPOTrainer
+    trainer = trainer_class(
         model=policy,
         reward_funcs=[reward],
         args=args,
@@ -248,28 +295,4 @@ def main(cfg: TrainConfig) -> str:
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.
     n = reward.precompute_reference()
     log.info("reference log-probs of %d examples computed once", n)
-    resume = common.last_checkpoint(cfg, "stage1")
-    main_process = trainer.accelerator.is_main_process
-    metrics = run / "metrics.jsonl"
-    if val_users and resume is None:
-        validate_and_log(validator, trainer.model, tokenizer, metrics, step=0, phase="initial",
-                         main_process=main_process)
-    if cfg.stage1.warm_start_samples and resume is None:
-        from popi_sdk.train.warmstart import warm_start
-
-        record = warm_start(
-            trainer.model, tokenizer, reward, rows, cfg.stage1, spec=spec, run=run, seed=cfg.seed,
-        )
-        if main_process:
-            with metrics.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if val_users:
-            validate_and_log(validator, trainer.model, tokenizer, metrics, step=0,
-                             phase="warm_start", main_process=main_process)
-    trainer.train(resume_from_checkpoint=resume)
-    dest = common.save_final(trainer, tokenizer, cfg, "stage1")
-    if trainer.accelerator.is_main_process:
-        from popi_sdk.train.plot import plot_run
-
-        plot_run(run)
-    return str(dest)
+    return Stage1Parts(trainer, reward, rows, validator)

@@ -8,9 +8,11 @@ so no reference model is kept during training.
 
 Stock ``DPOTrainer`` (TRL 1.16) reads ``ref_chosen_logps`` / ``ref_rejected_logps`` only when
 ``precompute_ref_log_probs=True``, and then computes them itself (on prompt + summary, the wrong
-context) and fails concatenating its own columns onto ours. :class:`PopiDPOTrainer` changes two
-hooks and nothing else: supplied reference columns are kept, and rows already tokenized (by
-:class:`~popi_sdk.scoring.SequenceScorer`, the tokenization evaluation uses) are not re-tokenized.
+context) and fails concatenating its own columns onto ours. :class:`PopiDPOTrainer` changes three
+hooks and nothing else: supplied reference columns are kept, rows already tokenized (by
+:class:`~popi_sdk.scoring.SequenceScorer`, the tokenization evaluation uses) are not re-tokenized,
+and the loss projects only the response positions through the LM head
+(:func:`popi_sdk.train.grpo.compact_lm_head`).
 
 Local::
 
@@ -67,6 +69,14 @@ def popi_dpo_trainer_class() -> type:
             if all(c in dataset.column_names for c in REFERENCE):
                 return dataset
             return super()._precompute_ref_logps(dataset, name, batch_size)
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            # The LM head over the response positions only (on CPU TRL projects the prompt too,
+            # which held most of this stage's peak memory; see popi_sdk.train.grpo).
+            from popi_sdk.train.grpo import compact_lm_head
+
+            with compact_lm_head():
+                return super()._compute_loss(model, inputs, return_outputs)
 
     return PopiDPOTrainer
 
