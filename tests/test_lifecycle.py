@@ -110,7 +110,7 @@ def test_score_is_the_evaluation_reward_accuracy_on_the_labeled_pairs(p, smollm2
     result = p.score("kid")
     assert isinstance(result, SummaryScore) and result.n_examples == 2 and result.scorer == "hf"
     # The same numbers straight from the scoring function, one sequence at a time.
-    seq = SequenceScorer.from_backend(smollm2, batch_size=1)
+    seq = SequenceScorer(smollm2.model, smollm2.tokenizer, batch_size=1)
     with_s, without = [], []
     for pair in row.examples:
         c, r = seq.logprobs([summary_messages(pair.prompt, summary.text)] * 2, [pair.chosen, pair.rejected]).tolist()
