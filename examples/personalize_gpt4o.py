@@ -7,11 +7,13 @@
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from popi_sdk import Personalizer
 from popi_sdk.backends import get_backend
 from popi_sdk.data import read_users
+from popi_sdk.errors import PopiError
 
 PROMPTS = ["How does the internet work?", "What should I do this weekend?", "Why do cats purr?"]
 
@@ -37,4 +39,7 @@ def main(argv=None, backend=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PopiError as e:  # a missing key, an unreachable server: one line saying what to do
+        sys.exit(f"error: {e}")

@@ -5,23 +5,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from popi_sdk.backends import Backend, GenerateOptions, get_backend
+from popi_sdk.backends import Backend, GenerateOptions, check_backend_name, get_backend
 from popi_sdk.backends.base import Message
 from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError, describe_validation_error
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, resolve
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore, UserRow, UserSignals
 from popi_sdk.store import DEFAULT_MAX_STORED_SIGNALS, SummaryStore, open_store
-from popi_sdk.summary_spec import SummarySpec, length_overrides
-from popi_sdk.templates import prompt_only_messages, summary_messages
+from popi_sdk.summary_spec import SummarySpec, check_field, length_overrides
+from popi_sdk.templates import cut_to_last_sentence, prompt_only_messages, summary_messages
 
 SignalsLike = UserSignals | UserRow | dict
+
+#: Decoding settings that keep the embedded 135M model from looping without derailing it
+#: (a repetition penalty of 1.2 already sends it off topic): ``Personalizer(**SMALL_MODEL)``,
+#: ``generate(..., **SMALL_MODEL)``.
+SMALL_MODEL: dict[str, Any] = {"repetition_penalty": 1.05, "no_repeat_ngram_size": 6}
 
 
 def server_concurrency(backend: Backend, requested: int | None = None) -> int | None:
@@ -57,10 +62,9 @@ def answer_all(
     if workers is None:
         step = batch_size or len(conversations)
         for start in range(0, len(conversations), step):
-            texts = backend.generate_batch(conversations[start : start + step], options)
+            texts = backend.generate_batch_reporting(conversations[start : start + step], options, advance)
             for i, text in enumerate(texts, start=start):
                 on_answer(i, text)
-            advance(len(texts))
         return
     with ThreadPoolExecutor(max_workers=min(workers, len(conversations))) as pool:
         futures = {pool.submit(backend.generate, c, options): i for i, c in enumerate(conversations)}
@@ -93,6 +97,13 @@ async def _gather_bounded(jobs: Sequence[Callable[[], Any]], limit: int, advance
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _finish(text: str, model: Backend, options: GenerateOptions, whole_sentences: bool) -> str:
+    """With ``whole_sentences``, an answer stopped by the length cap loses its last fragment."""
+    if whole_sentences and model.count_tokens(text) >= options.max_new_tokens - 2:
+        return cut_to_last_sentence(text)
+    return text
 
 
 class Generation(BaseModel):
@@ -154,12 +165,20 @@ class Personalizer:
         summary_tokens: override of the spec's ``max_tokens``, the most tokens a summary may have
             (default 96, or the trained summarizer's).
         summary_words: override of the spec's ``max_words``, the length the summarizer is asked
-            for (default 60 words, or the trained summarizer's).
+            for (default 60 words, or the trained summarizer's). A summary that reaches the
+            token cap is cut back to its last complete sentence.
+        repetition_penalty, no_repeat_ngram_size: overrides of the spec's summary decoding
+            settings that keep a small local model from looping (default off;
+            :data:`SMALL_MODEL` holds values that suit the embedded model). API backends ignore
+            them.
         max_stored_signals: how many pairs, history items and labeled examples the store keeps
             per user, each (default 64); beyond it the oldest are evicted first.
 
     An override changes the cache key: the same signals summarized under other settings are a
     different summary.
+
+    Backend names are checked here, so a typo fails at once with the known names; models are
+    loaded on first use.
     """
 
     def __init__(
@@ -171,17 +190,29 @@ class Personalizer:
         summary: SummarySpec | None = None,
         summary_tokens: int | None = None,
         summary_words: int | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
         max_stored_signals: int = DEFAULT_MAX_STORED_SIGNALS,
     ):
         if summary is not None and not isinstance(summary, SummarySpec):
             raise InputError(f"summary must be a SummarySpec, got {type(summary).__name__}")
-        self._overrides = length_overrides(summary_tokens, summary_words)
+        self._overrides: dict[str, Any] = length_overrides(summary_tokens, summary_words)
+        for name, value in (
+            ("repetition_penalty", repetition_penalty),
+            ("no_repeat_ngram_size", no_repeat_ngram_size),
+        ):
+            if value is not None:
+                check_field(name, value)
+                self._overrides[name] = value
         self._summarizer_spec = summarizer if isinstance(summarizer, Backend) else resolve(
             summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND
         )
         self._generator_spec = generator if isinstance(generator, Backend) else resolve(
             generator, "POPI_GENERATOR", DEFAULT_BACKEND
         )
+        for spec in (self._summarizer_spec, self._generator_spec):
+            if isinstance(spec, str):
+                check_backend_name(spec)
         self.store = open_store(store)
         self._summary = summary
         self._resolved: SummarySpec | None = None
@@ -246,9 +277,10 @@ class Personalizer:
         self, summarizer: Backend, user: UserSignals, key: str, text: str, *, allow_empty: bool = False
     ) -> Summary:
         """The summary to store for ``text``; every path that stores one comes through here, so
-        an empty answer is refused once, for every backend, before anything is stored."""
-        raw = text
-        text = self.summary_spec.clean(text)
+        an empty answer is refused once, for every backend, before anything is stored. A summary
+        stopped by the length cap is cut back to its last complete sentence."""
+        raw, spec = text, self.summary_spec
+        text = spec.clean(text)
         if not text.strip() and not allow_empty:
             shown = raw if len(raw) <= 200 else raw[:200] + "..."
             raise EmptySummaryError(
@@ -257,12 +289,17 @@ class Personalizer:
                 "raise summary_tokens if the answer was cut off",
                 backend=summarizer.name,
             )
+        n_tokens = summarizer.count_tokens(text)
+        if spec.at_cap(n_tokens):  # stopped by the cap, likely mid-sentence
+            cut = spec.clean(text, capped=True)
+            if cut != text:
+                text, n_tokens = cut, summarizer.count_tokens(cut)
         return Summary(
             user_id=user.user_id,
             text=text,
             summarizer=summarizer.name,
             signals_hash=key,
-            n_tokens=summarizer.count_tokens(text),
+            n_tokens=n_tokens,
         )
 
     def _record_signals(self, user: UserSignals, *, replace: bool, examples=()) -> dict:
@@ -378,7 +415,7 @@ class Personalizer:
                 return
             out[i] = self._store_new(todo[i], summary)
 
-        with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
+        with progress_bar("Summarizing", len(todo), enabled=progress, unit="users") as advance:
             advance(len(todo) - len(missing))
             answer_all(
                 summarizer,
@@ -442,7 +479,7 @@ class Personalizer:
                 progress=progress,
                 replace_user_edit=replace_user_edit,
             )
-        with progress_bar("Summarizing", len(todo), enabled=progress) as advance:
+        with progress_bar("Summarizing", len(todo), enabled=progress, unit="users") as advance:
             jobs = [
                 lambda u=u, q=q: self.asummarize(
                     u, prompt=q, refresh=refresh, replace_user_edit=replace_user_edit
@@ -687,6 +724,9 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         **backend_options: Any,
     ) -> Generation:
         """Answer ``prompt`` for a user.
@@ -694,13 +734,43 @@ class Personalizer:
         ``user_id`` uses that user's stored summary; ``summary`` (a :class:`Summary` or text) is
         used directly; with neither, the prompt is answered un-personalized. ``backend`` overrides
         the generator for this call (any registered name, e.g. ``"openai:gpt-4o"``).
+        ``repetition_penalty`` / ``no_repeat_ngram_size`` curb a small local model's loops
+        (:data:`SMALL_MODEL`); ``whole_sentences`` cuts an answer stopped by ``max_new_tokens``
+        back to its last complete sentence.
         """
         # Options first: a bad value is reported before any store read or model load.
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         messages, used = self.conditioning(prompt, user_id=user_id, summary=summary)
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        text = model.generate(messages, options)
+        text = _finish(model.generate(messages, options), model, options, whole_sentences)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        summary: Summary | str | None = None,
+        backend: str | Backend | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        **backend_options: Any,
+    ) -> Iterator[str]:
+        """:meth:`generate`, yielding the answer in pieces as the backend writes it (a backend
+        that cannot stream yields it whole)."""
+        messages, _ = self.conditioning(prompt, user_id=user_id, summary=summary)
+        model = get_backend(backend, **backend_options) if backend is not None else self.generator
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        yield from model.stream(messages, options)
 
     async def agenerate(
         self,
@@ -712,15 +782,21 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         **backend_options: Any,
     ) -> Generation:
         """Async :meth:`generate`, for web apps: server backends use their async client."""
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         messages, used = await asyncio.to_thread(
             self.conditioning, prompt, user_id=user_id, summary=summary
         )
         model = get_backend(backend, **backend_options) if backend is not None else self.generator
-        text = await model.agenerate(messages, options)
+        text = _finish(await model.agenerate(messages, options), model, options, whole_sentences)
         return Generation(text=text, backend=model.name, prompt=prompt, summary=used)
 
     def _prepare_many(
@@ -747,6 +823,9 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         max_concurrency: int | None = None,
         progress: bool = False,
     ) -> list[Generation]:
@@ -754,15 +833,18 @@ class Personalizer:
 
         A local generator answers in batches; a server generator gets concurrent requests, at
         most ``max_concurrency`` in flight (default: the backend's own)."""
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         prepared = self._prepare_many(prompts, user_ids, summaries)
         model = self.generator
         texts = [""] * len(prepared)
 
         def keep(i: int, text: str) -> None:
-            texts[i] = text
+            texts[i] = _finish(text, model, options, whole_sentences)
 
-        with progress_bar("Generating", len(prepared), enabled=progress) as advance:
+        with progress_bar("Generating", len(prepared), enabled=progress, unit="answers") as advance:
             answer_all(
                 model,
                 [m for m, _ in prepared],
@@ -785,12 +867,18 @@ class Personalizer:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        whole_sentences: bool = False,
         max_concurrency: int | None = None,
         progress: bool = False,
     ) -> list[Generation]:
         """Async :meth:`generate_many`: a server generator gets at most ``max_concurrency``
         requests in flight; a local one runs :meth:`generate_many` in a worker thread."""
-        options = GenerateOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        options = GenerateOptions(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         model = self.generator
         limit = server_concurrency(model, max_concurrency)
         if limit is None:
@@ -802,12 +890,16 @@ class Personalizer:
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 seed=seed,
+                repetition_penalty=repetition_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                whole_sentences=whole_sentences,
                 progress=progress,
             )
         prepared = await asyncio.to_thread(self._prepare_many, prompts, user_ids, summaries)
-        with progress_bar("Generating", len(prepared), enabled=progress) as advance:
+        with progress_bar("Generating", len(prepared), enabled=progress, unit="answers") as advance:
             jobs = [lambda m=m: model.agenerate(m, options) for m, _ in prepared]
             texts = await _gather_bounded(jobs, limit, advance)
+        texts = [_finish(t, model, options, whole_sentences) for t in texts]
         return [
             Generation(text=t, backend=model.name, prompt=p, summary=s)
             for t, p, (_, s) in zip(texts, prompts, prepared)

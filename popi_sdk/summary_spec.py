@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from popi_sdk.backends.base import Backend, GenerateOptions, Message
 from popi_sdk.errors import ConfigError, InputError, describe_validation_error, range_rule
 from popi_sdk.signals import Signals
-from popi_sdk.templates import render_signals, summary_template
+from popi_sdk.templates import cut_to_last_sentence, render_signals, summary_template
 
 #: The file a stage-1 checkpoint keeps its spec in.
 SPEC_FILE = "popi_summary.json"
@@ -54,6 +54,14 @@ class SummarySpec(BaseModel):
     )
     temperature: float = Field(
         default=0.0, ge=0.0, le=2.0, description="Sampling of summaries written for use; 0: greedy."
+    )
+    repetition_penalty: float = Field(
+        default=1.0, ge=1.0, le=2.0,
+        description="Penalty on tokens already written, for summaries written for use; 1: off.",
+    )
+    no_repeat_ngram_size: int = Field(
+        default=0, ge=0, le=16,
+        description="No n-gram of this many tokens written twice, for summaries written for use; 0: off.",
     )
     train_temperature: float = Field(
         default=0.6, gt=0.0, le=2.0, description="Stage-1 sampling temperature of candidates."
@@ -96,17 +104,38 @@ class SummarySpec(BaseModel):
 
     def options(self) -> GenerateOptions:
         """Generation options for summaries written for use."""
-        return GenerateOptions(max_new_tokens=self.max_tokens, temperature=self.temperature)
+        return GenerateOptions(
+            max_new_tokens=self.max_tokens,
+            temperature=self.temperature,
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+        )
 
-    def clean(self, text: str) -> str:
+    def at_cap(self, n_tokens: int) -> bool:
+        """Whether a summary of ``n_tokens`` tokens was (most likely) stopped by ``max_tokens``."""
+        return n_tokens >= self.max_tokens - 2
+
+    def clean(self, text: str, *, capped: bool = False) -> str:
         """Strip the boilerplate small models wrap around a summary (quotes, a 'Summary:' label)
-        and drop sentences repeated word for word (small models loop), keeping the first one."""
+        and drop list lines and sentences repeated word for word (small models loop), keeping the
+        first one. ``capped`` (the text was stopped by ``max_tokens``, see :meth:`at_cap`) also cuts
+        a trailing fragment back to the last complete sentence or list line."""
         text = text.strip()
         for label in _LABELS:
             if text.startswith(label):
                 text = text[len(label):].strip()
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
             text = text[1:-1].strip()
+        lines, seen_lines = [], set()
+        for line in text.splitlines():  # list items loop line by line, without sentence ends
+            key = line.strip().lower()
+            if key and key in seen_lines:
+                continue
+            seen_lines.add(key)
+            lines.append(line)
+        text = "\n".join(lines)
+        if capped:
+            text = cut_to_last_sentence(text)
         sentences = _SENTENCE_END.split(text)
         seen: set[str] = set()
         kept = []
@@ -128,6 +157,11 @@ class SummarySpec(BaseModel):
             "wording": hashlib.sha256(wording.encode("utf-8")).hexdigest()[:16],
             **self.model_dump(include={"max_words", "max_tokens", "prompt_dependent", "temperature"}),
         }
+        # Decoding settings enter the key only when set, so summaries stored before they existed
+        # keep their keys.
+        if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size:
+            payload["repetition_penalty"] = self.repetition_penalty
+            payload["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if prompt is not None:
             payload["prompt"] = prompt
         return json.dumps(payload, sort_keys=True, ensure_ascii=False)

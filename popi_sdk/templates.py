@@ -10,6 +10,7 @@ by name in a :class:`~popi_sdk.summary_spec.SummarySpec`, which alone turns it i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -232,3 +233,27 @@ register_summary_template(
         description="one sentence on the preferences, then a preferred response quoted word for word",
     )
 )
+
+
+_COMPLETE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+# A period after these ends no sentence ("(e.g.", "vs.", "U.S."): a cap that stops there has
+# cut the sentence.
+_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|cf|approx|dr|mr|mrs|ms|prof|no|st)|\b[A-Za-z])\.$", re.I)
+
+
+def _sentence_ends(text: str) -> list[int]:
+    return [m.end() for m in _COMPLETE_END.finditer(text)
+            if not _ABBREVIATION.search(text[: m.start() + 1])]
+
+
+def cut_to_last_sentence(text: str) -> str:
+    """``text`` without a trailing fragment cut off by a length cap ("a style that is elegant
+    and", "- Specific style (e.g."): up to its last complete sentence or list line. Text with no
+    complete sentence is kept as it is, since a fragment says more than nothing."""
+    text = text.rstrip()
+    ends = _sentence_ends(text)
+    if not text or (ends and ends[-1] == len(text)):
+        return text
+    newline = text.rfind("\n")
+    cut = max(ends[-1] if ends else 0, newline if newline > 0 else 0)
+    return text[:cut].rstrip() if cut > 0 else text

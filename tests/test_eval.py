@@ -219,6 +219,7 @@ def test_popi_eval_cli_writes_the_tables(smollm2, tmp_path):
     assert results["transfer"]["hf"]["raw"]["reward_accuracy"] == methods["raw"]["reward_accuracy"]
     md = (out / "results.md").read_text()
     assert "| Base-Model | 50.0" in md and "## Transfer" in md
+    assert (out / "results.png").stat().st_size > 0 and "results.png" in result.output
     records = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     judged = [r for r in records if r["kind"] == "judged" and r["table"] == "main"]
     assert {r["method"] for r in judged} == {"base", "raw", "inference"}

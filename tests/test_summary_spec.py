@@ -139,9 +139,9 @@ class Recorder:
         original = HFBackend.generate_batch
         recorder = self
 
-        def generate_batch(self, batch, options):
+        def generate_batch(self, batch, options, **hooks):  # hooks: done= (per-row progress), streamer=
             recorder.calls.extend((self.checkpoint, list(m), options) for m in batch)
-            return original(self, batch, options)
+            return original(self, batch, options, **hooks)
 
         monkeypatch.setattr(HFBackend, "generate_batch", generate_batch)
 

@@ -168,13 +168,17 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_grpo_steps_change_weights_and_leave_a_complete_run(tiny_dir, data_dir, tmp_path):
+def test_grpo_steps_change_weights_and_leave_a_complete_run(tiny_dir, data_dir, tmp_path, capsys):
     from popi_sdk import Personalizer
     from popi_sdk.train import stage1
 
     run = tmp_path / "run"
     cfg = _cfg(tiny_dir, data_dir, run)
     out = stage1.main(cfg)
+    shown = capsys.readouterr()
+    # one progress line per stage: steps with an ETA and the step's reward, not tqdm's dicts
+    assert "Training stage1" in shown.err and "2/2 steps" in shown.err and "ETA" in shown.err
+    assert "reward " in shown.err and "{'loss'" not in shown.out + shown.err
     before, after = _weights(tiny_dir), _weights(run / "stage1")
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert changed, "no weight changed"

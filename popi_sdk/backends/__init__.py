@@ -26,6 +26,7 @@ Factory = Callable[..., Backend]
 class _Registered:
     factory: Factory
     help: str
+    check: Callable[[str | None], None] | None = None
 
 
 _REGISTRY: dict[str, _Registered] = {}
@@ -34,11 +35,20 @@ _LOCK = threading.Lock()
 _PLUGINS_LOADED = False
 
 
-def register_backend(prefix: str, factory: Factory, *, help: str = "") -> None:
-    """Register ``factory(model: str | None, **options) -> Backend`` under ``prefix``."""
+def register_backend(
+    prefix: str,
+    factory: Factory,
+    *,
+    help: str = "",
+    check: Callable[[str | None], None] | None = None,
+) -> None:
+    """Register ``factory(model: str | None, **options) -> Backend`` under ``prefix``.
+
+    ``check(model)``, if given, raises a :class:`~popi_sdk.errors.PopiError` for a model name
+    the factory would refuse, without loading anything (see :func:`check_backend_name`)."""
     if ":" in prefix or not prefix:
         raise ValueError(f"backend prefix must be a non-empty name without ':', got {prefix!r}")
-    _REGISTRY[prefix] = _Registered(factory, help)
+    _REGISTRY[prefix] = _Registered(factory, help, check)
 
 
 def known_backends() -> dict[str, str]:
@@ -78,6 +88,16 @@ def _unknown_message(name: str) -> str:
         f"unknown backend {name!r}. Known backends:\n{known}\n"
         "A bare path to an existing model folder also works (it means hf:<folder>)."
     )
+
+
+def check_backend_name(name: str) -> None:
+    """Fail now, with the known names, for a backend name that :func:`get_backend` would refuse
+    (an unknown prefix, a model folder that does not exist). Loads no model and opens no
+    connection, so a service can check its configuration at start-up."""
+    prefix, model = parse_backend_name(name)
+    check = _REGISTRY[prefix].check
+    if check is not None:
+        check(model)
 
 
 def get_backend(name: str | Backend, **options: Any) -> Backend:
@@ -127,9 +147,18 @@ def _hf_factory(model: str | None, **options: Any) -> Backend:
     return construct(HFBackend, "hf", model, options)
 
 
+def _hf_check(model: str | None) -> None:
+    # torch is not required here: a torch-free app may name hf and only read cached summaries.
+    from popi_sdk.backends.hf import EMBEDDED_ALIASES, resolve_model
+
+    if model is not None and model.lower() not in EMBEDDED_ALIASES:
+        resolve_model(model)  # a missing or incomplete folder; hub ids pass
+
+
 register_backend(
     "hf",
     _hf_factory,
+    check=_hf_check,
     help="local Hugging Face model: a hub id or folder; bare 'hf' is the embedded SmolLM2-135M",
 )
 
@@ -163,6 +192,7 @@ register_backend(
 __all__ = [
     "Backend",
     "GenerateOptions",
+    "check_backend_name",
     "clear_backend_cache",
     "construct",
     "get_backend",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +31,14 @@ class GenerateOptions(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 means greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int | None = Field(default=None, description="Seed for sampling, where supported.")
+    # Small models loop ("Plenty of views. Plenty of views."); these two curb it. Local models
+    # apply them; API backends ignore them (their providers have no common equivalent).
+    repetition_penalty: float = Field(
+        default=1.0, ge=1.0, le=2.0, description="Above 1 discourages tokens already written (local models)."
+    )
+    no_repeat_ngram_size: int = Field(
+        default=0, ge=0, le=16, description="Never repeat an n-gram of this size; 0 is off (local models)."
+    )
 
     def __init__(self, **options: Any):
         try:
@@ -84,6 +92,23 @@ class Backend(ABC):
     ) -> list[str]:
         """Answer many conversations. The default calls :meth:`generate` one at a time."""
         return [self.generate(messages, options) for messages in batch]
+
+    def generate_batch_reporting(
+        self,
+        batch: Sequence[Sequence[Message]],
+        options: GenerateOptions,
+        done: Callable[[int], object],
+    ) -> list[str]:
+        """:meth:`generate_batch` that calls ``done(n)`` whenever ``n`` more conversations are
+        finished, for per-item progress. The default reports the whole batch at its end; a local
+        model that decodes a batch together reports each row as it ends."""
+        texts = self.generate_batch(batch, options)
+        done(len(texts))
+        return texts
+
+    def stream(self, messages: Sequence[Message], options: GenerateOptions) -> Iterator[str]:
+        """Yield the answer in pieces as it is written. The default yields it whole."""
+        yield self.generate(messages, options)
 
     async def agenerate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
         """Async :meth:`generate`; the default runs it in a worker thread."""

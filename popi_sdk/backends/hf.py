@@ -13,7 +13,7 @@ import importlib.util
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -261,10 +261,48 @@ class HFBackend(Backend):
     def generate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
         return self.generate_batch([messages], options)[0]
 
-    def generate_batch(
-        self, batch: Sequence[Sequence[Message]], options: GenerateOptions
+    def generate_batch_reporting(
+        self, batch: Sequence[Sequence[Message]], options: GenerateOptions, done: Callable[[int], object]
     ) -> list[str]:
-        """Batched generation; conversations are sorted by length so batches pad little."""
+        return self.generate_batch(batch, options, done=done)
+
+    def stream(self, messages: Sequence[Message], options: GenerateOptions) -> Iterator[str]:
+        """Yield the answer piece by piece while it is decoded (in a worker thread)."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate_batch([messages], options, streamer=streamer)
+            except BaseException as e:  # re-raised in the caller's thread below
+                failed.append(e)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        first = True
+        for piece in streamer:
+            if first:  # generate_batch strips the answer; match it
+                piece, first = piece.lstrip(), not piece.strip()
+            if piece:
+                yield piece
+        worker.join()
+        if failed:
+            raise failed[0]
+
+    def generate_batch(
+        self,
+        batch: Sequence[Sequence[Message]],
+        options: GenerateOptions,
+        *,
+        done: Callable[[int], object] | None = None,
+        streamer: Any = None,
+    ) -> list[str]:
+        """Batched generation; conversations are sorted by length so batches pad little.
+        ``done(n)`` is called as ``n`` more rows finish; ``streamer`` receives the tokens of a
+        single conversation."""
         import torch
 
         texts = [self.chat_text(m) for m in batch]
@@ -278,7 +316,13 @@ class HFBackend(Backend):
             sampling.update(temperature=options.temperature, top_p=options.top_p)
         else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry
             sampling.update(temperature=None, top_p=None, top_k=None)
-        fast = self.fast_decoder()
+        if options.repetition_penalty != 1.0:
+            sampling["repetition_penalty"] = options.repetition_penalty
+        if options.no_repeat_ngram_size:
+            sampling["no_repeat_ngram_size"] = options.no_repeat_ngram_size
+        # A streamed call decodes with transformers: the fast decoder has no per-token hook, and
+        # its float32 greedy tokens equal transformers' anyway.
+        fast = self.fast_decoder() if streamer is None else None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -293,17 +337,22 @@ class HFBackend(Backend):
                     temperature=options.temperature,
                     top_p=options.top_p,
                     top_k=model.generation_config.top_k or 0,
-                    repetition_penalty=getattr(options, "repetition_penalty", 1.0),
-                    no_repeat_ngram_size=getattr(options, "no_repeat_ngram_size", 0),
+                    repetition_penalty=options.repetition_penalty,
+                    no_repeat_ngram_size=options.no_repeat_ngram_size,
+                    on_row_done=done,
                 ).tokens
             else:
+                rows = _RowsDone(len(idx), set(_stop_ids(model, tok)), done) if done is not None else None
                 with torch.inference_mode():
                     gen = model.generate(
                         **enc,
                         max_new_tokens=options.max_new_tokens,
                         pad_token_id=tok.pad_token_id,
+                        streamer=rows or streamer,
                         **sampling,
                     )
+                if rows is not None:
+                    rows.end()
                 new = gen[:, enc["input_ids"].shape[1] :]
             for i, row in zip(idx, new):
                 out[i] = tok.decode(row, skip_special_tokens=True).strip()
@@ -316,3 +365,28 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
     if eos is None:
         eos = tokenizer.eos_token_id
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+class _RowsDone:
+    """A transformers streamer that counts the rows of a batch as each one ends (writes an
+    end-of-sequence token), so progress moves per conversation, not per batch."""
+
+    def __init__(self, n: int, eos_ids: set[int], done: Callable[[int], object]):
+        self.open = set(range(n))
+        self.eos_ids = eos_ids
+        self.done = done
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call hands over the prompt
+            self.prompt_seen = True
+            return
+        ended = {i for i in self.open if int(value.view(-1)[i]) in self.eos_ids}
+        if ended:
+            self.open -= ended
+            self.done(len(ended))
+
+    def end(self) -> None:
+        if self.open:  # rows that reached the length cap
+            self.done(len(self.open))
+            self.open.clear()

@@ -14,7 +14,7 @@ no key needs none. The base URL: ``base_url``, then ``OPENAI_BASE_URL``, then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from popi_sdk.backends.api import APIBackend
@@ -85,3 +85,13 @@ class OpenAIBackend(APIBackend):
         if not isinstance(content, str):
             raise ValueError(f"its message content is a {type(content).__name__}, not text")
         return content.strip()
+
+    def stream(self, messages: Sequence[Message], options: GenerateOptions) -> Iterator[str]:
+        """Chat completions with ``stream=True``: each delta as it arrives."""
+        try:
+            chunks = self._endpoint(self.client).create(**self._params(messages, options), stream=True)
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except self.sdk.APIError as e:
+            raise self.translate_error(e) from e

@@ -49,8 +49,10 @@ def eval_command(
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Evaluate personalization methods on held-out users: reward accuracy against the base
-    model's margin, context overhead, and win rate against the base model's answers."""
+    """Evaluate personalization methods on held-out users.
+
+    Reward accuracy against the base model's margin, context overhead, and win rate against the
+    base model's answers, written to OUT/results.json, results.md and results.png."""
     from rich.console import Console
     from rich.table import Table
 
@@ -109,7 +111,15 @@ def eval_command(
         for r in rows_[1:]:
             table.add_row(*r)
         console.print(table)
-    console.print(f"Wrote {paths['json']}, {paths['md']} and {paths['examples']}")
+    try:
+        from popi_sdk.eval.plot import plot_results
+
+        picture = plot_results(results, out / "results.png")
+    except ImportError:
+        picture = None
+        console.print('(no results.png: plotting needs matplotlib, `pip install "popi-sdk[train]"`)')
+    written = [paths["json"], paths["md"], paths["examples"], *([picture] if picture else [])]
+    console.print("Wrote " + ", ".join(str(p) for p in written))
 
 
 def register(app: typer.Typer) -> None:

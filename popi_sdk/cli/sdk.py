@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from popi_sdk.errors import InputError, NotFoundError
+
 DEMO_PROMPT = "How does the internet work?"
+
+SUMMARY_TOKENS_HELP = "Length cap of each summary, in tokens (a summary at the cap ends at its last full sentence)."
+SUMMARY_WORDS_HELP = "Summary length asked of the summarizer, in words (keep it well inside --summary-tokens)."
 
 
 def _demo_users_file() -> Path:
@@ -21,29 +25,50 @@ def demo(
     prompt: str = typer.Option(DEMO_PROMPT, help="The question every user asks."),
     max_new_tokens: int = typer.Option(80, min=1, help="Length cap of each answer."),
     summary_tokens: Optional[int] = typer.Option(
-        None, help="Length cap of each summary (default: the summarizer's trained spec, else 96)."
+        None, min=1, help=SUMMARY_TOKENS_HELP + " Default: the summarizer's trained spec, else 96."
+    ),
+    summary_words: Optional[int] = typer.Option(
+        None, min=1, help=SUMMARY_WORDS_HELP + " Default: the summarizer's trained spec, else 40."
     ),
     summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER; default hf)."),
     generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
-    """Summarize the example users with the embedded model and answer one question per user,
-    personalized and plain, side by side."""
+    """Summarize the example users and answer one question for each.
+
+    Each user's personalized answer is printed beside the plain one, and the time of each phase
+    at the end. Decoding uses settings that suit the small embedded model (a mild repetition
+    penalty, no repeated 6-grams, answers cut back to their last complete sentence)."""
     from rich.console import Console
-    from rich.panel import Panel
     from rich.table import Table
 
     from popi_sdk import Personalizer
     from popi_sdk.data import read_users
+    from popi_sdk.personalizer import SMALL_MODEL
+    from popi_sdk.progress import PhaseTimer
     from popi_sdk.templates import render_signals
 
     console = Console()
-    started = time.perf_counter()
+    timer = PhaseTimer()
     rows = read_users(users or _demo_users_file())
-    p = Personalizer(summarizer=summarizer, generator=generator, store=store, summary_tokens=summary_tokens)
-    with console.status(f"Loading the summarizer ({p._summarizer_spec})..."):
+    from popi_sdk.backends import get_backend
+    from popi_sdk.settings import DEFAULT_BACKEND, resolve
+    from popi_sdk.summary_spec import SummarySpec
+
+    # The demo asks an untrained summarizer for 40 words; a trained one writes as it was trained.
+    trained = SummarySpec.of_backend(
+        get_backend(resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND)),
+        default=SummarySpec(max_words=40),
+    )
+    p = Personalizer(
+        summarizer=summarizer, generator=generator, store=store, summary=trained,
+        summary_tokens=summary_tokens, summary_words=summary_words, **SMALL_MODEL,
+    )
+    with timer.phase("loading"), console.status(f"Loading the model ({p._summarizer_spec})..."):
         p.summarizer.count_tokens("warm-up")  # loads the model (first run: converts it once)
-    summaries = p.summarize_many(rows)
+        p.generator.count_tokens("warm-up")
+    with timer.phase("summarizing"):
+        summaries = p.summarize_many(rows)
 
     table = Table(title="Preference summaries", show_lines=True)
     table.add_column("user")
@@ -55,22 +80,26 @@ def demo(
         table.add_row(row.user_id, str(raw), summary.text, str(summary.n_tokens))
     console.print(table)
 
-    console.print(f"\n[bold]Everyone asks:[/bold] {prompt}\n")
-    with console.status("Generating answers..."):
+    with timer.phase("answering"):
         answers = p.generate_many(
             [prompt] * (len(rows) + 1),
             summaries=[*summaries, None],
             max_new_tokens=max_new_tokens,
+            whole_sentences=True,
+            progress=True,
+            **SMALL_MODEL,
         )
-    plain = answers[-1]
-    console.print(Panel(plain.text, title="un-personalized answer (same for everyone)", border_style="dim"))
+    plain = answers[-1].text
+    console.print(f"\n[bold]Everyone asks:[/bold] {prompt}\n")
     for row, answer in zip(rows, answers[:-1]):
-        console.print(Panel(answer.text, title=f"personalized for {row.user_id}", border_style="green"))
+        side = Table(show_lines=False, expand=True)
+        side.add_column(f"personalized for {row.user_id}", ratio=1, style="green")
+        side.add_column("plain (no summary)", ratio=1, style="dim")
+        side.add_row(answer.text, plain)
+        console.print(side)
     store_where = getattr(p.store, "path", "memory")
-    console.print(
-        f"\nStored {len(summaries)} summaries in {store_where}. "
-        f"Done in {time.perf_counter() - started:.0f} s."
-    )
+    console.print(f"\nStored {len(summaries)} summaries in {store_where}.")
+    console.print(timer.report())
 
 
 def summarize(
@@ -81,14 +110,16 @@ def summarize(
     batch_size: int = typer.Option(8, min=1, help="Users per model call."),
     refresh: bool = typer.Option(False, help="Recompute even when a cached summary exists."),
     summary_tokens: Optional[int] = typer.Option(
-        None, help="Length cap of each summary (default: the summarizer's trained spec, else 96)."
+        None, min=1, help=SUMMARY_TOKENS_HELP + " Default: the summarizer's trained spec, else 96."
     ),
     summary_words: Optional[int] = typer.Option(
-        None, help="Length asked of the summarizer (default: its trained spec, else 60 words)."
+        None, min=1, help=SUMMARY_WORDS_HELP + " Default: the summarizer's trained spec, else 60."
     ),
 ) -> None:
-    """Summarize every user of FILE (cached ones cost nothing) and write the summaries to OUT.
-    A trained summarizer (RUN/stage1) writes them as it was trained (its popi_summary.json)."""
+    """Summarize every user of FILE and write the summaries to OUT.
+
+    Users already summarized with the same signals and settings are read from the store. A
+    trained summarizer (RUN/stage1) writes them as it was trained (its popi_summary.json)."""
     from popi_sdk import Personalizer
     from popi_sdk.data import read_users
     from popi_sdk.data.jsonl import check_output_file, write_jsonl
@@ -100,26 +131,52 @@ def summarize(
     )
     summaries = p.summarize_many(rows, batch_size=batch_size, refresh=refresh)
     n = write_jsonl(out, summaries)
-    typer.echo(f"Wrote {n} summaries to {out}")
+    typer.echo(f"Wrote {n} {_plural(n, 'summary', 'summaries')} to {out}")
+
+
+def _no_summary(user: str, store: Optional[str]) -> InputError:
+    where = f" --store {store}" if store else ""
+    return InputError(
+        f"no summary is stored for user {user!r}. Summarize the user first "
+        f"(`popi summarize USERS.jsonl --out summaries.jsonl{where}`), pass --users USERS.jsonl to "
+        "summarize them now, or give the summary itself with --summary TEXT"
+    )
 
 
 def generate(
-    user: Optional[str] = typer.Option(None, "--user", help="User id whose stored summary to use."),
     prompt: str = typer.Option(..., "--prompt", help="The question to answer."),
+    user: Optional[str] = typer.Option(None, "--user", help="User whose summary to use."),
+    summary: Optional[str] = typer.Option(None, "--summary", help="Use this summary text as it is."),
+    users: Optional[Path] = typer.Option(
+        None, "--users", help="Users file: summarize --user from it now (cached) instead of reading the store."
+    ),
+    summarizer: Optional[str] = typer.Option(
+        None, help="Summarizer whose summary to use (env POPI_SUMMARIZER; default hf)."
+    ),
     backend: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR)."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Length cap of the answer."),
     temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy; at most 2."),
+    stream: bool = typer.Option(True, help="Print the answer as it is written."),
     base_url: Optional[str] = typer.Option(
         None, help="Server for an openai:/anthropic: backend, e.g. http://127.0.0.1:8000/v1 "
         "(env OPENAI_BASE_URL / ANTHROPIC_BASE_URL)."
     ),
 ) -> None:
-    """Answer PROMPT for a user, conditioned on their stored summary (none: un-personalized)."""
+    """Answer PROMPT for a user, conditioned on their summary.
+
+    The summary is --summary TEXT, or the user's summary: written now from --users FILE, else the
+    latest stored one (which must be --summarizer's when that is given). Without --user or
+    --summary the answer is un-personalized."""
     from popi_sdk import Personalizer
     from popi_sdk.backends import get_backend, parse_backend_name
     from popi_sdk.settings import DEFAULT_BACKEND, resolve
 
+    if summary is not None and (users is not None or summarizer is not None):
+        raise typer.BadParameter("--summary gives the summary itself; drop --users/--summarizer",
+                                 param_hint="--summary")
+    if users is not None and user is None:
+        raise typer.BadParameter("--users needs --user: the user to summarize", param_hint="--users")
     generator = resolve(backend, "POPI_GENERATOR", DEFAULT_BACKEND)
     if base_url is not None:
         if parse_backend_name(generator)[0] not in ("openai", "anthropic"):
@@ -128,20 +185,56 @@ def generate(
                 param_hint="--base-url",
             )
         generator = get_backend(generator, base_url=base_url)
-    p = Personalizer(generator=generator, store=store)
-    answer = p.generate(prompt, user_id=user, max_new_tokens=max_new_tokens, temperature=temperature)
-    typer.echo(answer.text)
+    p = Personalizer(summarizer=summarizer, generator=generator, store=store)
+    if summary is None and user is not None:
+        summary = _user_summary(p, user, users, store, summarizer is not None)
+    kwargs = dict(summary=summary, max_new_tokens=max_new_tokens, temperature=temperature)
+    if not stream:
+        typer.echo(p.generate(prompt, **kwargs).text)
+        return
+    for piece in p.stream(prompt, **kwargs):
+        typer.echo(piece, nl=False)
+    typer.echo()
+
+
+def _user_summary(p, user: str, users: Optional[Path], store: Optional[str], pick_summarizer: bool):
+    """The summary ``popi generate`` uses for ``user``."""
+    from popi_sdk.data import read_users
+
+    if users is not None:
+        rows = [r for r in read_users(users) if r.user_id == user]
+        if not rows:
+            raise InputError(f"{users}: no user {user!r} in this file. Check --user")
+        return p.summarize(rows[0])
+    try:
+        found = p.get_summary(user)
+    except NotFoundError:
+        found = None
+    if found is None:
+        raise _no_summary(user, store)
+    if pick_summarizer and found.summarizer != p.summarizer.name:
+        raise InputError(
+            f"the stored summary of {user!r} was written by {found.summarizer}, not "
+            f"{p.summarizer.name}. Pass --users USERS.jsonl to summarize the user with it"
+        )
+    return found
 
 
 def forget(
     user_id: str = typer.Argument(..., help="The user to remove."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
-    """Delete every stored summary version and the stored signals of USER_ID."""
+    """Delete everything stored about USER_ID.
+
+    Every stored summary version and the stored signals."""
     from popi_sdk import Personalizer
 
     n = Personalizer(store=store).forget(user_id)
-    typer.echo(f"Forgot {user_id}: {n} summaries deleted.")
+    typer.echo(f"Forgot {user_id}: {n} {_plural(n, 'summary', 'summaries')} deleted.")
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
 
 
 def backends() -> None:

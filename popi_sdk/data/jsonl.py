@@ -19,11 +19,20 @@ from popi_sdk.signals import UserRow
 
 M = TypeVar("M", bound=BaseModel)
 
+
+def no_such_file(path: Path) -> InputError:
+    """The error for a missing input file; a relative path is explained against the folder it
+    was resolved in."""
+    if path.is_absolute():
+        return InputError(f"{path}: no such file. Check the path.")
+    return InputError(f"{path}: no such file. Check the path (it is relative to {Path.cwd()}).")
+
+
 def read_jsonl_models(path: str | os.PathLike, model: type[M]) -> list[M]:
     """Parse every line of ``path`` into ``model``; raise :class:`DataFileError` listing all problems."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file. Check the path (it is relative to {Path.cwd()}).")
+        raise no_such_file(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a .jsonl file inside it.")
     rows: list[M] = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from popi_sdk.data.jsonl import no_such_file
 from popi_sdk.errors import DataFileError, InputError, MissingDependencyError
 from popi_sdk.signals import UserRow
 
@@ -33,7 +34,7 @@ def read_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
     Malformed JSON is reported for every bad line at once as a :class:`DataFileError`."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file. Check the path (it is relative to {Path.cwd()}).")
+        raise no_such_file(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a .jsonl, .json or .parquet file inside it.")
     if path.suffix.lower() in (".parquet", ".pq"):

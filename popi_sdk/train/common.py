@@ -155,6 +155,19 @@ def trainer_args(cfg: TrainConfig, stage: str, opts: Any) -> dict[str, Any]:
     )
 
 
+def show_progress(trainer: Any, stage: str) -> None:
+    """Replace the trainer's tqdm bar (and the dict it prints per log) with one line per stage:
+    steps done, ETA, and the last logged reward or loss. Main process only."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from popi_sdk.progress import training_progress
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if trainer.accelerator.is_main_process:
+        trainer.add_callback(training_progress(trainer.args.max_steps, stage))
+
+
 def last_checkpoint(cfg: TrainConfig, stage: str) -> str | None:
     """The newest *complete* TRL checkpoint of ``stage`` when resuming is on, else None.
 

@@ -289,6 +289,7 @@ def build_trainer(cfg: TrainConfig) -> Stage1Parts:
         peft_config=common.lora_config(cfg),
         callbacks=callbacks,
     )
+    common.show_progress(trainer, "stage1")
     if shared_base:
         reward.share_base_with(trainer.accelerator.unwrap_model(trainer.model))
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.

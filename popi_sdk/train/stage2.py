@@ -227,6 +227,7 @@ def main(cfg: TrainConfig) -> str:
         peft_config=common.lora_config(cfg),
         callbacks=[common.metrics_callback(cfg, "stage2")],
     )
+    common.show_progress(trainer, "stage2")
     trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage2"))
     dest = common.save_final(trainer, tokenizer, cfg, "stage2")
     if trainer.accelerator.is_main_process:
