@@ -44,9 +44,8 @@ def main() -> None:
     from popi_sdk.backends import GenerateOptions, get_backend
     from popi_sdk.data import read_users
     from popi_sdk.objective import popi_reward
-    from popi_sdk.scoring import ReferenceCache, SequenceScorer, summary_rewards
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer, summary_logprobs, summary_rewards
     from popi_sdk.summary_spec import SummarySpec
-    from popi_sdk.train.validation import summary_logprobs
 
     users = [u for u in read_users(args.data) if u.examples][: args.users]
     backend = get_backend("hf")

@@ -621,7 +621,7 @@ class Personalizer:
         ``scorer`` is a local model (``hf`` or a checkpoint folder; default: the generator when
         it is local, else the embedded model). The score is stored with the version."""
         from popi_sdk.eval import metrics as M
-        from popi_sdk.scoring import ReferenceCache, SequenceScorer
+        from popi_sdk.scoring import ReferenceCache, SequenceScorer, summary_logprobs
 
         versions = self.store.history(user_id)
         if not versions:
@@ -656,13 +656,9 @@ class Personalizer:
             raise InputError("examples is empty; give at least one labeled preference pair")
         model = self._scoring_backend(scorer)
         seq = SequenceScorer(model.model, model.tokenizer)
-        # The summary's system prefix runs once; every pair's chosen and rejected reuse it.
-        scored = seq.logprobs_grouped(
-            [summary_messages(p.prompt, summary.text) for p in pairs],
-            [[p.chosen, p.rejected] for p in pairs],
-        )
+        ((chosen, rejected),) = summary_logprobs(seq, [pairs], [summary.text])
         base_chosen, base_rejected = ReferenceCache(seq, model.name).pairs(pairs)
-        with_summary = M.margins([float(g[0]) for g in scored], [float(g[1]) for g in scored])
+        with_summary = M.margins(chosen.tolist(), rejected.tolist())
         without = M.margins(base_chosen.tolist(), base_rejected.tolist())
         result = SummaryScore(
             reward_accuracy=M.reward_accuracy(with_summary, without),

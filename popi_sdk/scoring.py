@@ -440,20 +440,31 @@ def summary_rewards(
             )
         chosen_sets.append(pairs)
     ref.pairs([p for pairs in chosen_sets for p in pairs])  # every missing reference, one call
-    # Every summary's policy log-probs in one forest: each summary's prefix runs once, and the
-    # prefixes and the chosen/rejected continuations of several summaries share batches.
+    rewards = []
+    for pairs, (chosen, rejected) in zip(chosen_sets, summary_logprobs(scorer, chosen_sets, summaries)):
+        ref_c, ref_r = ref.pairs(pairs)
+        r = popi_reward(chosen, rejected, ref_c, ref_r, beta=beta, loss_type=loss_type)
+        rewards.append(float(r.mean()))
+    return rewards
+
+
+def summary_logprobs(
+    scorer: SequenceScorer, examples: Sequence[Sequence[PreferencePair]], summaries: Sequence[str]
+) -> list[tuple[Any, Any]]:
+    """Per summary ``i``, the (chosen, rejected) log-prob tensors of ``examples[i]`` under
+    ``summary_messages(pair.prompt, summaries[i])``: the context the reward, validation, the
+    usefulness score and evaluation all score. One forest: each summary's prefix runs once, and
+    the prefixes and continuations of several summaries share batches."""
+    import torch
+
     policy = scorer.logprobs_forest(
         [
             ([summary_messages(p.prompt, summary) for p in pairs], [[p.chosen, p.rejected] for p in pairs])
-            for pairs, summary in zip(chosen_sets, summaries)
+            for pairs, summary in zip(examples, summaries)
         ]
     )
-    import torch
-
-    rewards = []
-    for pairs, per_context in zip(chosen_sets, policy):
-        ref_c, ref_r = ref.pairs(pairs)
+    out = []
+    for per_context in policy:
         stacked = torch.stack(per_context)
-        r = popi_reward(stacked[:, 0], stacked[:, 1], ref_c, ref_r, beta=beta, loss_type=loss_type)
-        rewards.append(float(r.mean()))
-    return rewards
+        out.append((stacked[:, 0], stacked[:, 1]))
+    return out

@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from popi_sdk.backends.base import Message
 from popi_sdk.errors import ConfigError
 from popi_sdk.eval import metrics as M
 from popi_sdk.objective import popi_reward
+from popi_sdk.scoring import summary_logprobs
 from popi_sdk.signals import UserRow
-from popi_sdk.templates import Message, summary_messages
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +47,6 @@ def split_validation(
         )
     held = set(random.Random(seed).sample(labeled, n))
     return [u for i, u in enumerate(users) if i not in held], [users[i] for i in sorted(held)]
-
-
-def summary_logprobs(scorer: Any, examples: Sequence[Sequence[Any]], summaries: Sequence[str]) -> list[tuple[Any, Any]]:
-    """Per user ``i``, the generator's (chosen, rejected) log-prob tensors on ``examples[i]`` with
-    ``summaries[i]`` as the summary: the context :func:`popi_sdk.scoring.summary_rewards` and
-    evaluation score, in one batched forest."""
-    import torch
-
-    groups = [
-        ([summary_messages(p.prompt, s) for p in pairs], [[p.chosen, p.rejected] for p in pairs])
-        for pairs, s in zip(examples, summaries)
-    ]
-    out = []
-    for per_context in scorer.logprobs_forest(groups):
-        stacked = torch.stack(per_context)
-        out.append((stacked[:, 0], stacked[:, 1]))
-    return out
 
 
 def write_summaries(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from popi_sdk.eval import metrics as M
-from popi_sdk.templates import Message
+from popi_sdk.backends.base import Message
 from popi_sdk.train.validation import write_summaries
 
 log = logging.getLogger(__name__)
