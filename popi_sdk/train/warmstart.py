@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from popi_sdk.eval import metrics as M
 from popi_sdk.backends.base import Message
+from popi_sdk.eval import metrics as M
 from popi_sdk.train.validation import write_summaries
 
 log = logging.getLogger(__name__)
