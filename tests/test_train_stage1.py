@@ -319,6 +319,61 @@ def test_validation_curve_and_warm_start_in_a_run(tiny_dir, tmp_path):
     assert (run / "rewards.png").stat().st_size > 0
 
 
+def test_extractive_candidates_quote_preferred_responses_within_the_budget(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from popi_sdk.signals import Signals
+    from popi_sdk.summary_spec import SummarySpec
+    from popi_sdk.train.warmstart import QUOTE_LEAD, extractive_candidates
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    signals = Signals.model_validate({"pairs": [
+        {"prompt": "q1", "chosen": "Short and sweet. Wow!", "rejected": "A long dry answer."},
+        {"prompt": "q2", "chosen": "Short and sweet. Wow!", "rejected": "Another dry answer."},
+        {"prompt": "q3", "chosen": " ".join(["Word."] * 80), "rejected": "No."},
+    ]})
+    spec = SummarySpec(max_words=20, max_tokens=30)
+    out = extractive_candidates(signals, spec, tok)
+    assert out[0] == f"{QUOTE_LEAD} Short and sweet. Wow!"
+    assert len(out) == 2  # the repeated preferred response is offered once
+    assert out[1].startswith(QUOTE_LEAD) and len(out[1].split()) <= 20
+    assert len(tok(out[1], add_special_tokens=False)["input_ids"]) < 30
+    assert out[1].endswith(".")  # cut at a sentence end, not mid-word
+
+
+def test_extractive_warm_start_lets_the_reward_pick_between_kinds(tiny_dir, tmp_path):
+    from popi_sdk.train import stage1
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(4)))
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data, run, **{
+        "stage1.warm_start_samples": 1, "stage1.warm_start_extractive": True,
+        "stage1.warm_start_learning_rate": 1e-2, "stage1.kl_weight": 0, "summary.max_tokens": 24,
+    })
+    stage1.main(cfg)
+    picked = [json.loads(line) for line in (run / "warm_start.jsonl").read_text().splitlines()]
+    assert len(picked) == 4 and {p["source"] for p in picked} <= {"sampled", "extractive"}
+    lead = [p for p in picked if p["summary"].startswith("The user prefers answers like this one:")]
+    assert all(p["source"] == "extractive" for p in lead)
+    (warm,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line).get("kind") == "warm_start"]
+    assert warm["warm_start_extractive_won"] == sum(p["source"] == "extractive" for p in picked)
+    # Each pick is the best of its candidates: at least as good as the one sampled summary.
+    assert all(p["reward"] >= p["group_mean"] for p in picked)
+
+
+def test_extractive_warm_start_needs_the_warm_start():
+    from popi_sdk.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="warm_start_extractive.*warm_start_samples to at least 1"):
+        TrainConfig.model_validate({"stage1": {"warm_start_extractive": True}})
+    with pytest.raises(ValueError, match="warm_start_samples = 1 picks from one summary"):
+        TrainConfig.model_validate({"stage1": {"warm_start_samples": 1}})
+    TrainConfig.model_validate({"stage1": {"warm_start_samples": 1, "warm_start_extractive": True}})
+
+
 def test_validation_scores_with_the_training_reward(tiny_dir):
     """One forest pass gives the validation reward and accuracy; the reward must equal the GRPO
     reward (summary_rewards) on the same summaries, and the accuracy must follow the margins."""

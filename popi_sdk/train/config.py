@@ -97,6 +97,13 @@ class Stage1Options(_Section):
         description="Best-of-N warm start: summaries sampled per training user before GRPO; the one "
         "with the highest reward gets a supervised pass (rejection-sampling fine-tuning); 0: off.",
     )
+    warm_start_extractive: bool = Field(
+        default=False,
+        description="Also offer best-of-N each preferred response of the user's own signals, quoted "
+        "as a summary; the reward still picks the winner per user (RUN/warm_start.jsonl says "
+        "which kind won). For a generator that imitates examples more than it reads "
+        "descriptions, as the embedded 135M one does (docs/results.md).",
+    )
     warm_start_learning_rate: float | None = Field(
         default=None, gt=0, description="Learning rate of the warm start pass (None: learning_rate)."
     )
@@ -216,9 +223,15 @@ class TrainConfig(_Section):
                 "stage1.validation_users needs prompt-independent summaries (one per user): set "
                 "stage1.validation_users to 0 or summary.prompt_dependent to false"
             )
-        if self.stage1.warm_start_samples == 1:
+        if self.stage1.warm_start_samples == 1 and not self.stage1.warm_start_extractive:
             raise ValueError(
-                "stage1.warm_start_samples = 1 picks from one summary: use 0 (off) or at least 2"
+                "stage1.warm_start_samples = 1 picks from one summary: use 0 (off) or at least 2 "
+                "(or add candidates with stage1.warm_start_extractive)"
+            )
+        if self.stage1.warm_start_extractive and not self.stage1.warm_start_samples:
+            raise ValueError(
+                "stage1.warm_start_extractive adds candidates to the best-of-N warm start, which "
+                "is off: set stage1.warm_start_samples to at least 1"
             )
         return self
 

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from popi_sdk.backends.base import Message
 from popi_sdk.backends.hf import resolve_model
 from popi_sdk.errors import InputError, MissingDependencyError
-from popi_sdk.signals import PreferencePair, UserRow
+from popi_sdk.signals import PreferencePair, Signals, UserRow
 from popi_sdk.summary_spec import SummarySpec
 from popi_sdk.train import common
 from popi_sdk.train.config import TrainConfig
@@ -205,7 +205,7 @@ def main(cfg: TrainConfig) -> str:
 
         record = warm_start(
             trainer.model, tokenizer, parts.reward, parts.rows, cfg.stage1, spec=cfg.summary,
-            run=run, seed=cfg.seed,
+            run=run, seed=cfg.seed, signals=parts.signals,
         )
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:
@@ -230,6 +230,7 @@ class Stage1Parts(NamedTuple):
     reward: SummaryReward
     rows: list[dict[str, Any]]
     validator: Validator | None
+    signals: dict[str, Signals] | None = None  # each row's user's signals, by example_key
 
 
 def build_trainer(cfg: TrainConfig) -> Stage1Parts:
@@ -295,4 +296,8 @@ def build_trainer(cfg: TrainConfig) -> Stage1Parts:
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.
     n = reward.precompute_reference()
     log.info("reference log-probs of %d examples computed once", n)
-    return Stage1Parts(trainer, reward, rows, validator)
+    by_user = {u.user_id: u.signals for u in users}
+    # A row's key is its user's id, or "id#j" for the j-th prompt-dependent row (build_rows).
+    signals = {key: by_user[key] if key in by_user else by_user[key.rsplit("#", 1)[0]]
+               for key in (row["example_key"] for row in rows)}
+    return Stage1Parts(trainer, reward, rows, validator, signals)

@@ -7,6 +7,14 @@ on the summary tokens only). GRPO on a small model and a few dozen steps mostly 
 the model already samples; the warm start moves the whole distribution to the best of what it
 samples in one step, so the GRPO steps that follow start from summaries that already help.
 
+With ``stage1.warm_start_extractive``, each preferred response in the user's own signals, quoted
+as a summary ("The user prefers answers like this one: ..."), joins the sampled candidates. The
+reward still decides: a quote is kept only where it beats every sampled summary of that user.
+This is the lever a generator that imitates examples but barely reads descriptions needs (the
+embedded 135M one, docs/results.md): the untrained summarizer rarely copies a response even when
+told to, so sampling alone almost never proposes the kind of summary that moves this generator.
+``RUN/warm_start.jsonl`` says for every user which kind of candidate won.
+
 The pass is a short plain loop on the trainer's model (the LoRA policy, whose adapter is the only
 trainable part) with its own optimizer, before ``GRPOTrainer.train`` builds its own: a second
 TRL trainer on the same model object would patch its ``forward`` twice.
@@ -17,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,10 @@ from popi_sdk.eval import metrics as M
 from popi_sdk.train.validation import write_summaries
 
 log = logging.getLogger(__name__)
+
+# How an extractive candidate introduces the quoted response (benchmarks/headroom.py's
+# "example" row measures this framing).
+QUOTE_LEAD = "The user prefers answers like this one:"
 
 
 def best_of_n(
@@ -39,23 +51,49 @@ def best_of_n(
     temperature: float,
     top_p: float,
     clean: Any,
+    extra: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """For each GRPO row (``prompt`` messages, ``example_key``), the best of ``n`` sampled
-    summaries with its reward and the group's mean reward."""
+    summaries and the row's ``extra`` candidates (by ``example_key``), with its reward, its
+    ``source`` ("sampled" or "extractive") and the mean reward of the sampled ones."""
     messages = [row["prompt"] for row in rows for _ in range(n)]
-    texts = write_summaries(model, tokenizer, messages, max_tokens=max_tokens, clean=clean,
-                            temperature=temperature, top_p=top_p)
-    with reward.generator_context():
-        rewards = reward.score([reward.examples[row["example_key"]] for row in rows for _ in range(n)], texts)
-    picked = []
+    sampled = write_summaries(model, tokenizer, messages, max_tokens=max_tokens, clean=clean,
+                              temperature=temperature, top_p=top_p)
+    groups: list[list[tuple[str, str]]] = []
     for i, row in enumerate(rows):
-        group = list(zip(rewards[i * n : (i + 1) * n], texts[i * n : (i + 1) * n]))
-        best_reward, best_text = max(group, key=lambda g: g[0])
+        group = [(text, "sampled") for text in sampled[i * n : (i + 1) * n]]
+        group += [(text, "extractive") for text in (extra or {}).get(row["example_key"], ())]
+        groups.append(group)
+    keys = [row["example_key"] for row, group in zip(rows, groups) for _ in group]
+    with reward.generator_context():
+        rewards = reward.score([reward.examples[k] for k in keys],
+                               [text for group in groups for text, _ in group])
+    picked, at = [], 0
+    for row, group in zip(rows, groups):
+        scored = [(r, text, source) for r, (text, source) in zip(rewards[at : at + len(group)], group)]
+        at += len(group)
+        best_reward, best_text, source = max(scored, key=lambda g: g[0])
         picked.append({
             "example_key": row["example_key"], "prompt": row["prompt"], "summary": best_text,
-            "reward": best_reward, "group_mean": M.mean([g[0] for g in group]),
+            "reward": best_reward, "source": source,
+            "group_mean": M.mean([r for r, _, s in scored if s == "sampled"]),
         })
     return picked
+
+
+def extractive_candidates(signals: Any, spec: Any, tokenizer: Any) -> list[str]:
+    """The user's preferred responses, each quoted as a summary within ``spec``'s word budget
+    and token cap (so the summarizer can learn to write it): the candidates
+    ``stage1.warm_start_extractive`` adds to best-of-N."""
+    out = []
+    for pair in signals.pairs:
+        words = f"{QUOTE_LEAD} {pair.chosen.strip()}".split()[: spec.max_words]
+        while words and len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) >= spec.max_tokens:
+            words.pop()
+        text = spec.clean(" ".join(words), capped=True)
+        if text and text not in out:
+            out.append(text)
+    return out
 
 
 def _encode(tokenizer: Any, messages: list[Message], summary: str) -> tuple[list[int], list[int]]:
@@ -128,6 +166,7 @@ def warm_start(
     spec: Any,
     run: Path,
     seed: int,
+    signals: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
     samples), then one supervised pass; writes ``RUN/warm_start.jsonl`` (the picked summaries)
@@ -135,9 +174,12 @@ def warm_start(
     started = time.perf_counter()
     log.info("warm start: sampling %d summaries for each of %d training users",
              opts.warm_start_samples, len(rows))
+    extra = None
+    if opts.warm_start_extractive:
+        extra = {key: extractive_candidates(s, spec, tokenizer) for key, s in (signals or {}).items()}
     picked = best_of_n(
         model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
-        temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean,
+        temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
     )
     sampled_at = time.perf_counter()
     losses = supervised_pass(
@@ -147,13 +189,15 @@ def warm_start(
     )
     with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
         for p in picked:
-            fh.write(json.dumps({k: p[k] for k in ("example_key", "summary", "reward", "group_mean")}) + "\n")
+            fh.write(json.dumps({k: p[k] for k in ("example_key", "summary", "source", "reward",
+                                                   "group_mean")}) + "\n")
     record = {
         "stage": "stage1", "kind": "warm_start", "step": 0,
         "warm_start_best_reward": M.mean([p["reward"] for p in picked]),
         "warm_start_mean_reward": M.mean([p["group_mean"] for p in picked]),
         "warm_start_losses": losses,
         "warm_start_users": len(picked),
+        "warm_start_extractive_won": sum(p["source"] == "extractive" for p in picked),
         "warm_start_samples": opts.warm_start_samples,
         "warm_start_sampling_seconds": round(sampled_at - started, 1),
         "warm_start_seconds": round(time.perf_counter() - started, 1),
