@@ -59,10 +59,14 @@ def write_summaries(
     temperature: float = 0.0,
     top_p: float = 1.0,
     batch_size: int = 16,
+    progress: str | None = None,
 ) -> list[str]:
     """The policy's summaries of ``messages`` (greedy at ``temperature`` 0), cleaned, in order:
-    the roll-out GRPO samples, outside the trainer (validation, best-of-N warm start)."""
+    the roll-out GRPO samples, outside the trainer (validation, best-of-N warm start).
+    ``progress`` names a progress bar counting the summaries (none without it)."""
     import torch
+
+    from popi_sdk.progress import progress_bar
 
     was_training, side = model.training, tokenizer.padding_side
     model.eval()  # no dropout; and training-mode checkpointing turns the KV cache off
@@ -74,14 +78,17 @@ def write_summaries(
     prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
     out: list[str] = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, **sampling)
-            for row in gen[:, enc["input_ids"].shape[1]:]:
-                out.append(clean(tokenizer.decode(row, skip_special_tokens=True)))
+        with progress_bar(progress or "", len(prompts), enabled=progress is not None,
+                          unit="summaries") as advance:
+            for start in range(0, len(prompts), batch_size):
+                enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt",
+                                padding=True, add_special_tokens=False).to(model.device)
+                with torch.no_grad():
+                    gen = model.generate(**enc, max_new_tokens=max_tokens,
+                                         pad_token_id=tokenizer.pad_token_id, **sampling)
+                for row in gen[:, enc["input_ids"].shape[1]:]:
+                    out.append(clean(tokenizer.decode(row, skip_special_tokens=True)))
+                advance(len(gen))
     finally:
         model.train(was_training)
         tokenizer.padding_side = side

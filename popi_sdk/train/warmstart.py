@@ -58,7 +58,8 @@ def best_of_n(
     ``source`` ("sampled" or "extractive") and the mean reward of the sampled ones."""
     messages = [row["prompt"] for row in rows for _ in range(n)]
     sampled = write_summaries(model, tokenizer, messages, max_tokens=max_tokens, clean=clean,
-                              temperature=temperature, top_p=top_p)
+                              temperature=temperature, top_p=top_p,
+                              progress="warm start: sampling" if messages else None)
     groups: list[list[tuple[str, str]]] = []
     for i, row in enumerate(rows):
         group = [(text, "sampled") for text in sampled[i * n : (i + 1) * n]]
