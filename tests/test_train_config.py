@@ -44,7 +44,7 @@ def test_kl_weight_follows_beta_and_loss_and_can_be_set():
     assert load_config(overrides=["stage1.kl_weight=0"]).kl == 0.0
 
 
-@pytest.mark.parametrize("name", ["cpu-small", "paper"])
+@pytest.mark.parametrize("name", ["cpu-small", "cpu-learn", "paper"])
 def test_presets_validate(name):
     assert name in presets()
     cfg = load_config(preset=name)
@@ -118,7 +118,7 @@ def test_zero_max_steps_is_rejected():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"preset": "gpu-huge"}, "unknown preset 'gpu-huge'; known presets: cpu-small, paper"),
+        ({"preset": "gpu-huge"}, "unknown preset 'gpu-huge'; known presets: cpu-learn, cpu-small, paper"),
         ({"preset": "paper", "config": "x.yaml"}, "either --config FILE or --preset NAME"),
         ({"config": "/nonexistent/popi.yaml"}, "no such config file"),
         ({"overrides": ["beta"]}, "expected KEY=VALUE"),

@@ -315,7 +315,7 @@ def test_validation_curve_and_warm_start_in_a_run(tiny_dir, tmp_path):
     picked = [json.loads(line) for line in (run / "warm_start.jsonl").read_text().splitlines()]
     held_out = {json.loads(line)["user_id"] for line in (run / "validation" / "step-00002.jsonl").read_text().splitlines()}
     assert len(picked) == 4 and held_out.isdisjoint(p["example_key"] for p in picked)
-    assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-00000.jsonl", "step-00001.jsonl", "step-00002.jsonl"]
+    assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-00000.jsonl", "step-00001.jsonl", "step-00002.jsonl", "warm-start.jsonl"]
     assert (run / "rewards.png").stat().st_size > 0
 
 

@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML config file (see docs/training.md).")
-_PRESET = typer.Option(None, "--preset", "-p", help="Shipped preset: cpu-small or paper.")
+_PRESET = typer.Option(None, "--preset", "-p", help="Shipped preset: cpu-small, cpu-learn or paper.")
 _DATA = typer.Option(None, "--data", help="Folder holding train.jsonl (canonical user rows).")
 _OUT = typer.Option(None, "--out", "-o", help="Run folder: checkpoints, metrics, plot, config.")
 _MAX_STEPS = typer.Option(None, "--max-steps", min=1, help="Cap the steps of each stage.")

@@ -6,7 +6,7 @@ for each validation user (as the SDK would at inference), and the frozen generat
 that user's examples: the mean POPI reward (the training objective, −loss) and the reward
 accuracy (``popi eval``'s definition: the margin under the summary beats the prompt-only margin).
 Both go to ``RUN/metrics.jsonl`` as ``{"stage": "stage1", "kind": "validation", "phase": ...}`` lines
-and the summaries to ``RUN/validation/step-NNNNN.jsonl``, so a run shows whether the summarizer
+and the summaries to ``RUN/validation/step-NNNNN.jsonl`` (``warm-start.jsonl`` after the warm start), so a run shows whether the summarizer
 learned something that carries to users it never trained on. Settings are chosen on these users;
 the test users stay untouched until the final evaluation.
 """
@@ -127,7 +127,10 @@ class Validator:
             self._base_margins = M.margins(chosen.tolist(), rejected.tolist())
         return self._base_margins
 
-    def run(self, model: Any, tokenizer: Any, step: int, *, write: bool = True) -> dict[str, Any]:
+    def run(self, model: Any, tokenizer: Any, step: int, *, write: bool = True,
+            name: str | None = None) -> dict[str, Any]:
+        """Score the current greedy summaries; with ``write``, save them as ``name``
+        (default ``step-NNNNN``) ``.jsonl`` in the output folder."""
         started = time.perf_counter()
         texts = self.summarize(model, tokenizer, self.messages)
         base = self.base_margins()
@@ -160,7 +163,7 @@ class Validator:
         if not write:
             return record
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with (self.out_dir / f"step-{step:05d}.jsonl").open("w", encoding="utf-8") as fh:
+        with (self.out_dir / f"{name or f'step-{step:05d}'}.jsonl").open("w", encoding="utf-8") as fh:
             for user, text, reward in zip(self.users, texts, rewards):
                 fh.write(json.dumps({"user_id": user.user_id, "summary": text, "reward": reward}) + "\n")
         log.info(
@@ -193,7 +196,9 @@ def validate_and_log(
     it (a ZeRO-3 model generates only with all ranks taking part); the main process writes."""
     if (step, phase) in logged(metrics_path):
         return
-    record = validator.run(model, tokenizer, step, write=main_process)
+    # The warm start is validated at step 0 too: its summaries get their own file.
+    name = "warm-start" if phase == "warm_start" else None
+    record = validator.run(model, tokenizer, step, write=main_process, name=name)
     if main_process:
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({**record, "phase": phase}) + "\n")
