@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from popi_sdk.errors import InputError
 from popi_sdk.signals import PreferencePair, UserRow
 from popi_sdk.templates import prompt_only_messages, summary_messages
 
@@ -364,6 +365,35 @@ def test_extractive_warm_start_lets_the_reward_pick_between_kinds(tiny_dir, tmp_
     assert all(p["reward"] >= p["group_mean"] for p in picked)
 
 
+def test_a_run_starts_from_another_runs_warm_start_adapter(tiny_dir, data_dir, tmp_path):
+    """The warm start's adapter is saved (RUN/warm-start) and a second run's GRPO starts from it:
+    its validation after loading equals the first run's after the warm start."""
+    pytest.importorskip("peft")
+    from popi_sdk.train import stage1
+
+    lora = {"lora.enabled": True, "lora.r": 4, "stage1.kl_weight": 0, "stage1.max_steps": 1,
+            "stage1.validation_users": 1, "stage1.eval_every": 1}
+    first = tmp_path / "first"
+    stage1.main(_cfg(tiny_dir, data_dir, first, **lora, **{
+        "stage1.warm_start_samples": 2, "stage1.warm_start_learning_rate": 5e-2}))
+    assert (first / "warm-start" / "adapter_config.json").is_file()
+    assert (first / "stage1" / "adapter" / "adapter_config.json").is_file()
+    second = tmp_path / "second"
+    stage1.main(_cfg(tiny_dir, data_dir, second, **lora,
+                     **{"stage1.init_adapter": str(first / "warm-start")}))
+
+    def warm(run):
+        (rec,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line).get("phase") == "warm_start"]
+        return rec["val_reward"]
+
+    assert warm(second) == pytest.approx(warm(first), abs=1e-5)
+    assert not (second / "warm_start.jsonl").exists()  # no second warm start
+    with pytest.raises(InputError, match="holds no LoRA adapter"):
+        stage1.main(_cfg(tiny_dir, data_dir, tmp_path / "third", **lora,
+                         **{"stage1.init_adapter": str(tmp_path)}))
+
+
 def test_extractive_warm_start_needs_the_warm_start():
     from popi_sdk.train.config import TrainConfig
 
@@ -372,6 +402,8 @@ def test_extractive_warm_start_needs_the_warm_start():
     with pytest.raises(ValueError, match="warm_start_samples = 1 picks from one summary"):
         TrainConfig.model_validate({"stage1": {"warm_start_samples": 1}})
     TrainConfig.model_validate({"stage1": {"warm_start_samples": 1, "warm_start_extractive": True}})
+    with pytest.raises(ValueError, match="init_adapter loads a LoRA adapter"):
+        TrainConfig.model_validate({"lora": {"enabled": False}, "stage1": {"init_adapter": "x"}})
 
 
 def test_validation_scores_with_the_training_reward(tiny_dir):

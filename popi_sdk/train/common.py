@@ -218,6 +218,9 @@ def save_final(trainer: Any, tokenizer: Any, cfg: TrainConfig, stage: str) -> Pa
     model = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora.enabled:
         if trainer.accelerator.is_main_process:
+            # The adapter alone too (a few MB, what the package ships as its trained
+            # summarizer), then the merged model any loader reads.
+            model.save_pretrained(dest / "adapter")
             merged = model.merge_and_unload()
             merged.save_pretrained(dest)
     else:

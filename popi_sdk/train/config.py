@@ -104,6 +104,12 @@ class Stage1Options(_Section):
         "which kind won). For a generator that imitates examples more than it reads "
         "descriptions, as the embedded 135M one does (docs/results.md).",
     )
+    init_adapter: str | None = Field(
+        default=None,
+        description="Start GRPO from this LoRA adapter folder (another run's RUN/warm-start or "
+        "RUN/stage1/adapter) instead of a fresh adapter, skipping the warm start: ablations of "
+        "the GRPO settings from one warm start. Needs lora.enabled.",
+    )
     warm_start_learning_rate: float | None = Field(
         default=None, gt=0, description="Learning rate of the warm start pass (None: learning_rate)."
     )
@@ -227,6 +233,11 @@ class TrainConfig(_Section):
             raise ValueError(
                 "stage1.warm_start_samples = 1 picks from one summary: use 0 (off) or at least 2 "
                 "(or add candidates with stage1.warm_start_extractive)"
+            )
+        if self.stage1.init_adapter and not self.lora.enabled:
+            raise ValueError(
+                "stage1.init_adapter loads a LoRA adapter: set lora.enabled to true (with the "
+                "adapter's r and alpha) or drop stage1.init_adapter"
             )
         if self.stage1.warm_start_extractive and not self.stage1.warm_start_samples:
             raise ValueError(

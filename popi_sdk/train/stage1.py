@@ -200,7 +200,12 @@ def main(cfg: TrainConfig) -> str:
     if parts.validator is not None and resume is None:
         validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0, phase="initial",
                          main_process=main_process)
-    if cfg.stage1.warm_start_samples and resume is None:
+    if cfg.stage1.init_adapter and resume is None:
+        load_adapter(trainer, cfg.stage1.init_adapter)
+        if parts.validator is not None:
+            validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0,
+                             phase="warm_start", main_process=main_process)
+    elif cfg.stage1.warm_start_samples and resume is None:
         from popi_sdk.train.warmstart import warm_start
 
         record = warm_start(
@@ -210,6 +215,8 @@ def main(cfg: TrainConfig) -> str:
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if main_process:  # GRPO ablations can start from it (stage1.init_adapter)
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(run / "warm-start")
         if parts.validator is not None:
             validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0,
                              phase="warm_start", main_process=main_process)
@@ -220,6 +227,29 @@ def main(cfg: TrainConfig) -> str:
 
         plot_run(run)
     return str(dest)
+
+
+def load_adapter(trainer: Any, folder: str) -> None:
+    """Put the LoRA weights saved in ``folder`` into the trainer's adapter (same r and targets)."""
+    from pathlib import Path
+
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise InputError(
+            f"stage1.init_adapter = {folder!r} holds no LoRA adapter (adapter_config.json): point "
+            "it at a run's RUN/warm-start or RUN/stage1/adapter folder"
+        )
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    result = set_peft_model_state_dict(model, load_peft_weights(folder, device="cpu"))
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if missing:
+        raise InputError(
+            f"stage1.init_adapter = {folder!r} does not fit this model's adapter ({len(missing)} "
+            f"weights without a place, e.g. {missing[0]}): use the lora settings it was trained with"
+        )
+    log.info("stage 1 starts from the adapter in %s", folder)
 
 
 class Stage1Parts(NamedTuple):
