@@ -15,7 +15,7 @@ from popi_sdk.backends import Backend, GenerateOptions, check_backend_name, get_
 from popi_sdk.backends.base import Message
 from popi_sdk.errors import EmptySummaryError, InputError, NotFoundError, describe_validation_error
 from popi_sdk.progress import progress_bar
-from popi_sdk.settings import DEFAULT_BACKEND, resolve
+from popi_sdk.settings import DEFAULT_BACKEND, DEFAULT_SUMMARIZER, resolve
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore, UserRow, UserSignals
 from popi_sdk.store import DEFAULT_MAX_STORED_SIGNALS, SummaryStore, open_store
 from popi_sdk.summary_spec import SummarySpec, check_field, length_overrides
@@ -154,7 +154,8 @@ class Personalizer:
 
     Args:
         summarizer: backend name or instance that writes summaries
-            (``POPI_SUMMARIZER``; default ``hf``, the embedded SmolLM2-135M).
+            (``POPI_SUMMARIZER``; default ``hf:popi``, the embedded SmolLM2-135M with the
+            shipped trained summarizer adapter; ``hf`` is the untrained model).
         generator: backend that answers prompts (``POPI_GENERATOR``; default ``hf``).
             A trained checkpoint folder works for either (``"runs/x/stage1"``).
         store: a :class:`SummaryStore`, a SQLite path, a ``postgresql://`` URL, or ``":memory:"``
@@ -205,7 +206,7 @@ class Personalizer:
                 check_field(name, value)
                 self._overrides[name] = value
         self._summarizer_spec = summarizer if isinstance(summarizer, Backend) else resolve(
-            summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND
+            summarizer, "POPI_SUMMARIZER", DEFAULT_SUMMARIZER
         )
         self._generator_spec = generator if isinstance(generator, Backend) else resolve(
             generator, "POPI_GENERATOR", DEFAULT_BACKEND

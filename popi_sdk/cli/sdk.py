@@ -30,7 +30,9 @@ def demo(
     summary_words: Optional[int] = typer.Option(
         None, min=1, help=SUMMARY_WORDS_HELP + " Default: the summarizer's trained spec, else 40."
     ),
-    summarizer: Optional[str] = typer.Option(None, help="Summarizer backend (env POPI_SUMMARIZER; default hf)."),
+    summarizer: Optional[str] = typer.Option(
+        None, help="Summarizer backend (env POPI_SUMMARIZER; default hf:popi, the trained one; hf: untrained)."
+    ),
     generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
@@ -52,16 +54,22 @@ def demo(
     timer = PhaseTimer()
     rows = read_users(users or _demo_users_file())
     from popi_sdk.backends import get_backend
-    from popi_sdk.settings import DEFAULT_BACKEND, resolve
+    from popi_sdk.settings import DEFAULT_BACKEND, DEFAULT_SUMMARIZER, resolve
     from popi_sdk.summary_spec import SummarySpec
 
+    summarizer_name = resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_SUMMARIZER)
     # The demo asks an untrained summarizer for 40 words; a trained one writes as it was trained.
-    trained = SummarySpec.of_backend(
-        get_backend(resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_BACKEND)),
-        default=SummarySpec(max_words=40),
-    )
+    trained = SummarySpec.of_backend(get_backend(summarizer_name), default=SummarySpec(max_words=40))
+    # Beside a trained summarizer, the untrained embedded one shows what training changed.
+    untrained = None
+    if get_backend(summarizer_name).checkpoint and summarizer_name != DEFAULT_BACKEND:
+        untrained = Personalizer(
+            summarizer=DEFAULT_BACKEND, generator=generator, store=store,
+            summary=SummarySpec(max_words=40), summary_tokens=summary_tokens,
+            summary_words=summary_words, **SMALL_MODEL,
+        )
     p = Personalizer(
-        summarizer=summarizer, generator=generator, store=store, summary=trained,
+        summarizer=summarizer_name, generator=generator, store=store, summary=trained,
         summary_tokens=summary_tokens, summary_words=summary_words, **SMALL_MODEL,
     )
     with timer.phase("loading"), console.status(f"Loading the model ({p._summarizer_spec})..."):
@@ -69,15 +77,21 @@ def demo(
         p.generator.count_tokens("warm-up")
     with timer.phase("summarizing"):
         summaries = p.summarize_many(rows)
+        before = untrained.summarize_many(rows) if untrained is not None else None
 
     table = Table(title="Preference summaries", show_lines=True)
     table.add_column("user")
     table.add_column("raw signals\n(tokens)", justify="right")
-    table.add_column("summary", ratio=1)
+    if before is not None:
+        table.add_column("untrained summarizer (hf)", ratio=1, style="dim")
+    table.add_column(f"summary ({p._summarizer_spec})", ratio=1)
     table.add_column("summary\n(tokens)", justify="right")
-    for row, summary in zip(rows, summaries):
+    for i, (row, summary) in enumerate(zip(rows, summaries)):
         raw = p.summarizer.count_tokens(render_signals(row.signals))
-        table.add_row(row.user_id, str(raw), summary.text, str(summary.n_tokens))
+        cells = [row.user_id, str(raw)]
+        if before is not None:
+            cells.append(before[i].text)
+        table.add_row(*cells, summary.text, str(summary.n_tokens))
     console.print(table)
 
     with timer.phase("answering"):
@@ -151,7 +165,7 @@ def generate(
         None, "--users", help="Users file: summarize --user from it now (cached) instead of reading the store."
     ),
     summarizer: Optional[str] = typer.Option(
-        None, help="Summarizer whose summary to use (env POPI_SUMMARIZER; default hf)."
+        None, help="Summarizer whose summary to use (env POPI_SUMMARIZER; default hf:popi)."
     ),
     backend: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR)."),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),

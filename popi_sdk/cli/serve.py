@@ -17,7 +17,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --api-key."),
     port: int = typer.Option(8080, min=1, max=65535, help="Port to listen on."),
     store: Optional[str] = typer.Option(None, help="Summary store: SQLite path or postgresql:// URL (env POPI_STORE)."),
-    summarizer: Optional[str] = typer.Option(None, help="Summarizer for POST /v1/users/ID/signals (env POPI_SUMMARIZER; default hf)."),
+    summarizer: Optional[str] = typer.Option(None, help="Summarizer for POST /v1/users/ID/signals (env POPI_SUMMARIZER; default hf:popi, the trained embedded summarizer)."),
     api_key: Optional[list[str]] = typer.Option(
         None, "--api-key",
         help="A proxy key clients must send as Bearer (repeatable). Env POPI_SERVE_API_KEYS=K1,K2 "

@@ -197,7 +197,8 @@ def main(cfg: TrainConfig) -> str:
     resume = common.last_checkpoint(cfg, "stage1")
     main_process = trainer.accelerator.is_main_process
     metrics = run / "metrics.jsonl"
-    if parts.validator is not None and resume is None:
+    if parts.validator is not None and resume is None and not cfg.stage1.init_adapter:
+        # (A run from another run's adapter starts at that adapter: its step 0 is "warm_start".)
         validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0, phase="initial",
                          main_process=main_process)
     if cfg.stage1.init_adapter and resume is None:
