@@ -181,7 +181,7 @@ def _stored_summary(store_path, row: UserRow, summarizer: str, text: str) -> Non
 
     open_store(str(store_path)).put(
         Summary(user_id=row.user_id, text=text, summarizer=summarizer,
-                signals_hash=Personalizer(store=":memory:").cache_hash(row), n_tokens=len(text.split()))
+                signals_hash=Personalizer(summarizer="hf", store=":memory:").cache_hash(row), n_tokens=len(text.split()))
     )
 
 

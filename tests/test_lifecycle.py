@@ -38,7 +38,7 @@ class CallCounter:
 
 @pytest.fixture
 def p(smollm2, store_path, monkeypatch):
-    personalizer = Personalizer(store=store_path, summary_tokens=24)
+    personalizer = Personalizer(summarizer="hf", store=store_path, summary_tokens=24)
     counter = CallCounter(smollm2.generate_batch)  # every local model call goes through it
     monkeypatch.setattr(smollm2, "generate_batch", counter)
     personalizer.counter = counter

@@ -158,7 +158,7 @@ def test_fast_path_and_streaming_apply_small_model_settings_alike(smollm2, setti
 
 @pytest.mark.model
 def test_summary_at_the_cap_ends_with_a_whole_sentence(smollm2):
-    p = Personalizer(store=":memory:", summary_tokens=24, **SMALL_MODEL)
+    p = Personalizer(summarizer="hf", store=":memory:", summary_tokens=24, **SMALL_MODEL)
     user = {"user_id": "kid", "persona": "I am 8 years old and I love animals and drawing."}
     summary = p.summarize(user)
     spec = p.summary_spec

@@ -25,7 +25,7 @@ def test_one_default_summary_spec_for_training_and_the_sdk():
     from popi_sdk import Personalizer
     from popi_sdk.summary_spec import SummarySpec
 
-    assert TrainConfig().summary == SummarySpec() == Personalizer(store=":memory:").summary_spec
+    assert TrainConfig().summary == SummarySpec() == Personalizer(summarizer="hf", store=":memory:").summary_spec
     small, paper = load_config(preset="cpu-small").summary, load_config(preset="paper").summary
     assert (small.max_tokens, small.max_words) == (48, 60)
     assert (paper.max_tokens, paper.max_words, paper.train_temperature) == (128, 60, 0.6)

@@ -55,14 +55,19 @@ def demo(
     rows = read_users(users or _demo_users_file())
     from popi_sdk.backends import get_backend
     from popi_sdk.settings import DEFAULT_BACKEND, DEFAULT_SUMMARIZER, resolve
-    from popi_sdk.summary_spec import SummarySpec
+    from popi_sdk.summary_spec import SPEC_FILE, SummarySpec
 
     summarizer_name = resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_SUMMARIZER)
-    # The demo asks an untrained summarizer for 40 words; a trained one writes as it was trained.
-    trained = SummarySpec.of_backend(get_backend(summarizer_name), default=SummarySpec(max_words=40))
+    # The demo asks an untrained summarizer for 40 words with decoding settings that keep a small
+    # model from looping; a trained one writes exactly as it was trained (a repetition penalty
+    # would fight a summarizer trained to quote the user's preferred response).
+    checkpoint = get_backend(summarizer_name).checkpoint
+    is_trained = bool(checkpoint) and (Path(checkpoint) / SPEC_FILE).is_file()
+    trained = SummarySpec.from_checkpoint(checkpoint) if is_trained else SummarySpec(max_words=40)
+    summary_decoding = {} if is_trained else SMALL_MODEL
     # Beside a trained summarizer, the untrained embedded one shows what training changed.
     untrained = None
-    if get_backend(summarizer_name).checkpoint and summarizer_name != DEFAULT_BACKEND:
+    if is_trained and summarizer_name != DEFAULT_BACKEND:
         untrained = Personalizer(
             summarizer=DEFAULT_BACKEND, generator=generator, store=store,
             summary=SummarySpec(max_words=40), summary_tokens=summary_tokens,
@@ -70,7 +75,7 @@ def demo(
         )
     p = Personalizer(
         summarizer=summarizer_name, generator=generator, store=store, summary=trained,
-        summary_tokens=summary_tokens, summary_words=summary_words, **SMALL_MODEL,
+        summary_tokens=summary_tokens, summary_words=summary_words, **summary_decoding,
     )
     with timer.phase("loading"), console.status(f"Loading the model ({p._summarizer_spec})..."):
         p.summarizer.count_tokens("warm-up")  # loads the model (first run: converts it once)
