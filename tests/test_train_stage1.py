@@ -318,6 +318,7 @@ def test_validation_curve_and_warm_start_in_a_run(tiny_dir, tmp_path):
     assert len(picked) == 4 and held_out.isdisjoint(p["example_key"] for p in picked)
     assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-00000.jsonl", "step-00001.jsonl", "step-00002.jsonl", "warm-start.jsonl"]
     assert (run / "rewards.png").stat().st_size > 0
+    assert not (run / "warm-start").exists()  # without LoRA there is no adapter to save
 
 
 def test_extractive_candidates_quote_preferred_responses_within_the_budget(tiny_dir):

@@ -91,12 +91,10 @@ def demo(
         table.add_column("untrained summarizer (hf)", ratio=1, style="dim")
     table.add_column(f"summary ({p._summarizer_spec})", ratio=1)
     table.add_column("summary\n(tokens)", justify="right")
-    for i, (row, summary) in enumerate(zip(rows, summaries)):
+    for row, summary, old in zip(rows, summaries, before or [None] * len(rows)):
         raw = p.summarizer.count_tokens(render_signals(row.signals))
-        cells = [row.user_id, str(raw)]
-        if before is not None:
-            cells.append(before[i].text)
-        table.add_row(*cells, summary.text, str(summary.n_tokens))
+        table.add_row(row.user_id, str(raw), *([old.text] if old else []), summary.text,
+                      str(summary.n_tokens))
     console.print(table)
 
     with timer.phase("answering"):

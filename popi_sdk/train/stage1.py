@@ -216,8 +216,8 @@ def main(cfg: TrainConfig) -> str:
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
-        if main_process:  # GRPO ablations can start from it (stage1.init_adapter)
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(run / "warm-start")
+            if cfg.lora.enabled:  # the adapter alone: GRPO ablations start from it (init_adapter)
+                trainer.accelerator.unwrap_model(trainer.model).save_pretrained(run / "warm-start")
         if parts.validator is not None:
             validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0,
                              phase="warm_start", main_process=main_process)
@@ -244,11 +244,11 @@ def load_adapter(trainer: Any, folder: str) -> None:
         )
     model = trainer.accelerator.unwrap_model(trainer.model)
     result = set_peft_model_state_dict(model, load_peft_weights(folder, device="cpu"))
-    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    if missing:
+    unplaced = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unplaced:
         raise InputError(
-            f"stage1.init_adapter = {folder!r} does not fit this model's adapter ({len(missing)} "
-            f"weights without a place, e.g. {missing[0]}): use the lora settings it was trained with"
+            f"stage1.init_adapter = {folder!r} does not fit this model's adapter ({len(unplaced)} "
+            f"weights without a place, e.g. {unplaced[0]}): use the lora settings it was trained with"
         )
     log.info("stage 1 starts from the adapter in %s", folder)
 
