@@ -125,6 +125,22 @@ def test_examples_say_which_key_is_missing_in_one_line(tmp_path, script, variabl
 
 # -- with the bundled model ---------------------------------------------------------------------
 @pytest.mark.model
+def test_first_use_conversion_shows_popis_bar_not_transformers_tqdm(smollm2_dir, tmp_path):
+    """Converting the embedded GGUF goes through a bare tqdm in transformers that its own switch
+    does not silence; quiet, the user sees popi's per-tensor bar instead."""
+    code = ("import sys; from popi_sdk.progress import quiet_libraries; quiet_libraries(); "
+            "from popi_sdk.backends.hf import embedded_checkpoint; print(embedded_checkpoint(sys.argv[1]))")
+    env = {k: v for k, v in os.environ.items() if k != "POPI_HOME"}
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (Path(run.stdout.strip()) / "model.safetensors").exists()
+    assert "de-quantizing" not in run.stderr
+    assert "Converting the embedded model (first use only)" in run.stderr
+    assert "272/272 tensors" in run.stderr
+
+
+@pytest.mark.model
 def test_quiet_by_default_and_library_logs_with_verbose(smollm2_dir, tmp_path):
     store = str(tmp_path / "s.sqlite")
     args = ["generate", "--summary", "The user likes short answers.", "--prompt", "Hi",

@@ -71,6 +71,36 @@ def _file_lock(path: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _conversion_progress() -> Iterator[None]:
+    """transformers de-quantizes a GGUF under a bare ``tqdm`` bar that its own
+    ``disable_progress_bar`` does not reach. Where its bars are switched off (the CLI without
+    ``--verbose``), show popi's own bar instead: tensors converted, with an ETA."""
+    from transformers.utils import logging as tf_logging
+
+    if tf_logging.is_progress_bar_enabled():
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from popi_sdk.progress import progress_bar
+
+    def converting(iterable: Any, **_: Any) -> Iterator[Any]:
+        items = list(iterable)
+        with progress_bar("Converting the embedded model (first use only)", len(items),
+                          unit="tensors") as advance:
+            for item in items:
+                yield item
+                advance()
+
+    original = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = converting
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def embedded_checkpoint(home: str | os.PathLike | None = None) -> Path:
     """Convert the embedded GGUF to safetensors once; return the checkpoint folder."""
     dest = popi_home(home) / "models" / EMBEDDED_DIR
@@ -84,7 +114,8 @@ def embedded_checkpoint(home: str | os.PathLike | None = None) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with _conversion_progress():
+            gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # A GGUF-loaded model is "not serializable": rebuild a plain model from its config
         # without the quantization_config, copy the de-quantized weights, then save.
         config_dict = gguf_model.config.to_dict()
