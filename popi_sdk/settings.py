@@ -13,6 +13,7 @@ API request timeout    ``POPI_API_TIMEOUT``                15 s per attempt
 API retries            ``POPI_API_MAX_RETRIES``            2 (3 attempts in all)
 local model threads    ``POPI_THREADS``                    ``OMP_NUM_THREADS``, else half
                                                            the cores, at most 4 (1 on 2 cores)
+CPU decode weights     ``POPI_WEIGHTS``                    ``auto`` (see ``HFBackend``)
 =====================  ==================================  ==============================
 
 A bad value of any of these variables is a :class:`~popi_sdk.errors.SettingError` that names it.
@@ -146,3 +147,25 @@ def torch_threads(explicit: int | None = None) -> int:
             )
         return value
     return default_threads()
+
+
+WEIGHTS = ("auto", "int4", "bfloat16", "float32")
+
+
+def decode_weights(explicit: str | None = None) -> str:
+    """The fast CPU decoder's projection weights: argument, ``POPI_WEIGHTS``, then ``"auto"``."""
+    from popi_sdk.errors import InputError
+
+    if explicit is not None and explicit != "auto":
+        if explicit not in WEIGHTS:
+            raise InputError(f"weights must be 'auto', 'int4', 'bfloat16' or 'float32', got {explicit!r}")
+        return explicit
+    raw = os.environ.get("POPI_WEIGHTS", "").strip()
+    if not raw:
+        return "auto"
+    if raw not in WEIGHTS:
+        raise SettingError(
+            f"POPI_WEIGHTS={raw!r} is not one of {', '.join(WEIGHTS)}: set it to the CPU decoder's "
+            "weights (float32 gives transformers' exact greedy tokens), or unset it"
+        )
+    return raw

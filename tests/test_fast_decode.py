@@ -141,3 +141,18 @@ def test_thread_count_resolution(monkeypatch):
         torch_threads()
     with pytest.raises(InputError, match="threads must be"):
         torch_threads(0)
+
+
+def test_decode_weights_resolution(monkeypatch):
+    from popi_sdk.settings import decode_weights
+
+    monkeypatch.delenv("POPI_WEIGHTS", raising=False)
+    assert decode_weights() == "auto" and decode_weights("auto") == "auto"
+    monkeypatch.setenv("POPI_WEIGHTS", "float32")
+    assert decode_weights() == "float32"
+    assert decode_weights("int4") == "int4"  # the argument wins over the variable
+    monkeypatch.setenv("POPI_WEIGHTS", "int8")
+    with pytest.raises(SettingError, match="POPI_WEIGHTS='int8'"):
+        decode_weights()
+    with pytest.raises(InputError, match="weights must be"):
+        decode_weights("fp8")

