@@ -156,3 +156,29 @@ def test_decode_weights_resolution(monkeypatch):
         decode_weights()
     with pytest.raises(InputError, match="weights must be"):
         decode_weights("fp8")
+
+
+def test_auto_weights_are_int4_only_where_4_bit_rounding_changes_no_weight(smollm2, monkeypatch):
+    """The embedded model lies on the 4-bit grid (published as Q4_1); the trained summarizer,
+    an adapter merged into it, does not, and 4-bit rounding would round its training away."""
+    import torch
+
+    from popi_sdk.backends.fast_decode import on_int4_grid
+    from popi_sdk.backends.hf import HFBackend
+
+    monkeypatch.delenv("POPI_WEIGHTS", raising=False)
+    model = smollm2.model
+    assert on_int4_grid(model)
+    weight = model.model.layers[-1].mlp.down_proj.weight
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] += 1e-4  # a fine-tuning step's worth: off the grid
+    try:
+        assert not on_int4_grid(model)
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
+    assert HFBackend().fast_decoder().weights == "int4"
+    assert HFBackend("popi").fast_decoder().weights == "float32"
+    monkeypatch.setenv("POPI_WEIGHTS", "float32")
+    assert HFBackend().fast_decoder().weights == "float32"

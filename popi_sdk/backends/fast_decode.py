@@ -53,6 +53,20 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
+def on_int4_grid(model: Any) -> bool:
+    """Whether ``model``'s projection weights lie exactly on the 4-bit grid (groups of 32, a scale
+    and an offset each), as the embedded model's do: it was published as Q4_1. Checked on the
+    first and last layers. A fine-tuned model with an adapter merged in is off the grid, and
+    rounding it to 4 bits would round the fine-tuning away (measured in docs/benchmarks.md)."""
+    blocks = model.model.layers
+    for block in (blocks[0], blocks[-1]):
+        for module in (block.self_attn.q_proj, block.self_attn.o_proj, block.mlp.down_proj):
+            weight = module.weight
+            if weight.shape[1] % INT4_GROUP or _Int4.grid_error(weight) > 0:
+                return False
+    return True
+
+
 def int4_available() -> bool:
     import torch
 
@@ -84,15 +98,28 @@ class _Int4:
 
         w = weight.detach().float()
         n, k = w.shape
-        grouped = w.view(n, k // group, group)
-        low, high = grouped.amin(-1), grouped.amax(-1)
-        scale = ((high - low) / 15).clamp(min=1e-12)
-        q = ((grouped - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+        q, scale, low = self._quantize(w, group)
         self.error = float(((q * scale[..., None] + low[..., None]).view(n, k) - w).abs().max())
         self.packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).view(n, k), 1)
         zero = low + 8 * scale
         self.scales = torch.stack([scale.t(), zero.t()], -1).contiguous().to(torch.bfloat16)
         self.group = group
+
+    @staticmethod
+    def _quantize(w: Any, group: int) -> tuple[Any, Any, Any]:
+        n, k = w.shape
+        grouped = w.view(n, k // group, group)
+        low, high = grouped.amin(-1), grouped.amax(-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = ((grouped - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+        return q, scale, low
+
+    @classmethod
+    def grid_error(cls, weight: Any, group: int = INT4_GROUP) -> float:
+        """Largest absolute change 4-bit rounding would make to ``weight``."""
+        w = weight.detach().float()
+        q, scale, low = cls._quantize(w, group)
+        return float(((q * scale[..., None] + low[..., None]).view(w.shape) - w).abs().max())
 
     def __call__(self, x: Any, keep: bool = False) -> Any:
         """``x @ w.T`` with bf16 inputs; float32 out unless ``keep`` (bf16 out, as for _Dense)."""

@@ -174,7 +174,8 @@ class HFBackend(Backend):
             32 for the decode steps, bf16 for the prompt pass, bf16 inputs to the products; the
             measured speed and reward check are in docs/benchmarks.md), ``"float32"`` (greedy
             tokens identical to ``transformers``) or ``"bfloat16"``; default ``POPI_WEIGHTS``,
-            then ``"auto"``: int4 where this torch has its CPU kernel, else float32.
+            then ``"auto"``: int4 for a model whose weights already lie on the 4-bit grid (the
+            embedded one) where this torch has the kernel, else float32.
     """
 
     supports_logprobs = True
@@ -282,10 +283,13 @@ class HFBackend(Backend):
                     return None
                 weights = self.weights
                 if weights == "auto":
-                    # int4: the fastest at batch 1, and the summaries it writes lose no reward
-                    # accuracy in docs/benchmarks.md; float32 where this torch has no int4 kernel
-                    # (and on request: its greedy tokens are transformers' exactly).
-                    weights = "int4" if fast_decode.int4_available() else "float32"
+                    # int4 where it changes no weight: a model published on the 4-bit grid (the
+                    # embedded one), and a torch with the kernel; the fastest at batch 1, with
+                    # no loss of reward accuracy in docs/benchmarks.md. Anything else (hf:popi,
+                    # whose merged adapter 4-bit rounding would erase) decodes in float32, whose
+                    # greedy tokens are transformers' exactly.
+                    lossless = fast_decode.int4_available() and fast_decode.on_int4_grid(model)
+                    weights = "int4" if lossless else "float32"
                 self._fast = fast_decode.FastDecoder(model, weights)
         return self._fast or None
 
