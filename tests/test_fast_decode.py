@@ -81,6 +81,8 @@ def test_int4_weights_are_exact_for_the_embedded_model_and_scores_close(embedded
     tokens that matter (float32's top 20), and the shortlist pick equals float32's argmax."""
     import torch
 
+    from popi_sdk.backends.fast_decode import _penalize
+
     _, tok, fp32, int4 = embedded
     assert int4.weight_error == 0.0
     assert int4.weight_bytes() < fp32.weight_bytes() / 5
@@ -105,6 +107,12 @@ def test_int4_weights_are_exact_for_the_embedded_model_and_scores_close(embedded
         # the 4-bit shortlist never changes the float32 LM head's pick for the same hidden state
         exact = int4.logits(hidden["int4"]).argmax(-1)
         assert torch.equal(int4._greedy(hidden["int4"], None, 1.0), exact)
+        # a repetition penalty lowers a seen token that is also on the shortlist: with the best
+        # token seen, the pick moves to the next one, as over the full penalized logits
+        seen = torch.stack([exact, exact], 1)
+        want = _penalize(int4.logits(hidden["int4"]), seen, 100.0).argmax(-1)
+        assert not torch.equal(want, exact)
+        assert torch.equal(int4._greedy(hidden["int4"], seen, 100.0), want)
 
 
 def test_backend_decoders_agree_and_options_are_checked(smollm2_dir):

@@ -309,9 +309,10 @@ class FastDecoder:
         if seen is not None:
             candidates = torch.cat([candidates, seen], 1)
         exact = torch.einsum("bd,bkd->bk", hidden, self.lm_weight[candidates])
-        if seen is not None:
-            picked = exact[:, SHORTLIST:]
-            exact[:, SHORTLIST:] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        if seen is not None:  # every entry of a seen token is lowered, shortlisted ones included
+            lowered = torch.ones_like(candidates, dtype=torch.bool)
+            lowered[:, :SHORTLIST] = (candidates[:, :SHORTLIST, None] == seen[:, None, :]).any(-1)
+            exact = torch.where(lowered, torch.where(exact > 0, exact / penalty, exact * penalty), exact)
         if banned is not None:
             exact = exact.masked_fill(banned.gather(1, candidates), float("-inf"))
         return candidates.gather(1, exact.argmax(-1, keepdim=True)).flatten()
@@ -332,8 +333,11 @@ class FastDecoder:
         no_repeat_ngram_size: int = 0,
         generator: Any = None,
         on_row_done: Callable[[int], object] | None = None,
+        streamer: Any = None,
     ) -> DecodeResult:
-        """Decode up to ``max_new_tokens`` after each left-padded row of ``input_ids``."""
+        """Decode up to ``max_new_tokens`` after each left-padded row of ``input_ids``.
+        ``streamer`` (one row only) receives the tokens as ``transformers``' ``generate`` hands
+        them to a streamer: ``put(prompt ids)``, then ``put`` per new token, then ``end()``."""
         import torch
 
         t0 = time.perf_counter()
@@ -362,6 +366,10 @@ class FastDecoder:
         eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
         seen = input_ids.clone() if repetition_penalty != 1.0 else None
         ngrams = _NgramBan(no_repeat_ngram_size, input_ids.tolist()) if no_repeat_ngram_size else None
+        if streamer is not None:
+            if b != 1:
+                raise ValueError("a streamer takes one row at a time")
+            streamer.put(input_ids.cpu())
         with torch.inference_mode():
             hidden = self._forward(input_ids, positions, cache, 0, mask)
             next_pos = positions[:, -1:] + 1
@@ -383,6 +391,8 @@ class FastDecoder:
                     token = _pick(logits, temperature, top_p, top_k, generator)
                 token = torch.where(done, torch.full_like(token, pad_id), token)
                 out[:, step] = token
+                if streamer is not None:
+                    streamer.put(token.clone())
                 steps += 1
                 if step == 0:
                     first = time.perf_counter() - t0
@@ -403,6 +413,8 @@ class FastDecoder:
                 step_mask = keys[:, None, None, : slot + 1] if padded else None
                 hidden = self._forward(token[:, None], next_pos, cache, slot, step_mask)
                 next_pos = next_pos + 1
+        if streamer is not None:
+            streamer.end()
         if on_row_done is not None and not bool(done.all()):
             on_row_done(int((~done).sum()))
         tokens = [out[row, : lengths[row]].tolist() for row in range(b)]

@@ -365,9 +365,7 @@ class HFBackend(Backend):
             sampling["repetition_penalty"] = options.repetition_penalty
         if options.no_repeat_ngram_size:
             sampling["no_repeat_ngram_size"] = options.no_repeat_ngram_size
-        # A streamed call decodes with transformers: the fast decoder has no per-token hook, and
-        # its float32 greedy tokens equal transformers' anyway.
-        fast = self.fast_decoder() if streamer is None else None
+        fast = self.fast_decoder()
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -385,6 +383,7 @@ class HFBackend(Backend):
                     repetition_penalty=options.repetition_penalty,
                     no_repeat_ngram_size=options.no_repeat_ngram_size,
                     on_row_done=done,
+                    streamer=streamer,
                 ).tokens
             else:
                 rows = _RowsDone(len(idx), set(_stop_ids(model, tok)), done) if done is not None else None
