@@ -87,7 +87,7 @@ def _conversion_progress() -> Iterator[None]:
 
     def converting(iterable: Any, **_: Any) -> Iterator[Any]:
         items = list(iterable)
-        with progress_bar("Converting the embedded model (first use only)", len(items),
+        with progress_bar("Converting the model (once)", len(items),
                           unit="tensors") as advance:
             for item in items:
                 yield item
