@@ -124,6 +124,7 @@ def test_examples_say_which_key_is_missing_in_one_line(tmp_path, script, variabl
 
 
 # -- with the bundled model ---------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.model
 def test_first_use_conversion_shows_popis_bar_not_transformers_tqdm(smollm2_dir, tmp_path):
     """Converting the embedded GGUF goes through a bare tqdm in transformers that its own switch

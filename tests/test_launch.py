@@ -155,6 +155,7 @@ def run_script(kind, tmp_path, stubs, **env):
         "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "STUB_LOG": str(log),
+        "POPI_POLL_S": "1",  # the serve task's readiness and liveness polls (5 s and 10 s live)
         **{k: str(v) for k, v in env.items()},
     }
     out = subprocess.run(["bash", "-c", task["run"]], env=full, capture_output=True, text=True,
