@@ -11,8 +11,9 @@ Paths (each an ``HFBackend`` over the same checkpoint, greedy):
 
 Measured: decode tokens/s at batch 1 after each answer's first token (the answer's tokens less one,
 over its time less its time to first token), end-to-end tokens/s at batch 1 and batched
-(``--batches``), time to first token (prefill and one token, batch 1), ``Personalizer.summarize_many`` summaries per minute, the greedy tokens'
-agreement with transformers, and, with ``--eval``, the POPI reward of each path's summaries
+(``--batches``), time to first token (prefill and one token, batch 1),
+``Personalizer.summarize_many`` summaries per minute, the greedy tokens' agreement with
+transformers, and, with ``--eval``, the POPI reward of each path's summaries
 (``popi_sdk.scoring.summary_rewards``, float32 scorer) and their reward accuracy (share of
 (summary, pair) rewards above 0, i.e. the summary raising the chosen answer's margin over the
 plain prompt's). A 1 GiB tensor copy gives the machine's memory bandwidth, and with each path's

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from popi_sdk.backends.base import Backend, GenerateOptions
-from popi_sdk.errors import InputError, ModelNotFoundError, UnknownBackendError
+from popi_sdk.errors import InputError, UnknownBackendError
 
 Factory = Callable[..., Backend]
 
@@ -149,16 +149,11 @@ def _hf_factory(model: str | None, **options: Any) -> Backend:
 
 def _hf_check(model: str | None) -> None:
     # torch is not required here: a torch-free app may name hf and only read cached summaries.
-    from popi_sdk.backends.adapters import POPI_ALIASES, SHIPPED, WEIGHTS
+    from popi_sdk.backends.adapters import POPI_ALIASES, require_shipped_adapter
     from popi_sdk.backends.hf import EMBEDDED_ALIASES, resolve_model
 
     if model is not None and model.lower() in POPI_ALIASES:
-        if not (SHIPPED / WEIGHTS).is_file():
-            raise ModelNotFoundError(
-                f"the trained summarizer's adapter is missing from the package ({SHIPPED}): "
-                "reinstall popi-sdk, or use the untrained embedded model ('hf')",
-                backend=f"hf:{model}",
-            )
+        require_shipped_adapter()
     elif model is not None and model.lower() not in EMBEDDED_ALIASES:
         resolve_model(model)  # a missing or incomplete folder; hub ids pass
 

@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from popi_sdk.errors import InputError
+from popi_sdk.errors import InputError, ModelNotFoundError
 
 POPI_ALIASES = {"popi", "smollm2-popi"}
 SHIPPED = Path(__file__).resolve().parent.parent / "adapters" / "popi-smollm2"
@@ -61,16 +61,22 @@ def merged_state_dict(base: dict, adapter: dict, config: dict) -> dict:
     return out
 
 
+def require_shipped_adapter() -> None:
+    """Fail with the fix when the package's trained summarizer adapter is missing."""
+    if not (SHIPPED / WEIGHTS).is_file():
+        raise ModelNotFoundError(
+            f"the trained summarizer's adapter is missing from the package ({SHIPPED}): "
+            "reinstall popi-sdk, or use the untrained embedded model ('hf')",
+            backend="hf:popi",
+        )
+
+
 def popi_checkpoint(home: str | os.PathLike | None = None) -> Path:
     """The embedded model with the shipped adapter merged, built once; the checkpoint folder."""
     from popi_sdk.backends.hf import EMBEDDED_DIR, _file_lock, embedded_checkpoint
     from popi_sdk.settings import popi_home
 
-    if not (SHIPPED / WEIGHTS).is_file():
-        raise InputError(
-            f"the trained summarizer's adapter is missing from the package ({SHIPPED}); reinstall "
-            "popi-sdk, or use the untrained embedded model (hf)"
-        )
+    require_shipped_adapter()
     dest = popi_home(home) / "models" / f"{EMBEDDED_DIR}-popi-{adapter_digest()}"
     if (dest / "model.safetensors").exists():
         return dest

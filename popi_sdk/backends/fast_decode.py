@@ -98,28 +98,27 @@ class _Int4:
 
         w = weight.detach().float()
         n, k = w.shape
-        q, scale, low = self._quantize(w, group)
-        self.error = float(((q * scale[..., None] + low[..., None]).view(n, k) - w).abs().max())
+        q, scale, low, self.error = self._quantize(w, group)
         self.packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).view(n, k), 1)
         zero = low + 8 * scale
         self.scales = torch.stack([scale.t(), zero.t()], -1).contiguous().to(torch.bfloat16)
         self.group = group
 
     @staticmethod
-    def _quantize(w: Any, group: int) -> tuple[Any, Any, Any]:
+    def _quantize(w: Any, group: int) -> tuple[Any, Any, Any, float]:
+        """4-bit codes, scales and offsets per group of ``w``, and the largest absolute change."""
         n, k = w.shape
         grouped = w.view(n, k // group, group)
         low, high = grouped.amin(-1), grouped.amax(-1)
         scale = ((high - low) / 15).clamp(min=1e-12)
         q = ((grouped - low[..., None]) / scale[..., None]).round().clamp(0, 15)
-        return q, scale, low
+        error = float(((q * scale[..., None] + low[..., None]).view(n, k) - w).abs().max())
+        return q, scale, low, error
 
     @classmethod
     def grid_error(cls, weight: Any, group: int = INT4_GROUP) -> float:
         """Largest absolute change 4-bit rounding would make to ``weight``."""
-        w = weight.detach().float()
-        q, scale, low = cls._quantize(w, group)
-        return float(((q * scale[..., None] + low[..., None]).view(w.shape) - w).abs().max())
+        return cls._quantize(weight.detach().float(), group)[3]
 
     def __call__(self, x: Any, keep: bool = False) -> Any:
         """``x @ w.T`` with bf16 inputs; float32 out unless ``keep`` (bf16 out, as for _Dense)."""
