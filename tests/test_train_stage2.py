@@ -115,6 +115,38 @@ def test_dpo_loss_uses_the_supplied_x_only_reference(tiny_dir, data_dir, tmp_pat
     assert abs(loss - math.log(2)) > 1e-3
 
 
+def test_sft_weight_adds_the_chosen_responses_mean_token_nll(tiny_dir, data_dir, tmp_path):
+    """stage2.sft_weight w: the loss is the DPO loss plus w times the mean negative
+    log-likelihood per token of the chosen responses given prompt + summary."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.train.stage2 import dpo_args, popi_dpo_trainer_class
+
+    losses = {}
+    for w in (0.0, 0.5):
+        cfg = _cfg(tiny_dir, data_dir, tmp_path / f"run{w}", **{"stage2.sft_weight": w})
+        users, summaries, scorer, rows = _fixture_rows(tiny_dir, cfg)
+        args = dpo_args(cfg)
+        assert args.loss_type == (["sigmoid", "sft"] if w else ["sigmoid"])
+        trainer = popi_dpo_trainer_class()(
+            model=AutoModelForCausalLM.from_pretrained(tiny_dir), args=args,
+            train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(tiny_dir),
+        )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        trainer.model.eval()
+        with torch.no_grad():
+            losses[w] = float(trainer.compute_loss(trainer.model, batch))
+    logps, tokens = 0.0, 0
+    for user, row_pair in zip(users, (rows[:2], rows[2:])):
+        for p, row in zip(user.examples, row_pair):
+            logps += float(scorer.logprobs([summary_messages(p.prompt, summaries[user.user_id])],
+                                           [p.chosen])[0])
+            tokens += len(row["chosen_ids"])
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * -logps / tokens, rel=1e-4)
+
+
 def test_stock_dpo_trainer_would_ignore_the_supplied_reference(tiny_dir, data_dir, tmp_path):
     """Why the extension exists: without precompute_ref_log_probs, stock DPOTrainer runs its own
     reference on prompt + summary and the loss at initialization is ln 2, whatever we supply."""

@@ -165,6 +165,11 @@ class Stage2Options(_Section):
     max_length: int | None = Field(
         default=1024, ge=8, description="Longest prompt+response in tokens (None: no limit)."
     )
+    sft_weight: float = Field(
+        default=0.0, ge=0,
+        description="Weight of a supervised term (mean negative log-likelihood of each chosen "
+        "response given prompt + summary) added to the DPO loss; 0: DPO alone, as the paper.",
+    )
     summarizer: str | None = Field(
         default=None,
         description="Model writing the training summaries: None is RUN/stage1; the base model "

@@ -171,6 +171,7 @@ def dpo_args(cfg: TrainConfig) -> Any:
     from trl import DPOConfig
 
     opts = cfg.stage2
+    sft = opts.sft_weight
     return DPOConfig(
         **common.trainer_args(cfg, "stage2", opts),
         per_device_train_batch_size=common.per_device_batch(
@@ -178,7 +179,8 @@ def dpo_args(cfg: TrainConfig) -> Any:
         ),
         beta=cfg.beta,
         # TRL's "ipo" divides each log-ratio by the completion length (see docs/training.md).
-        loss_type=["sigmoid" if cfg.loss_type == "dpo" else "ipo"],
+        loss_type=["sigmoid" if cfg.loss_type == "dpo" else "ipo", *(["sft"] if sft else [])],
+        loss_weights=[1.0, sft] if sft else None,
         max_length=opts.max_length,
         precompute_ref_log_probs=True,
     )
