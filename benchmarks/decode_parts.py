@@ -4,7 +4,9 @@ of the int4 decode step of the embedded model.
 - Products: one projection of the embedded model's shapes (576 -> 3072, gate/up; 1536 -> 576,
   down) timed with float32 weights, bf16 weights and the packed int4 CPU kernel (bf16 inputs), at
   1 row (a decode step) and at ``--rows`` rows (a prompt pass). This is why the int4 decoder's
-  prompt pass uses bf16 weights.
+  prompt pass uses bf16 weights. Two 8-bit alternatives are timed beside them: ``torch.ao``
+  dynamic quantization (``quantize_dynamic``, qint8) and torch's int8 weight-only kernel
+  (``_weight_int8pack_mm``, per-row scales, bf16 inputs).
 - Step profile: ``torch.profiler`` over one greedy int4 decode of ``--tokens`` tokens after a short
   chat prompt; the share of the packed int4 kernel and the top ops.
 
@@ -40,19 +42,32 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
-    print("| product | rows | float32 (ms) | bf16 weights (ms) | int4 kernel (ms) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| product | rows | float32 (ms) | bf16 weights (ms) | int4 kernel (ms) "
+          "| torch.ao dynamic int8 (ms) | int8 weight-only kernel (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
         for n, k, name in ((3072, 576, "gate/up 576→3072"), (576, 1536, "down 1536→576")):
             w = torch.randn(n, k) * 0.02
             w16, q4 = w.bfloat16(), _Int4(w)
+            linear = torch.nn.Linear(k, n, bias=False)
+            linear.weight.data = w
+            import warnings
+
+            with warnings.catch_warnings():  # torch.ao's deprecation notice of quantized tensors
+                warnings.simplefilter("ignore")
+                q8 = torch.ao.quantization.quantize_dynamic(
+                    torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+            scales = w.abs().amax(1) / 127
+            w8, s16 = torch.round(w / scales[:, None]).to(torch.int8), scales.bfloat16()
             for rows in (1, args.rows):
                 x = torch.randn(rows, k)
                 x16 = x.bfloat16()
                 reps = 300 if rows == 1 else 20
                 times = (_per_call_ms(lambda: F.linear(x, w), reps),
                          _per_call_ms(lambda: F.linear(x16, w16), reps),
-                         _per_call_ms(lambda: q4(x), reps))
+                         _per_call_ms(lambda: q4(x), reps),
+                         _per_call_ms(lambda: q8(x), reps),
+                         _per_call_ms(lambda: torch._weight_int8pack_mm(x16, w8, s16), reps))
                 print(f"| {name} | {rows} | " + " | ".join(f"{t:.3f}" for t in times) + " |")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

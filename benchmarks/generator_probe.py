@@ -1,23 +1,28 @@
 """Does the generator's greedy answer follow what it is told about a user, and from where?
 
-``popi demo`` shows each user's personalized answer beside the plain one. With the embedded
-SmolLM2-135M as generator the two read alike, although the trained summaries raise the likelihood
-of the users' preferred answers (``docs/results.md``). This probe separates the summary from the
-way it reaches the generator: for each demo user and question, the greedy answer (the demo's
-decoding settings) under
+``popi demo`` shows each user's personalized answer beside the plain one. With the untrained
+embedded SmolLM2-135M as generator the two read alike, although the trained summaries raise the
+likelihood of the users' preferred answers (``docs/results.md``). This probe separates the summary
+from the way it reaches the generator and from the generator that reads it: for each demo user
+and question, the greedy answer (the demo's decoding settings) under
 
 - ``plain``: the question alone;
 - ``trained summary, system``: the shipped summarizer's summary (``hf:popi``) where the SDK puts it,
   the system message (``templates.summary_messages``);
 - ``untrained summary, system``: the untrained embedded summarizer's summary, same place;
 - ``persona, system``: the user's own description of themselves, same place;
-- ``persona, user turn``: the same words in the user's message, before the question.
+- ``persona, user turn``: the same words in the user's message, before the question;
+- ``trained summary, trained generator``: the ``hf:popi`` summary read by the shipped stage-2
+  generator (``hf:popi-generator``, trained on ``hf:popi``'s summaries: POPI-Full). Every other
+  condition is answered by the untrained embedded model (``hf``); ``--generator`` adds another
+  generator for the trained summary (e.g. a ``RUN/stage2`` folder).
 
 Per condition and user it prints the answers' mean length in words, mean letters per word (the
 child should get shorter, plainer words, the expert longer, more technical ones) and how many
 answers are identical to the plain ones.
 
     python benchmarks/generator_probe.py                  # examples/demo_users.jsonl, 3 questions
+    python benchmarks/generator_probe.py --show --generator runs/x/stage2
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def main() -> None:
     ap.add_argument("--users", default=str(DEMO_USERS), help="Users file (JSON Lines) with personas.")
     ap.add_argument("--max-new-tokens", type=int, default=80)
     ap.add_argument("--show", action="store_true", help="Print every answer too.")
+    ap.add_argument("--generator", action="append", default=[],
+                    help="Another generator for the trained summary (repeatable): a backend name "
+                    "or checkpoint folder.")
     args = ap.parse_args()
 
     from popi_sdk import Personalizer
@@ -58,9 +66,11 @@ def main() -> None:
         "untrained summary, system": [s.text for s in untrained.summarize_many(rows, progress=False)],
         "persona, system": [r.signals.persona or "" for r in rows],
     }
-    conditions: dict[str, list[list[dict]]] = {}  # condition -> per user, the conversations
-    for name in ("plain", *summaries, "persona, user turn"):
-        conditions[name] = []
+    # condition -> (generator, per user the conversations)
+    conditions: dict[str, tuple[str, list[list[dict]]]] = {}
+    trained_generators = {f"trained summary, {g}": g for g in ("hf:popi-generator", *args.generator)}
+    for name in ("plain", *summaries, "persona, user turn", *trained_generators):
+        per_user = []
         for i, row in enumerate(rows):
             convs = []
             for q in QUESTIONS:
@@ -68,16 +78,18 @@ def main() -> None:
                     convs.append(prompt_only_messages(q))
                 elif name == "persona, user turn":
                     convs.append([{"role": "user", "content": f"{row.signals.persona}\n\n{q}"}])
+                elif name in trained_generators:
+                    convs.append(summary_messages(q, summaries["trained summary, system"][i]))
                 else:
                     convs.append(summary_messages(q, summaries[name][i]))
-            conditions[name].append(convs)
+            per_user.append(convs)
+        conditions[name] = (trained_generators.get(name, "hf"), per_user)
 
-    generator = get_backend("hf")
     options = GenerateOptions(max_new_tokens=args.max_new_tokens, **SMALL_MODEL)
     answers: dict[str, list[list[str]]] = {}
-    for name, per_user in conditions.items():
+    for name, (generator, per_user) in conditions.items():
         flat = [c for convs in per_user for c in convs]
-        texts = [cut_to_last_sentence(t) for t in generator.generate_batch(flat, options)]
+        texts = [cut_to_last_sentence(t) for t in get_backend(generator).generate_batch(flat, options)]
         answers[name] = [texts[i * len(QUESTIONS):(i + 1) * len(QUESTIONS)] for i in range(len(rows))]
 
     for name, text in summaries.items():

