@@ -30,6 +30,7 @@ def load_example(name: str):
     return module
 
 
+@pytest.mark.slow  # 14 s: the whole example through a real server (CI runs the slow tests too)
 def test_gpt4o_example_against_a_real_server(openai_server, smollm2_dir, tmp_path):
     store = tmp_path / "summaries.sqlite"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}

@@ -31,7 +31,8 @@ def _cfg(tiny_dir, tmp_path, **overrides):
         "stage1.max_steps": 1, "stage2.max_steps": 1, "stage1.kl_weight": 0,
         "stage1.batch_size": 2, "stage1.num_generations": 2, "summary.max_tokens": 4,
         "stage1.gradient_accumulation_steps": 1,
-        "stage2.batch_size": 2, "stage2.warmup_steps": 0, "stage1.warmup_steps": 0,
+        "stage2.batch_size": 2, "stage2.gradient_accumulation_steps": 1,
+        "stage2.warmup_steps": 0, "stage1.warmup_steps": 0,
     }
     base.update(overrides)
     return load_config(preset="cpu-small", overrides=base, data=data, out=tmp_path / "run")

@@ -43,7 +43,8 @@ def _cfg(tiny_dir, data_dir, out, **overrides):
         "beta": 0.5,
         # The base model writes the summaries (the Inference-Aligned setting): no stage 1 needed.
         "stage2.summarizer": str(tiny_dir), "summary.max_tokens": 6,
-        "stage2.batch_size": 2, "stage2.learning_rate": 1e-3, "stage2.warmup_steps": 0,
+        "stage2.batch_size": 2, "stage2.gradient_accumulation_steps": 1,
+        "stage2.learning_rate": 1e-3, "stage2.warmup_steps": 0,
         "stage2.lr_scheduler": "constant",
     }
     base.update(overrides)
