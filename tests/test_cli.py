@@ -60,6 +60,14 @@ def test_summarize_generate_forget_round_trip(tmp_path, smollm2, demo_users_file
     assert result.exit_code != 0 and "no summary is stored for user 'maya'" in str(result.exception)
 
 
+def test_demo_answers_with_the_trained_generator_only_beside_its_summarizer():
+    from popi_sdk.cli.sdk import demo_generator
+
+    assert demo_generator("hf:popi") == demo_generator("HF:smollm2-popi") == "hf:popi-generator"
+    for other in ("hf", "hf:popi-generator", "openai:popi", "runs/x/stage1", "hf:runs/x/stage1"):
+        assert demo_generator(other) == "hf"
+
+
 @pytest.mark.model
 def test_demo_prints_summaries_token_counts_and_answers(tmp_path, smollm2):
     store = tmp_path / "s.sqlite"

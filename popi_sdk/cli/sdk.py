@@ -20,6 +20,17 @@ def _demo_users_file() -> Path:
     return Path(str(files("popi_sdk") / "examples_data" / "demo_users.jsonl"))
 
 
+def demo_generator(summarizer: str) -> str:
+    """The demo's default generator: the shipped trained generator beside the shipped trained
+    summarizer whose summaries it was trained on (POPI-Full), else the untrained embedded model."""
+    from popi_sdk.backends.adapters import POPI, POPI_GENERATOR, shipped_adapter
+    from popi_sdk.settings import DEFAULT_BACKEND
+
+    prefix, _, model = summarizer.partition(":")
+    paired = prefix.lower() == "hf" and shipped_adapter(model) is POPI
+    return POPI_GENERATOR.backend if paired else DEFAULT_BACKEND
+
+
 def demo(
     users: Optional[Path] = typer.Option(None, help="Users file (JSON Lines); default: the shipped examples."),
     prompt: str = typer.Option(DEMO_PROMPT, help="The question every user asks."),
@@ -59,16 +70,11 @@ def demo(
     timer = PhaseTimer()
     rows = read_users(users or _demo_users_file())
     from popi_sdk.backends import get_backend
-    from popi_sdk.backends.adapters import POPI, POPI_GENERATOR, shipped_adapter
     from popi_sdk.settings import DEFAULT_BACKEND, DEFAULT_SUMMARIZER, resolve
     from popi_sdk.summary_spec import SPEC_FILE, SummarySpec
 
     summarizer_name = resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_SUMMARIZER)
-    # The shipped generator was trained on the shipped summarizer's summaries: the pair is
-    # POPI-Full. Any other summarizer gets the untrained embedded generator by default.
-    paired = shipped_adapter(summarizer_name.removeprefix("hf:")) is POPI
-    generator_name = resolve(generator, "POPI_GENERATOR",
-                             POPI_GENERATOR.backend if paired else DEFAULT_BACKEND)
+    generator_name = resolve(generator, "POPI_GENERATOR", demo_generator(summarizer_name))
     # The demo asks an untrained summarizer for 40 words with decoding settings that keep a small
     # model from looping; a trained one writes exactly as it was trained (a repetition penalty
     # would fight a summarizer trained to quote the user's preferred response).
