@@ -24,16 +24,8 @@ onnxruntime is not a dependency of popi-sdk; install it to run this::
 from __future__ import annotations
 
 import argparse
-import time
 
-
-def _per_call_ms(fn, n: int) -> float:
-    for _ in range(max(3, n // 10)):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1e3
+from decode_parts import _per_call_ms  # benchmarks/ is on the path when this script runs
 
 
 def _ort_session(w, accuracy_level: int, block: int = 32):
