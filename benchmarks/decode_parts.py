@@ -19,6 +19,10 @@ import argparse
 import time
 
 
+#: (out, in, label) of the embedded model's projections the product tables time.
+PROJECTIONS = ((3072, 576, "gate/up 576→3072"), (576, 1536, "down 1536→576"))
+
+
 def _per_call_ms(fn, n: int) -> float:
     for _ in range(max(3, n // 10)):
         fn()
@@ -46,7 +50,7 @@ def main() -> None:
           "| torch.ao dynamic int8 (ms) | int8 weight-only kernel (ms) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
-        for n, k, name in ((3072, 576, "gate/up 576→3072"), (576, 1536, "down 1536→576")):
+        for n, k, name in PROJECTIONS:
             w = torch.randn(n, k) * 0.02
             w16, q4 = w.bfloat16(), _Int4(w)
             linear = torch.nn.Linear(k, n, bias=False)

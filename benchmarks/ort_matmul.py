@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 
-from decode_parts import _per_call_ms  # benchmarks/ is on the path when this script runs
+from decode_parts import PROJECTIONS, _per_call_ms  # benchmarks/ is on the path when run
 
 
 def _ort_session(w, accuracy_level: int, block: int = 32):
@@ -80,7 +80,7 @@ def main() -> None:
           "| relative error: torch / ort float32 / ort int8 |")
     print("|---|---:|---:|---:|---:|---|")
     with torch.inference_mode():
-        for n, k, name in ((3072, 576, "gate/up 576→3072"), (576, 1536, "down 1536→576")):
+        for n, k, name in PROJECTIONS:
             w = torch.randn(n, k) * 0.02
             q4 = _Int4(w)
             sessions = [_ort_session(w.numpy(), level) for level in (0, 4)]
