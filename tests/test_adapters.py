@@ -41,15 +41,15 @@ def test_merge_refuses_an_adapter_for_another_model():
 def test_the_package_ships_an_adapter_with_its_summary_spec():
     from safetensors.torch import load_file
 
-    from popi_sdk.backends.adapters import CONFIG, SHIPPED, WEIGHTS
+    from popi_sdk.backends.adapters import CONFIG, POPI, WEIGHTS
     from popi_sdk.summary_spec import SummarySpec
 
-    config = json.loads((SHIPPED / CONFIG).read_text())
-    weights = load_file(SHIPPED / WEIGHTS)
+    config = json.loads((POPI.folder / CONFIG).read_text())
+    weights = load_file(POPI.folder / WEIGHTS)
     assert config["r"] > 0 and config["lora_alpha"] > 0
     assert weights and all(v.dtype == torch.float16 for v in weights.values())
-    assert (SHIPPED / WEIGHTS).stat().st_size < 12_000_000  # a few MB
-    spec = SummarySpec.from_checkpoint(SHIPPED)
+    assert (POPI.folder / WEIGHTS).stat().st_size < 12_000_000  # a few MB
+    spec = SummarySpec.from_checkpoint(POPI.folder)
     assert spec.template == "quote"
 
 

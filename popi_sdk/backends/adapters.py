@@ -56,7 +56,6 @@ POPI = ShippedAdapter("popi", _FOLDER / "popi-smollm2", "summarizer",
 POPI_GENERATOR = ShippedAdapter("popi-generator", _FOLDER / "popi-smollm2-generator", "generator",
                                 frozenset({"popi-generator", "smollm2-popi-generator"}))
 SHIPPED_ADAPTERS = (POPI, POPI_GENERATOR)
-SHIPPED = POPI.folder  # the trained summarizer's folder
 
 
 def shipped_adapter(model: str | None) -> ShippedAdapter | None:
@@ -66,7 +65,7 @@ def shipped_adapter(model: str | None) -> ShippedAdapter | None:
     return next((a for a in SHIPPED_ADAPTERS if model.lower() in a.aliases), None)
 
 
-def adapter_digest(folder: Path = SHIPPED) -> str:
+def adapter_digest(folder: Path) -> str:
     """A short hash of the adapter's weights and config: a new adapter gets a new merged folder."""
     h = hashlib.sha256()
     for name in (CONFIG, WEIGHTS):
