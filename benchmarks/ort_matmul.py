@@ -15,6 +15,11 @@ Each onnxruntime time includes one ``InferenceSession.run`` call from Python, wh
 graph would not pay per product. The relative error is the largest absolute error over the
 largest absolute output, against the float32 product with the unrounded weights.
 
+Those times call one product over and over, so its weights stay in the CPU's caches. A decode
+step instead goes through 30 layers' weights once each. The second table times that: ``--layers``
+different weights of each shape multiplied in turn at one row, per product, for torch's kernel
+and for ``MatMulNBits`` with 8-bit inputs.
+
 onnxruntime is not a dependency of popi-sdk; install it to run this::
 
     pip install onnxruntime onnx
@@ -65,6 +70,7 @@ def _ort_session(w, accuracy_level: int, block: int = 32):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=200, help="Rows of the prompt-pass product.")
+    ap.add_argument("--layers", type=int, default=30, help="Weights per shape taken in turn.")
     args = ap.parse_args()
     try:
         import onnxruntime
@@ -95,6 +101,29 @@ def main() -> None:
                          *(_per_call_ms(lambda s=s: s.run(None, {"A": xn}), reps) for s in sessions)]
                 print(f"| {name} | {rows} | " + " | ".join(f"{t:.3f}" for t in times)
                       + " | " + " / ".join(f"{e:.3f}" for e in errors) + " |")
+
+        print(f"\n| product, 1 row | torch int4: one weight (ms) | {args.layers} weights in turn (ms) "
+              f"| onnxruntime, int8 inputs: one weight (ms) | {args.layers} weights in turn (ms) |")
+        print("|---|---:|---:|---:|---:|")
+        for n, k, name in PROJECTIONS:
+            ws = [torch.randn(n, k) * 0.02 for _ in range(args.layers)]
+            q4s = [_Int4(w) for w in ws]
+            sessions = [_ort_session(w.numpy(), 4) for w in ws]
+            x = torch.randn(1, k)
+            xn = x.numpy()
+
+            def torch_turn():
+                for q4 in q4s:
+                    q4(x)
+
+            def ort_turn():
+                for s in sessions:
+                    s.run(None, {"A": xn})
+
+            times = [_per_call_ms(lambda: q4s[0](x), 1000), _per_call_ms(torch_turn, 100) / args.layers,
+                     _per_call_ms(lambda: sessions[0].run(None, {"A": xn}), 1000),
+                     _per_call_ms(ort_turn, 100) / args.layers]
+            print(f"| {name} | " + " | ".join(f"{t:.3f}" for t in times) + " |")
 
 
 if __name__ == "__main__":
