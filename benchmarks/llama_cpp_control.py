@@ -14,12 +14,14 @@ weights at batch 1 is what a maintained runtime gets out of this machine, and so
   template, the greedy pick from its logits.
 
 Decode tokens/s is measured after each answer's first token, as in ``inference.py``. llama.cpp is
-not a dependency of popi-sdk. Its Python binding builds it from source (about 7 minutes on 2
-cores); on a virtual machine that reports CPU features it cannot run (AMX here), build it for
-an explicit instruction set::
+not a dependency of popi-sdk. Its Python binding builds it from source (6.5-7 minutes on 2
+cores). On the development machine (a virtual machine whose CPU reports AMX) the default native
+build stopped with an illegal instruction at its first decode; this build, for an explicit
+instruction set without AMX, runs::
 
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" \\
-        pip install llama-cpp-python
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \\
+        -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON \\
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" pip install llama-cpp-python
     python benchmarks/llama_cpp_control.py --thread-sweep 1,2
 """
 
