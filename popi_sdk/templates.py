@@ -100,6 +100,20 @@ CURRENT_SUMMARY_CONTEXT = (
 )
 
 
+#: How the copy rule (the ``exemplar`` reference method) and the warm start's extractive
+#: candidates introduce a quoted preferred response.
+EXEMPLAR_LEAD = "The user prefers answers like this one:"
+
+
+def exemplar_summary(signals: Signals) -> str:
+    """The fixed copy rule: ``EXEMPLAR_LEAD`` + the first signal pair's preferred response, word
+    for word; ``""`` for a user without pairs (the rule has nothing to quote). A trained
+    summarizer earns its place only above this rule (docs/results.md)."""
+    if not signals.pairs:
+        return ""
+    return f"{EXEMPLAR_LEAD} {signals.pairs[0].chosen.strip()}"
+
+
 def prompt_only_messages(prompt: str) -> list[Message]:
     """Base model: the prompt alone (also the reference policy's context in the POPI loss)."""
     return [{"role": "user", "content": prompt}]
@@ -130,7 +144,10 @@ def personalize_messages(messages: Sequence[Mapping[str, Any]], summary: str) ->
 
 
 def summary_messages(prompt: str, summary: str) -> list[Message]:
-    """POPI / Inference-Prompting: the preference summary as system context, then the prompt."""
+    """POPI / Inference-Prompting: the preference summary as system context, then the prompt.
+    An empty summary says nothing about the user, so it adds nothing: the prompt alone."""
+    if not summary.strip():
+        return prompt_only_messages(prompt)
     return personalize_messages(prompt_only_messages(prompt), summary)
 
 

@@ -19,7 +19,7 @@ from popi_sdk.signals import PreferencePair, Signals, Summary, UserRow
 from popi_sdk.templates import prompt_only_messages, raw_signals_messages
 
 POSITIVE = "This user prefers positive reviews."
-REFERENCES = ("oracle", "shuffled")  # need users with at least two personas
+REFERENCES = ("oracle", "shuffled", "user-edit")  # need users with at least two personas
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_parse_methods_puts_base_first_and_checks_checkpoints():
     with pytest.raises(InputError, match="--generator"):
         parse_methods("raw-aligned", summarizer="s")
     assert {m.name for m in METHODS.values() if m.transferable} == {
-        "base", "raw", "inference", "popi", "oracle", "shuffled"}
+        "base", "raw", "inference", "popi", "oracle", "shuffled", "exemplar"}
 
 
 def test_report_tables():
@@ -162,10 +162,36 @@ def test_report_tables():
         "methods": {"base": metrics("Base-Model", 0.5, 0, 0.5), "raw": metrics("Raw-Prompting", 0.75, 250.4, 0.6)},
         "transfer": {"hf:other": {"raw": metrics("Raw-Prompting", 0.25, 300.0, None)}},
     }
-    assert main_table(results)[2] == ["Raw-Prompting", "75.0", "250.4", "60.0"]
+    results["methods"]["raw"]["echo_rate"] = 0.25
+    assert main_table(results)[2] == ["Raw-Prompting", "75.0", "250.4", "60.0", "25.0"]
+    assert main_table(results)[1][-1] == "-"  # not measured: no conditioning text to echo
     assert transfer_table(results)[1] == ["Raw-Prompting", "25.0 / -"]
     md = render_markdown(results)
-    assert "| Raw-Prompting | 75.0 | 250.4 | 60.0 |" in md and "## Transfer" in md
+    assert "| Raw-Prompting | 75.0 | 250.4 | 60.0 | 25.0 |" in md and "## Transfer" in md
+
+
+def test_echo_needs_eight_consecutive_words_of_the_conditioning_text():
+    from popi_sdk.eval.metrics import echoes
+
+    summary = "The user is a networking professor; be technical and precise in every answer."
+    assert echoes(summary, "Sure. The user is a networking professor, be technical and precise!")
+    assert not echoes(summary, "TCP is a reliable, connection-oriented transport protocol.")
+    # seven shared words in a row are not an echo; case and punctuation do not matter
+    assert not echoes(summary, "the USER is a networking professor; BE happy")
+    assert echoes(summary, "THE USER IS A NETWORKING PROFESSOR. BE TECHNICAL")
+    assert not echoes("too short to echo", "too short to echo")
+
+
+def test_exemplar_rule_quotes_the_first_preferred_response():
+    from popi_sdk.signals import Signals
+    from popi_sdk.templates import EXEMPLAR_LEAD, exemplar_summary, summary_messages
+
+    signals = Signals(pairs=[{"prompt": "p", "chosen": " Short. ", "rejected": "Long long."},
+                             {"prompt": "q", "chosen": "Second.", "rejected": "Other."}])
+    assert exemplar_summary(signals) == f"{EXEMPLAR_LEAD} Short."
+    assert exemplar_summary(Signals(persona="I like short answers.")) == ""
+    # an empty summary adds nothing to the generator's context
+    assert summary_messages("Hi?", "  ") == [{"role": "user", "content": "Hi?"}]
 
 
 # -- end to end on the bundled model --------------------------------------------------------------
@@ -258,6 +284,26 @@ def test_every_method_with_checkpoints(smollm2, smollm2_dir, tmp_path):
     assert got["popi"]["mean_margin"] != got["inference"]["mean_margin"]  # different summaries
 
 
+@pytest.mark.model
+def test_user_edit_and_exemplar_read_the_persona_and_the_copy_rule(smollm2, smollm2_dir, tmp_path):
+    """``user-edit`` is the persona read by the trained generator, ``exemplar`` the copy rule read
+    by the base one; with the "trained" generator being the base weights each equals its twin."""
+    from popi_sdk.eval.runner import evaluate
+
+    users = _two_personas()
+    methods = parse_methods("oracle,user-edit,exemplar,exemplar-aligned", generator=str(smollm2_dir))
+    results, records = evaluate(users, methods, OracleJudge(), generator=str(smollm2_dir),
+                                max_new_tokens=4, progress=False)
+    got = results["methods"]
+    assert got["user-edit"]["mean_margin"] == pytest.approx(got["oracle"]["mean_margin"], abs=1e-4)
+    assert got["exemplar-aligned"]["mean_margin"] == pytest.approx(got["exemplar"]["mean_margin"], abs=1e-4)
+    assert got["exemplar"]["mean_margin"] != pytest.approx(got["oracle"]["mean_margin"], abs=1e-4)
+    assert got["exemplar"]["context_overhead"] > got["oracle"]["context_overhead"] > 0
+    for m in ("oracle", "user-edit", "exemplar", "exemplar-aligned"):
+        assert got[m]["echo_rate"] in (0.0, 0.5, 1.0)
+    assert got["base"]["echo_rate"] is None
+
+
 # -- reference methods: the persona as the summary, and another user's summary -------------------
 def _two_personas() -> list[UserRow]:
     from popi_sdk.data.synth import synth_users
@@ -289,7 +335,7 @@ def test_reference_methods_need_personas_before_any_model_runs():
 
     users = _two_personas()
     no_persona = [users[0].model_copy(update={"persona": None}), users[1]]
-    with pytest.raises(InputError, match=r"method 'oracle'.*1 user\(s\) have no 'persona' \(review-"):
+    with pytest.raises(InputError, match=r"methods 'oracle' and 'user-edit'.*1 user\(s\) have no 'persona' \(review-"):
         evaluate(no_persona, parse_methods("oracle"), get_judge("oracle"), base="no-such-backend:x")
     same = [users[0], users[1].model_copy(update={"persona": users[0].persona})]
     with pytest.raises(InputError, match="at least two personas"):

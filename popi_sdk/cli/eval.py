@@ -13,8 +13,9 @@ def eval_command(
     methods: str = typer.Option(
         "base,raw,inference",
         help="Comma-separated: base, raw, inference, popi, popi-full, raw-aligned, inference-aligned, "
-        "and the references oracle (the true persona as the summary) and shuffled (another "
-        "user's summary).",
+        "and the references oracle (the true persona as the summary), user-edit (the persona read "
+        "by --generator), exemplar / exemplar-aligned (the copy rule: the first preferred response "
+        "quoted, read by the base / trained generator) and shuffled (another user's summary).",
     ),
     judge: str = typer.Option(
         "oracle", help="'oracle' (synthetic personas) or a backend name, e.g. openai:gpt-4o."

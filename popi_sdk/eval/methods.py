@@ -12,6 +12,9 @@ method                        context            summaries from         generato
 ``raw-aligned``               every raw signal   -                      ``--generator``
 ``inference-aligned``         a summary          base summarizer        ``--generator``
 ``oracle`` (reference)        a summary          the true persona       base
+``user-edit`` (reference)     a summary          the true persona       ``--generator``
+``exemplar`` (reference)      a summary          the copy rule          base
+``exemplar-aligned``          a summary          the copy rule          ``--generator``
 ``shuffled`` (control)        a summary          another user's         base
 ============================  =================  =====================  ===================
 
@@ -19,7 +22,13 @@ method                        context            summaries from         generato
 the persona itself in the summary's place (how far a perfect description moves this generator),
 ``shuffled`` gives each user the summary of a user with a different persona, from the trained
 summarizer when one is given, else the base one (what a summary is worth when it describes
-someone else). Together with ``inference`` and ``popi`` they say whether the generator reads
+someone else). ``user-edit`` is the persona read by the trained generator: what a user's own
+edit of their summary gives (``edit_summary``), so it says whether the trained generator follows a
+description in the user's words. ``exemplar`` is a fixed rule, no model: "The user prefers answers
+like this one: " + the first signal pair's preferred response
+(:func:`popi_sdk.templates.exemplar_summary`); ``exemplar-aligned`` is the same text read by the
+trained generator. A trained summarizer has learned something beyond copying only where ``popi``
+beats ``exemplar`` (and ``popi-full`` beats ``exemplar-aligned``). Together with ``inference`` and ``popi`` they say whether the generator reads
 summaries at all and how much of the way a summarizer has come.
 
 The contexts come only from :mod:`popi_sdk.templates`, the same functions training uses.
@@ -37,7 +46,7 @@ from popi_sdk.signals import Signals
 from popi_sdk.templates import prompt_only_messages, raw_signals_messages, summary_messages
 
 Context = Literal["prompt", "raw", "summary"]
-Source = Literal["base", "trained", "oracle", "shuffled"]
+Source = Literal["base", "trained", "oracle", "shuffled", "exemplar"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,9 @@ METHODS: dict[str, Method] = {
         Method("raw-aligned", "Raw-Aligned", "raw", None, "trained"),
         Method("inference-aligned", "Inference-Aligned", "summary", "base", "trained"),
         Method("oracle", "Oracle persona", "summary", "oracle", "base"),
+        Method("user-edit", "User edit (persona, trained generator)", "summary", "oracle", "trained"),
+        Method("exemplar", "Copy rule (exemplar)", "summary", "exemplar", "base"),
+        Method("exemplar-aligned", "Copy rule, trained generator", "summary", "exemplar", "trained"),
         Method("shuffled", "Shuffled summaries", "summary", "shuffled", "base"),
     )
 }

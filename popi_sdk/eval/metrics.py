@@ -59,6 +59,27 @@ def stderr(outcomes: Sequence[float]) -> float | None:
     return (var / n) ** 0.5
 
 
+#: Consecutive words an answer must share with its conditioning text to count as an echo.
+ECHO_WORDS = 8
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def echoes(conditioning: str, answer: str, n: int = ECHO_WORDS) -> bool:
+    """Whether ``answer`` repeats ``n`` or more consecutive words of ``conditioning`` (case and
+    punctuation ignored): a generator that echoes its summary instead of answering. Answers
+    shorter than ``n`` words never echo."""
+    source, said = _words(conditioning), _words(answer)
+    if len(source) < n or len(said) < n:
+        return False
+    grams = {tuple(source[i : i + n]) for i in range(len(source) - n + 1)}
+    return any(tuple(said[i : i + n]) in grams for i in range(len(said) - n + 1))
+
+
 def chat_tokens(tokenizer: Any, messages: Sequence[Message]) -> int:
     """Tokens the generator reads for ``messages`` (its chat template, generation prompt included)."""
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)

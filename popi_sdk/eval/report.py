@@ -22,13 +22,15 @@ def _num(value: float | None) -> str:
 
 def main_table(results: dict) -> list[list[str]]:
     """Rows of the main table: method, reward accuracy, context overhead, win rate."""
-    rows = [["Method", "Reward accuracy (%)", "Context overhead (tokens)", "Win rate vs base (%)"]]
+    rows = [["Method", "Reward accuracy (%)", "Context overhead (tokens)", "Win rate vs base (%)",
+             "Echo rate (%)"]]
     for m in results["methods"].values():
         rows.append([
             m["title"],
             _pct(m["reward_accuracy"], m.get("reward_accuracy_se")),
             _num(m["context_overhead"]),
             _pct(m["win_rate"], m.get("win_rate_se")),
+            _pct(m.get("echo_rate")),
         ])
     return rows
 
@@ -80,7 +82,9 @@ def render_markdown(results: dict) -> str:
         "Reward accuracy: share of examples whose log-prob margin log π(y_c|x,c) − log π(y_r|x,c) "
         "beats the base model's (ties half). Context overhead: extra tokens the conditioning adds "
         "in the generator's tokenizer. Win rate: judge's verdict on the method's answer against the "
-        "base model's (ties half; an LLM judge sees the two in a seeded random order). ± is one standard error.",
+        "base model's (ties half; an LLM judge sees the two in a seeded random order). Echo rate: share "
+        "of the judged answers that repeat 8 or more consecutive words of the conditioning text. "
+        "± is one standard error.",
     ]
     if stats.get("judge_unparsed"):
         parts += [

@@ -21,6 +21,7 @@ from popi_sdk.eval.methods import Method
 from popi_sdk.progress import progress_bar
 from popi_sdk.signals import UserRow
 from popi_sdk.summary_spec import SummarySpec, length_overrides
+from popi_sdk.templates import exemplar_summary, render_signals
 
 
 @dataclass
@@ -155,6 +156,12 @@ class Evaluation:
         self.seconds["generation"] += time.perf_counter() - started
         return out
 
+    def _conditioning_text(self, method: Method, u: int) -> str:
+        """The text a method adds for user ``u``: what an echo would repeat."""
+        if method.context == "raw":
+            return render_signals(self.users[u].signals)
+        return self._summary(method, u) or ""
+
     # -- one method ------------------------------------------------------------------------
     def evaluate_method(
         self, method: Method, run: GeneratorRun, baseline: GeneratorRun, *, table: str
@@ -197,9 +204,13 @@ class Evaluation:
                  "user_id": self.users[u].user_id, "kind": "judged", "prompt": p.prompt,
                  "response": a, "base_response": b, "win": w}
             )
+        echoes = [
+            M.echoes(self._conditioning_text(method, u), a) for (u, _), a in zip(judged, answers)
+        ] if method.context != "prompt" else []
         return {
             "title": method.title,
             "generator": run.name,
+            "echo_rate": M.mean([float(e) for e in echoes]),
             "reward_accuracy": M.mean(acc),
             "reward_accuracy_se": M.stderr(acc),
             "context_overhead": M.mean(overhead),
@@ -320,7 +331,7 @@ def evaluate(
         )
     sources = {m.summarizer for m in methods if m.summarizer}
     if "oracle" in sources:
-        check_personas(users, "method 'oracle' puts each user's ground-truth persona in the summary")
+        check_personas(users, "methods 'oracle' and 'user-edit' put each user's ground-truth persona in the summary")
     if "shuffled" in sources:
         check_personas(users, "method 'shuffled' gives each user a summary of a user with another persona")
         sources.add("trained" if summarizer else "base")
@@ -338,6 +349,8 @@ def evaluate(
         summary_stats[source]["seconds"] = round(time.perf_counter() - t0, 1)
     if "oracle" in sources:
         summaries["oracle"] = [row.persona or "" for row in users]
+    if "exemplar" in sources:
+        summaries["exemplar"] = [exemplar_summary(row.signals) for row in users]
     if "shuffled" in sources:
         donor = "trained" if summarizer else "base"
         summaries["shuffled"] = shuffled_summaries(users, summaries[donor], seed=shuffle_seed)

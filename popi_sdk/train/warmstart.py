@@ -31,13 +31,14 @@ from typing import Any
 
 from popi_sdk.backends.base import Message
 from popi_sdk.eval import metrics as M
+from popi_sdk.templates import EXEMPLAR_LEAD
 from popi_sdk.train.validation import write_summaries
 
 log = logging.getLogger(__name__)
 
-# How an extractive candidate introduces the quoted response (benchmarks/headroom.py's
-# "example" row measures this framing).
-QUOTE_LEAD = "The user prefers answers like this one:"
+# How an extractive candidate introduces the quoted response: the copy rule's lead
+# (benchmarks/headroom.py's "example" row and the eval method ``exemplar`` measure this framing).
+QUOTE_LEAD = EXEMPLAR_LEAD
 
 
 def best_of_n(
