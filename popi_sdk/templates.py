@@ -100,6 +100,10 @@ CURRENT_SUMMARY_CONTEXT = (
 )
 
 
+#: How a describe-then-show summary introduces its exemplar (the ``describe`` template's wording,
+#: the warm start's persona candidates and stage 2's ``profile`` form).
+SHOW_LEAD = "They like answers such as:"
+
 #: How the copy rule (the ``exemplar`` reference method) and the warm start's extractive
 #: candidates introduce a quoted preferred response.
 EXEMPLAR_LEAD = "The user prefers answers like this one:"
@@ -248,6 +252,43 @@ register_summary_template(
         instruction=QUOTE_INSTRUCTION,
         prompt_instruction=PROMPT_DEPENDENT_INSTRUCTION,
         description="one sentence on the preferences, then a preferred response quoted word for word",
+    )
+)
+
+
+# Describe, then show (docs/results.md): a description a user can read and edit, then at most one
+# short exemplar. "describe" is a third-person profile; "instruct" speaks to the writer, the form
+# that the small base model follows best on P-Soups ("Generate a response that ...").
+DESCRIBE_INSTRUCTION = (
+    "Based on the information above, say who this user is and how they want to be answered. "
+    "First one or two sentences in the third person (\"The user is ...; they want ...\"): their "
+    "level, tone, length and detail. Then write \"They like answers such as:\" and one short answer "
+    "in the style they preferred. At most {max_words} words in all."
+)
+
+INSTRUCT_INSTRUCTION = (
+    "Based on the information above, tell another assistant how to answer this user. First one "
+    "or two sentences addressed to the writer (\"Answer as for ...; use ...\"): the level, tone, "
+    "length and detail this user wants. Then write \"They like answers such as:\" and one short "
+    "answer in the style they preferred. At most {max_words} words in all."
+)
+
+register_summary_template(
+    SummaryTemplate(
+        name="describe",
+        system=SUMMARIZER_SYSTEM,
+        instruction=DESCRIBE_INSTRUCTION,
+        prompt_instruction=PROMPT_DEPENDENT_INSTRUCTION,
+        description="who the user is in one or two sentences, then at most one short exemplar",
+    )
+)
+register_summary_template(
+    SummaryTemplate(
+        name="instruct",
+        system=SUMMARIZER_SYSTEM,
+        instruction=INSTRUCT_INSTRUCTION,
+        prompt_instruction=PROMPT_DEPENDENT_INSTRUCTION,
+        description="how to answer the user, addressed to the writer, then at most one exemplar",
     )
 )
 

@@ -366,6 +366,50 @@ def test_extractive_warm_start_lets_the_reward_pick_between_kinds(tiny_dir, tmp_
     assert all(p["reward"] >= p["group_mean"] for p in picked)
 
 
+def test_persona_candidates_describe_then_show_within_the_budget(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from popi_sdk.signals import Signals
+    from popi_sdk.summary_spec import SummarySpec
+    from popi_sdk.templates import SHOW_LEAD
+    from popi_sdk.train.warmstart import persona_candidates
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    signals = Signals.model_validate({"pairs": [
+        {"prompt": "q1", "chosen": "Short and sweet. Wow!", "rejected": "A long dry answer."}]})
+    spec = SummarySpec(max_words=20, max_tokens=40)
+    out = persona_candidates("The user is a child.", signals, spec, tok)
+    assert out == ["The user is a child.", f"The user is a child. {SHOW_LEAD} Short and sweet. Wow!"]
+    # without pairs there is nothing to show: the description alone
+    assert persona_candidates("The user is a child.", Signals(persona="I am 8."), spec, tok) == [
+        "The user is a child."]
+
+
+def test_persona_warm_start_offers_training_users_personas_only(tiny_dir, tmp_path):
+    from popi_sdk.train import stage1
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(5)))
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data, run, **{
+        "stage1.warm_start_samples": 1, "stage1.warm_start_persona": True,
+        "stage1.validation_users": 1, "stage1.eval_every": 1,
+        "stage1.warm_start_learning_rate": 1e-2, "stage1.kl_weight": 0, "summary.max_tokens": 24,
+    })
+    parts = stage1.build_trainer(cfg)
+    validation = {u.user_id for u in parts.validator.users}
+    assert parts.personas and not validation & set(parts.personas)
+    stage1.main(cfg)
+    picked = [json.loads(line) for line in (run / "warm_start.jsonl").read_text().splitlines()]
+    assert len(picked) == 4 and {p["source"] for p in picked} <= {"sampled", "persona"}
+    assert not validation & {p["example_key"] for p in picked}
+    (warm,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line).get("kind") == "warm_start"]
+    assert warm["warm_start_persona_won"] == sum(p["source"] == "persona" for p in picked)
+    assert all(p["reward"] >= p["group_mean"] for p in picked)
+
+
 def test_a_run_starts_from_another_runs_warm_start_adapter(tiny_dir, data_dir, tmp_path):
     """The warm start's adapter is saved (RUN/warm-start) and a second run's GRPO starts from it:
     its validation after loading equals the first run's after the warm start."""

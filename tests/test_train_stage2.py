@@ -218,3 +218,52 @@ def test_stage2_without_a_stage1_checkpoint_says_what_to_run(tiny_dir, data_dir,
     cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{"stage2.summarizer": None})
     with pytest.raises(ConfigError, match="popi train stage1"):
         stage2.main(cfg)
+
+
+def test_conditioning_mix_draws_every_form_a_user_can_have(tiny_dir, data_dir, tmp_path):
+    """Each draw's system text is the summary, a description of the training user (their own
+    words or the data's persona), the copy rule, or nothing, with the configured weights."""
+    from popi_sdk.templates import exemplar_summary
+    from popi_sdk.train.stage2 import conditioning_texts
+
+    mix = {"summary": 0.4, "description": 0.3, "exemplar": 0.2, "none": 0.1}
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{"stage2.conditioning": mix,
+                                                        "stage2.conditioning_copies": 50})
+    users = [UserRow.model_validate({**_user(i), "persona": f"persona {i}"}) for i in range(2)]
+    users[1].signals.persona = "I like harsh words."
+    summaries = {"u0": "The user likes praise.", "u1": "The user wants harsh reviews."}
+    drawn = conditioning_texts(users, summaries, cfg)
+    assert len(drawn) == 2 * 2 * 50
+    forms = [form for _, _, form in drawn]
+    assert {f: forms.count(f) for f in mix} == pytest.approx({f: w * 200 for f, w in mix.items()}, abs=25)
+    for pair, text, form in drawn:
+        user = users[0] if pair in users[0].examples else users[1]
+        want = {"summary": {summaries[user.user_id]}, "exemplar": {exemplar_summary(user.signals)},
+                "none": {None}, "description": {user.persona, user.signals.persona} - {None}}[form]
+        assert text in want
+    assert drawn == conditioning_texts(users, summaries, cfg)  # seeded
+    # a user without a summary is drawn among the other forms; summaries alone skip them
+    partial = conditioning_texts(users, {"u0": "x"}, cfg)
+    assert {f for p, _, f in partial if p in users[1].examples} == {"description", "exemplar", "none"}
+    profiles = conditioning_texts(users, summaries, _cfg(
+        tiny_dir, data_dir, tmp_path / "run3", **{"stage2.conditioning": {"profile": 1}}))
+    assert {t for _, t, _ in profiles} == {
+        "persona 0 They like answers such as: Lovely, five stars.",
+        "persona 1 They like answers such as: Awful, one star.",
+        "I like harsh words. They like answers such as: Awful, one star."}
+    only = _cfg(tiny_dir, data_dir, tmp_path / "run2", **{"stage2.conditioning": {"summary": 1}})
+    assert len(conditioning_texts(users, {"u0": "x"}, only)) == 2
+
+
+def test_conditioning_without_summaries_needs_no_summarizer(tiny_dir, data_dir, tmp_path):
+    """Descriptions, exemplars and no summary only: stage 2 runs with no stage-1 checkpoint."""
+    from popi_sdk.errors import ConfigError
+    from popi_sdk.train import stage2
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data_dir, run, **{"stage2.summarizer": None, "stage2.max_steps": 1,
+                                           "stage2.conditioning": {"exemplar": 1, "none": 1}})
+    stage2.main(cfg)
+    assert (run / "stage2" / "config.json").exists() and not (run / "summaries.sqlite").exists()
+    with pytest.raises(ConfigError, match="stage2.conditioning"):
+        _cfg(tiny_dir, data_dir, run, **{"stage2.conditioning": {"summary": 0}})

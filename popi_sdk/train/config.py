@@ -104,6 +104,13 @@ class Stage1Options(_Section):
         "which kind won). For a generator that imitates examples more than it reads "
         "descriptions, as the embedded 135M one does (docs/results.md).",
     )
+    warm_start_persona: bool = Field(
+        default=False,
+        description="Also offer best-of-N, for TRAINING users only, descriptions of the user: "
+        "the data's persona (as FSPO's rationalization does) and, where the user has pairs, "
+        "the persona followed by one preferred response (describe, then show). Test users' "
+        "personas are never read. The reward still picks per user.",
+    )
     init_adapter: str | None = Field(
         default=None,
         description="Start GRPO from this LoRA adapter folder (another run's RUN/warm-start or "
@@ -175,6 +182,20 @@ class Stage2Options(_Section):
         description="Model writing the training summaries: None is RUN/stage1; the base model "
         "here gives the Inference-Aligned baseline.",
     )
+    conditioning: dict[Literal["summary", "description", "exemplar", "profile", "none"], float] = Field(
+        default_factory=lambda: {"summary": 1.0},
+        description="What each training example's system context is, drawn per example with "
+        "these weights: 'summary' (the summarizer's, the paper's stage 2), 'description' (the "
+        "training user's self-description or ground-truth persona, as a user's own edit would "
+        "read), 'exemplar' (the copy rule: one preferred response of the user quoted), 'none' "
+        "(the prompt alone). A generator trained on one form reads only that form "
+        "(docs/results.md).",
+    )
+    conditioning_copies: int = Field(
+        default=1, ge=1,
+        description="Draws of a conditioning form per training example: each draw is one DPO "
+        "pair (the same example under several forms).",
+    )
     summary_batch_size: int = Field(
         default=8, ge=1, description="Users per call when the stage-1 model writes summaries."
     )
@@ -234,15 +255,27 @@ class TrainConfig(_Section):
                 "stage1.validation_users needs prompt-independent summaries (one per user): set "
                 "stage1.validation_users to 0 or summary.prompt_dependent to false"
             )
-        if self.stage1.warm_start_samples == 1 and not self.stage1.warm_start_extractive:
+        extra = self.stage1.warm_start_extractive or self.stage1.warm_start_persona
+        if self.stage1.warm_start_samples == 1 and not extra:
             raise ValueError(
                 "stage1.warm_start_samples = 1 picks from one summary: use 0 (off) or at least 2 "
-                "(or add candidates with stage1.warm_start_extractive)"
+                "(or add candidates with stage1.warm_start_extractive or warm_start_persona)"
             )
         if self.stage1.init_adapter and not self.lora.enabled:
             raise ValueError(
                 "stage1.init_adapter loads a LoRA adapter: set lora.enabled to true (with the "
                 "adapter's r and alpha) or drop stage1.init_adapter"
+            )
+        mix = self.stage2.conditioning
+        if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError(
+                "stage2.conditioning needs non-negative weights with a positive sum, e.g. "
+                "{summary: 0.4, description: 0.3, exemplar: 0.2, none: 0.1}"
+            )
+        if self.stage1.warm_start_persona and not self.stage1.warm_start_samples:
+            raise ValueError(
+                "stage1.warm_start_persona adds candidates to the best-of-N warm start, which "
+                "is off: set stage1.warm_start_samples to at least 1"
             )
         if self.stage1.warm_start_extractive and not self.stage1.warm_start_samples:
             raise ValueError(

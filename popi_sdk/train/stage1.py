@@ -212,6 +212,7 @@ def main(cfg: TrainConfig) -> str:
         record = warm_start(
             trainer.model, tokenizer, parts.reward, parts.rows, cfg.stage1, spec=cfg.summary,
             run=run, seed=cfg.seed, signals=parts.signals,
+            personas=parts.personas if cfg.stage1.warm_start_persona else None,
         )
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:
@@ -262,6 +263,7 @@ class Stage1Parts(NamedTuple):
     rows: list[dict[str, Any]]
     validator: Validator | None
     signals: dict[str, Signals] | None = None  # each row's user's signals, by example_key
+    personas: dict[str, str] | None = None  # each row's (training) user's persona, by example_key
 
 
 def build_trainer(cfg: TrainConfig) -> Stage1Parts:
@@ -327,8 +329,12 @@ def build_trainer(cfg: TrainConfig) -> Stage1Parts:
     # After the trainer placed the model on its device; the adapter (if any) is off while scoring.
     n = reward.precompute_reference()
     log.info("reference log-probs of %d examples computed once", n)
-    by_user = {u.user_id: u.signals for u in users}
     # A row's key is its user's id, or "id#j" for the j-th prompt-dependent row (build_rows).
-    signals = {key: by_user[key] if key in by_user else by_user[key.rsplit("#", 1)[0]]
-               for key in (row["example_key"] for row in rows)}
-    return Stage1Parts(trainer, reward, rows, validator, signals)
+    owner = {u.user_id: u for u in users}
+    owners = {key: owner[key] if key in owner else owner[key.rsplit("#", 1)[0]]
+              for key in (row["example_key"] for row in rows)}
+    signals = {key: u.signals for key, u in owners.items()}
+    # Training users only (validation users were split off above): a persona may be a training
+    # target, never something a model reads at test time.
+    personas = {key: u.persona for key, u in owners.items() if u.persona}
+    return Stage1Parts(trainer, reward, rows, validator, signals, personas)

@@ -39,7 +39,7 @@ from popi_sdk.backends.hf import resolve_model
 from popi_sdk.errors import ConfigError, InputError
 from popi_sdk.signals import PreferencePair, UserRow
 from popi_sdk.summary_spec import SummarySpec
-from popi_sdk.templates import summary_messages
+from popi_sdk.templates import SHOW_LEAD, exemplar_summary, prompt_only_messages, summary_messages
 from popi_sdk.train import common
 from popi_sdk.train.config import TrainConfig
 
@@ -131,29 +131,70 @@ def summaries_for(
     return {key: s.text for (key, _, _), s in zip(keyed, done)}
 
 
+def descriptions(user: UserRow) -> list[str]:
+    """How a training user can be described in words, for the ``description`` conditioning form:
+    their self-description (a persona signal, the user's own voice) and the data's ground-truth
+    persona. Training users only: a test user's persona is never read."""
+    return [t.strip() for t in dict.fromkeys([user.signals.persona or "", user.persona or ""]) if t.strip()]
+
+
+def conditioning_texts(
+    users: Sequence[UserRow], summaries: dict[str, str], cfg: TrainConfig, *,
+    prompt_dependent: bool = False,
+) -> list[tuple[PreferencePair, str | None, str]]:
+    """``(example, system text or None, form)`` per training draw (``profile`` is a description
+    then one preferred response, the shape the ``describe`` template asks a summarizer for):
+    ``stage2.conditioning_copies``
+    draws per example, each form drawn with ``stage2.conditioning``'s weights (seeded by
+    ``cfg.seed``). A form a user cannot have (no summary, no description, no pairs to quote) is
+    redrawn among the forms that user has; ``none`` is always possible."""
+    import random
+
+    mix = {form: w for form, w in cfg.stage2.conditioning.items() if w > 0}
+    rng = random.Random(f"popi-stage2-conditioning/{cfg.seed}")
+    out: list[tuple[PreferencePair, str | None, str]] = []
+    for user in users:
+        described = descriptions(user)
+        exemplar = exemplar_summary(user.signals)
+        shown = user.signals.pairs[0].chosen.strip() if user.signals.pairs else ""
+        for j, pair in enumerate(user.examples):
+            key = f"{user.user_id}#{j}" if prompt_dependent else user.user_id
+            options: dict[str, list[str | None]] = {
+                "summary": [summaries[key]] if key in summaries else [],
+                "description": described,
+                "exemplar": [exemplar] if exemplar else [],
+                "profile": [f"{d} {SHOW_LEAD} {shown}" for d in described] if shown else [],
+                "none": [None],
+            }
+            usable = {f: w for f, w in mix.items() if options[f]}
+            if not usable:
+                continue  # e.g. summaries only, and none for this user
+            forms, weights = zip(*usable.items())
+            for _ in range(cfg.stage2.conditioning_copies):
+                form = rng.choices(forms, weights)[0]
+                out.append((pair, rng.choice(options[form]), form))
+    return out
+
+
 def build_rows(
     users: Sequence[UserRow], summaries: dict[str, str], scorer: Any, reference: Any,
     cfg: TrainConfig, *, prompt_dependent: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Tokenized DPO rows with the x-only reference log-probs of the initial generator.
-    ``prompt_dependent`` (default ``cfg.summary``'s) says how ``summaries`` are keyed."""
+    """Tokenized DPO rows with the x-only reference log-probs of the initial generator, one per
+    draw of :func:`conditioning_texts`. ``prompt_dependent`` (default ``cfg.summary``'s) says how
+    ``summaries`` are keyed."""
     if prompt_dependent is None:
         prompt_dependent = cfg.summary.prompt_dependent
-    pairs: list[PreferencePair] = []
-    texts: list[str] = []
-    for user in users:
-        for j, pair in enumerate(user.examples):
-            key = f"{user.user_id}#{j}" if prompt_dependent else user.user_id
-            if key in summaries:
-                pairs.append(pair)
-                texts.append(summaries[key])
+    drawn = conditioning_texts(users, summaries, cfg, prompt_dependent=prompt_dependent)
+    pairs = [pair for pair, _, _ in drawn]
+    texts = [text for _, text, _ in drawn]
     if not pairs:
         raise InputError("no training examples: rows of train.jsonl need non-empty 'examples'")
     ref_chosen, ref_rejected = reference.pairs(pairs)
     rows = []
     limit = cfg.stage2.max_length
     for pair, summary, rc, rr in zip(pairs, texts, ref_chosen.tolist(), ref_rejected.tolist()):
-        context = summary_messages(pair.prompt, summary)
+        context = prompt_only_messages(pair.prompt) if summary is None else summary_messages(pair.prompt, summary)
         prompt_ids, chosen_ids = scorer.encode_pair(context, pair.chosen)
         _, rejected_ids = scorer.encode_pair(context, pair.rejected)
         if limit is not None and len(prompt_ids) >= limit:
@@ -202,9 +243,13 @@ def main(cfg: TrainConfig) -> str:
 
     users = read_users(cfg.train_file())
     args = dpo_args(cfg)
-    spec = summary_spec(cfg, summarizer_path(cfg))
-    with PartialState().main_process_first():  # the main process writes the summaries once
-        summaries = summaries_for(users, cfg, spec)
+    if cfg.stage2.conditioning.get("summary", 0) > 0:
+        spec = summary_spec(cfg, summarizer_path(cfg))
+        with PartialState().main_process_first():  # the main process writes the summaries once
+            summaries = summaries_for(users, cfg, spec)
+        prompt_dependent = spec.prompt_dependent
+    else:  # no summary form: no summarizer needed (descriptions, exemplars, none only)
+        summaries, prompt_dependent = {}, cfg.summary.prompt_dependent
     from popi_sdk.backends import clear_backend_cache
 
     clear_backend_cache()  # the stage-1 model is not needed while the generator trains
@@ -216,7 +261,7 @@ def main(cfg: TrainConfig) -> str:
     scorer = SequenceScorer(reference_model, tokenizer, batch_size=cfg.stage2.score_batch_size,
                             bf16=args.bf16)
     rows = build_rows(users, summaries, scorer, ReferenceCache(scorer, gen_path), cfg,
-                      prompt_dependent=spec.prompt_dependent)
+                      prompt_dependent=prompt_dependent)
     del scorer, reference_model
     log.info("%d DPO pairs, x-only reference log-probs precomputed", len(rows))
 

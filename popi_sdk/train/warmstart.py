@@ -31,7 +31,7 @@ from typing import Any
 
 from popi_sdk.backends.base import Message
 from popi_sdk.eval import metrics as M
-from popi_sdk.templates import EXEMPLAR_LEAD
+from popi_sdk.templates import EXEMPLAR_LEAD, SHOW_LEAD
 from popi_sdk.train.validation import write_summaries
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,12 @@ def best_of_n(
     temperature: float,
     top_p: float,
     clean: Any,
-    extra: Mapping[str, Sequence[str]] | None = None,
+    extra: Mapping[str, Sequence[tuple[str, str] | str]] | None = None,
 ) -> list[dict[str, Any]]:
     """For each GRPO row (``prompt`` messages, ``example_key``), the best of ``n`` sampled
-    summaries and the row's ``extra`` candidates (by ``example_key``), with its reward, its
-    ``source`` ("sampled" or "extractive") and the mean reward of the sampled ones."""
+    summaries and the row's ``extra`` candidates (by ``example_key``: ``(text, source)`` pairs,
+    or bare texts meaning "extractive"), with its reward, its ``source`` ("sampled",
+    "extractive", "persona") and the mean reward of the sampled ones."""
     messages = [row["prompt"] for row in rows for _ in range(n)]
     sampled = write_summaries(model, tokenizer, messages, max_tokens=max_tokens, clean=clean,
                               temperature=temperature, top_p=top_p,
@@ -64,7 +65,8 @@ def best_of_n(
     groups: list[list[tuple[str, str]]] = []
     for i, row in enumerate(rows):
         group = [(text, "sampled") for text in sampled[i * n : (i + 1) * n]]
-        group += [(text, "extractive") for text in (extra or {}).get(row["example_key"], ())]
+        group += [(c, "extractive") if isinstance(c, str) else tuple(c)
+                  for c in (extra or {}).get(row["example_key"], ())]
         groups.append(group)
     keys = [row["example_key"] for row, group in zip(rows, groups) for _ in group]
     with reward.generator_context():
@@ -89,13 +91,27 @@ def extractive_candidates(signals: Any, spec: Any, tokenizer: Any) -> list[str]:
     ``stage1.warm_start_extractive`` adds to best-of-N."""
     out = []
     for pair in signals.pairs:
-        words = f"{QUOTE_LEAD} {pair.chosen.strip()}".split()[: spec.max_words]
-        while words and len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) >= spec.max_tokens:
-            words.pop()
-        text = spec.clean(" ".join(words), capped=True)
+        text = _within_budget(f"{QUOTE_LEAD} {pair.chosen.strip()}", spec, tokenizer)
         if text and text not in out:
             out.append(text)
     return out
+
+
+def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any) -> list[str]:
+    """Descriptions of a *training* user as warm-start candidates (``stage1.warm_start_persona``):
+    the data's persona alone, and the persona followed by the user's first preferred response
+    (describe, then show), each within ``spec``'s word budget and token cap."""
+    texts = [persona.strip()]
+    if signals is not None and signals.pairs:
+        texts.append(f"{persona.strip()} {SHOW_LEAD} {signals.pairs[0].chosen.strip()}")
+    return [t for t in dict.fromkeys(_within_budget(t, spec, tokenizer) for t in texts) if t]
+
+
+def _within_budget(text: str, spec: Any, tokenizer: Any) -> str:
+    words = text.split()[: spec.max_words]
+    while words and len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) >= spec.max_tokens:
+        words.pop()
+    return spec.clean(" ".join(words), capped=True)
 
 
 def _encode(tokenizer: Any, messages: list[Message], summary: str) -> tuple[list[int], list[int]]:
@@ -169,6 +185,7 @@ def warm_start(
     run: Path,
     seed: int,
     signals: Mapping[str, Any] | None = None,
+    personas: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
     samples), then one supervised pass; writes ``RUN/warm_start.jsonl`` (the picked summaries)
@@ -176,9 +193,14 @@ def warm_start(
     started = time.perf_counter()
     log.info("warm start: sampling %d summaries for each of %d training users",
              opts.warm_start_samples, len(rows))
-    extra = None
+    extra: dict[str, list[tuple[str, str]]] = {}
     if opts.warm_start_extractive:
-        extra = {key: extractive_candidates(s, spec, tokenizer) for key, s in (signals or {}).items()}
+        for key, s in (signals or {}).items():
+            extra.setdefault(key, []).extend(
+                (text, "extractive") for text in extractive_candidates(s, spec, tokenizer))
+    for key, persona in (personas or {}).items():
+        extra.setdefault(key, []).extend(
+            (text, "persona") for text in persona_candidates(persona, (signals or {}).get(key), spec, tokenizer))
     picked = best_of_n(
         model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
@@ -200,6 +222,7 @@ def warm_start(
         "warm_start_losses": losses,
         "warm_start_users": len(picked),
         "warm_start_extractive_won": sum(p["source"] == "extractive" for p in picked),
+        "warm_start_persona_won": sum(p["source"] == "persona" for p in picked),
         "warm_start_samples": opts.warm_start_samples,
         "warm_start_sampling_seconds": round(sampled_at - started, 1),
         "warm_start_seconds": round(time.perf_counter() - started, 1),
