@@ -47,8 +47,14 @@ def synth(
     ),
     examples: str = typer.Option("2-4", help="Labeled examples per user: a number or a range lo-hi."),
     test_fraction: float = typer.Option(0.2, min=0.0, max=0.99, help="Share of users held out for test."),
+    signals: str = typer.Option(
+        "pairs",
+        help="Signal kinds per user, comma-separated: pairs, persona, history, traits, demographics "
+        "(elix only); or 'mixed' for a random non-empty subset per user.",
+    ),
 ) -> None:
-    """Generate a synthetic benchmark: users with signal pairs, labeled examples and a
+    """Generate a synthetic benchmark: users with signals (pairs by default; also a
+    self-description, past messages, trait scores, demographics), labeled examples and a
     ground-truth persona, split into disjoint train and test users."""
     from popi_sdk.data.jsonl import check_output_dir
     from popi_sdk.data.synth import write_benchmark
@@ -63,12 +69,18 @@ def synth(
         pairs=pairs,
         examples=parse_range(examples),
         test_fraction=test_fraction,
+        signals=signals,
     )
+    kinds = meta.get("signals", ["pairs"])
+    n = meta["pairs_per_user"]
+    if kinds == "mixed":
+        described = f"mixed signal kinds, {n} signal pairs per user that has pairs"
+    else:
+        described = "signals " + ",".join(kinds) + (f", {n} signal pairs per user" if "pairs" in kinds else "")
     typer.echo(
         f"Wrote {meta['train_users']} train users to {out / 'train.jsonl'} and "
         f"{meta['test_users']} test users to {out / 'test.jsonl'} "
-        f"({kind.value}, seed {seed}, {meta['pairs_per_user']} signal pairs per user) "
-        f"in {time.perf_counter() - started:.1f} s."
+        f"({kind.value}, seed {seed}, {described}) in {time.perf_counter() - started:.1f} s."
     )
 
 
