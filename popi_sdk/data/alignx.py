@@ -17,9 +17,9 @@ A record has the target comparison ``prompt, chosen, rejected`` and the user's c
 
 The record's own ``Preference Direction`` describes the *target* comparison, so it would leak the
 label if shown to a model: it becomes the ground-truth ``persona`` (for judges only) when the
-record has no ``ground_truth_persona``. The
-``traits`` signal is instead derived from the feedback pairs' own directions, averaged and
-thresholded at 0.6 / 0.4 as AlignX does when it builds profiles (``traits_from="pairs"``).
+record has no ``ground_truth_persona``. The ``traits`` signal is instead derived from the
+feedback pairs' own directions, averaged and thresholded at 0.6 / 0.4 as AlignX does when it
+builds profiles (``traits_from="pairs"``).
 The test splits (DEMO, PAIR, UGC, Arbitrary) carry only some of these; ``include`` keeps only
 the kinds of signal you name.
 """
@@ -129,7 +129,7 @@ def load_alignx(
         skipped = problems
     if not rows:
         raise DataFileError(str(path), [f"{path}: no record kept any of the signals {list(include)}"] + skipped)
-    field = {"profile": "persona"}
+    field = {"profile": "persona"}  # the one kind stored under another name
     kept = [f"{kind} {n}" for kind in include
             if (n := sum(bool(getattr(r.signals, field.get(kind, kind))) for r in rows))]
     notes = [f"{len(rows)} users; users with each signal kind: {', '.join(kept)}"]
@@ -204,7 +204,7 @@ def _convert(record, where, problems, include, traits_from, keep_neutral, dims) 
         user_id="pending",
         signals=Signals(**kept),
         examples=[example],
-        persona=ground_truth.strip() if ground_truth and ground_truth.strip() else _persona(target_dir, dims),
+        persona=(ground_truth or "").strip() or _persona(target_dir, dims),
     )
 
 

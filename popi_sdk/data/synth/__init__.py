@@ -10,8 +10,8 @@ Every user is drawn from ``random.Random`` seeded by ``(kind, seed, user index)`
 gives the same bytes, and user ``i`` does not depend on how many users are generated.
 Users get pair signals by default; ``signals=`` adds a self-description, past messages, trait
 scores and (ELIX) demographics, each worded by the benchmark and agreeing with the persona
-(:mod:`._signals`). :func:`persona_score` is the deterministic oracle: it scores any text against a persona from
-measurable features, and is what the oracle judge uses.
+(:mod:`._signals`). :func:`persona_score` is the deterministic oracle: it scores any text
+against a persona from measurable features, and is what the oracle judge uses.
 """
 
 from __future__ import annotations
