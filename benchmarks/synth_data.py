@@ -3,7 +3,8 @@ model's tokenizer (what the CPU presets budget for).
 
     python benchmarks/synth_data.py --users 200 --seed 0
 
-Prints a Markdown table; docs/data.md records its output.
+Prints two Markdown tables (pair signals; then each signal kind on its own, as rendered for the
+summarizer); docs/data.md records their output.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from popi_sdk.data.synth import KINDS, persona_score, synth_users
+from popi_sdk.data.synth import KINDS, persona_score, signal_kinds, synth_users
 from popi_sdk.templates import render_signals
 
 
@@ -51,6 +52,21 @@ def main() -> None:
             f"| {statistics.mean(responses):.0f} / {max(responses)} "
             f"| {agree}/{len(pairs)} |"
         )
+
+    print("\nRendered signals by kind, one kind per user (tokens, mean / max):\n")
+    every = [k for k in signal_kinds("elix")]
+    print("| benchmark | " + " | ".join(every) + " | mixed |")
+    print("|---|" + "---|" * (len(every) + 1))
+    for kind in KINDS:
+        cells = []
+        for signals in [*every, "mixed"]:
+            if signals not in (*signal_kinds(kind), "mixed"):
+                cells.append("—")
+                continue
+            rows = synth_users(kind, args.users, args.seed, signals=signals)
+            rendered = [n(render_signals(r.signals)) for r in rows]
+            cells.append(f"{statistics.mean(rendered):.0f} / {max(rendered)}")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

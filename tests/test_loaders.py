@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -200,6 +202,41 @@ def test_alignx_reports_every_bad_row_by_file_row_and_field():
     assert any(p.startswith(f"{name}: row 3: 'chosen' and 'rejected' are identical") for p in problems)
 
 
+def test_alignx_benchmark_rows_keep_ground_truth_persona_and_profile():
+    # psoups.json: invented text in the schema of AlignX's benchmark/P-Soups files (a JSON list).
+    raw = json.loads((FIXTURES / "psoups.json").read_text())
+    conversion = load_alignx(FIXTURES / "psoups.json")
+    rows = conversion.rows
+    assert len(rows) == len(raw) == 8
+    for row, record in zip(rows, raw):
+        assert row.persona == record["ground_truth_persona"]  # for judges and the oracle method
+        assert row.signals.persona == record["profile"]  # the profile is a signal, kept verbatim
+        assert [p.model_dump() for p in row.signals.pairs] == record["Pair-wise Comparative Feedback"]
+        assert [e.model_dump() for e in row.examples] == [
+            {k: record[k] for k in ("prompt", "chosen", "rejected")}]
+        assert not row.signals.traits and not row.signals.history and row.signals.demographics is None
+    assert "users with each signal kind: pairs 8, profile 8" in conversion.notes[0]
+    assert "8 users with a ground-truth persona (8 from 'ground_truth_persona')" in conversion.notes
+
+    no_profile = load_alignx(FIXTURES / "psoups.json", include=["pairs"]).rows
+    assert all(r.signals.persona is None and r.persona for r in no_profile)
+    profile_only = load_alignx(FIXTURES / "psoups.json", include=["profile"]).rows
+    assert all(r.signals.pairs == [] and r.signals.persona for r in profile_only)
+
+
+def test_alignx_ground_truth_persona_wins_over_the_direction_and_bad_types_are_named(tmp_path):
+    record = _jsonl(FIXTURES / "alignx.jsonl")[0]
+    both = tmp_path / "both.jsonl"
+    both.write_text(json.dumps({**record, "ground_truth_persona": "Answer like a pirate."}) + "\n")
+    assert load_alignx(both).rows[0].persona == "Answer like a pirate."
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**record, "ground_truth_persona": ["a"], "profile": 3}]))
+    with pytest.raises(DataFileError) as info:
+        load_alignx(bad)
+    assert f"{bad}: row 1: field 'profile' must be text, got int" in info.value.problems
+    assert f"{bad}: row 1: field 'ground_truth_persona' must be text, got list" in info.value.problems
+
+
 def test_describe_direction_uses_alignx_thresholds():
     direction = [0.5] * 90
     direction[0], direction[1], direction[2] = 0.7, 0.3, 0.55
@@ -238,3 +275,43 @@ def test_cli_convert_skip_bad_lists_problems(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Skipped 5 problem(s)" in result.output and "row 12" in result.output
     assert len(read_users(out)) == 2
+
+
+def test_cli_split_writes_a_seeded_stratified_development_and_report_half(tmp_path):
+    converted = tmp_path / "psoups.jsonl"
+    result = runner.invoke(app, ["data", "convert", "alignx", str(FIXTURES / "psoups.json"), "--out", str(converted)])
+    assert result.exit_code == 0, result.output
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        result = runner.invoke(app, ["data", "split", str(converted), "--test-fraction", "0.5",
+                                     "--seed", str(seed), "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    assert "Wrote 4 users to" in result.output and "test:    2" in result.output
+    train, test = read_users(tmp_path / "a" / "train.jsonl"), read_users(tmp_path / "a" / "test.jsonl")
+    assert not {r.user_id for r in train} & {r.user_id for r in test}
+    assert sorted(r.user_id for r in train + test) == sorted(r.user_id for r in read_users(converted))
+    for side in (train, test):  # both personas on both sides, 2 users each
+        assert sorted(Counter(r.persona for r in side).values()) == [2, 2]
+    for name in ("train.jsonl", "test.jsonl", "meta.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert {r.user_id for r in read_users(tmp_path / "c" / "test.jsonl")} != {r.user_id for r in test}
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["source"] == "psoups.jsonl" and meta["seed"] == 3 and meta["test_fraction"] == 0.5
+    assert meta["source_sha256"] == hashlib.sha256(converted.read_bytes()).hexdigest()
+    assert (meta["train_users"], meta["test_users"]) == (4, 4) and len(meta["test_personas"]) == 2
+
+
+def test_cli_split_refuses_to_overwrite_its_input_and_bad_fractions(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    source = folder / "train.jsonl"
+    runner.invoke(app, ["data", "convert", "alignx", str(FIXTURES / "psoups.json"), "--out", str(source)])
+    before = source.read_bytes()
+    result = runner.invoke(app, ["data", "split", str(source), "--out", str(folder)])
+    assert result.exit_code != 0 and "would overwrite the input" in str(result.exception)
+    assert source.read_bytes() == before and not (folder / "test.jsonl").exists()
+    for fraction in ("0", "1", "1.5"):
+        result = runner.invoke(app, ["data", "split", str(source), "--test-fraction", fraction,
+                                     "--out", str(tmp_path / "x")])
+        assert result.exit_code != 0 and "between 0 and 1" in str(result.exception)
+    result = runner.invoke(app, ["data", "split", str(FIXTURES / "alignx_bad.jsonl"), "--out", str(tmp_path / "y")])
+    assert result.exit_code != 0 and not (tmp_path / "y").exists()

@@ -275,3 +275,226 @@ def test_cli_synth_rejects_a_bad_examples_range(tmp_path):
     assert result.exit_code != 0
     assert isinstance(result.exception, InputError)
     assert "--examples" in str(result.exception)
+
+
+# --- signal kinds beyond pairs ---------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import re  # noqa: E402
+
+from popi_sdk.data.synth import MIXED, signal_kinds  # noqa: E402
+from popi_sdk.data.synth._signals import _DETAILS  # noqa: E402
+
+# Cue words per pole, written independently of the generators' phrase tables: a signal agrees
+# with its persona when every pole it cues is one of the persona's, and it cues at least one.
+_REVIEW_CUES = {
+    "concise": r"gist|short|shorter|brief|quick|one line|few words|wordy|skim",
+    "verbose": r"details?|thorough|everything|full story|longer|expand|last line",
+    "positive": r"upbeat|bright side|enthusiastic|cheerful|got right",
+    "negative": r"critical|flaws|faults|harsh|harsher|skeptical|complaints|downsides|sugarcoat|rosy",
+}
+_ROLEPLAY_CUES = {
+    "formal": r"polished|professional|professionally|properly",
+    "casual": r"friend|laid-back|relaxed|relax|chatty",
+    "playful": r"joke|funny|laugh",
+    "serious": r"straight|seriously|sober|earnest",
+    "detailed": r"thorough|depth|step by step|details",
+    "brief": r"short|quick|to the point",
+    "encouraging": r"encouragement|cheer|supportive",
+    "matter-of-fact": r"pep talk|facts|no-nonsense|plainly|reassurance",
+    "list": r"bullet|list|points",
+    "prose": r"paragraph|full sentences|letter",
+}
+# ELIX: who the user says they are (an age, a school year, a job) names exactly one level.
+_ELIX_WHO = [
+    (r"\b(?:first|second|third) grade\b", "child"), (r"\b(?:fifth|sixth) grade\b|middle school", "preteen"),
+    (r"high school", "teenager"), (r"\bcollege\b|\bundergrad\b|\buniversity\b", "young adult"),
+    (r"\blab\b|\bphd\b|\bwork as\b|" + "|".join(elix.OCCUPATIONS), "expert"),
+]
+# ELIX past messages: which way they ask the explanation to move.
+_ELIX_MOVE = [(r"babyish|childish|in between", {"teenager"}),
+              (r"five|big words?|easier|simpler|easy words|hard to follow", {"child", "preteen"}),
+              (r"technical|proper terms|basic|analogies|jargon|dumb", {"young adult", "expert"})]
+
+
+def _cued(text: str, cues: dict) -> set:
+    low = text.lower()
+    return {pole for pole, pattern in cues.items() if re.search(rf"\b(?:{pattern})\b", low)}
+
+
+def _age_level(age: int) -> str:
+    return next(level for level, (lo, hi) in elix.AGES.items() if lo <= age <= hi)
+
+
+def _elix_who(text: str) -> set:
+    low = text.lower()
+    levels = {level for pattern, level in _ELIX_WHO if re.search(pattern, low)}
+    levels |= {_age_level(int(age)) for age in re.findall(r"\bI'm (\d+)\b", text)}
+    return levels
+
+
+def _poles(kind: str, persona: str) -> set:
+    attrs = persona_attributes(persona, kind)
+    return {v for v in attrs.values() if isinstance(v, str)}
+
+
+@pytest.fixture(scope="module")
+def rich() -> dict:
+    every = {"review": "pairs,persona,history,traits", "elix": "pairs,persona,history,traits,demographics",
+             "roleplay": "pairs,persona,history,traits"}
+    return {kind: synth_users(kind, 60, seed=9, signals=every[kind]) for kind in KINDS}
+
+
+def test_the_default_writes_the_bytes_it_wrote_before_signal_kinds_existed(tmp_path):
+    # sha256 prefixes of files written by popi-synth-v1 before --signals existed.
+    before = {
+        "review": ("7d6a5c3b33bc2c4d", "3b46af33ce2ec890", "5aad3914aa1592dd"),
+        "elix": ("7a7206627faa475a", "5105d89284b694f3", "9d76df017f938ff9"),
+        "roleplay": ("c1cdec0abe093396", "9f743ec448566f0c", "cf71e4f4e403d0c2"),
+    }
+    for kind, hashes in before.items():
+        for signals in (None, "pairs", ["pairs"]):
+            out = tmp_path / f"{kind}-{signals}"
+            extra = {} if signals is None else {"signals": signals}
+            write_benchmark(kind, out, 12, seed=11, examples=(2, 3), test_fraction=0.25, **extra)
+            got = tuple(hashlib.sha256((out / n).read_bytes()).hexdigest()[:16]
+                        for n in ("train.jsonl", "test.jsonl", "meta.json"))
+            assert got == hashes, (kind, signals)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_is_present_exactly_when_asked(kind):
+    for asked in signal_kinds(kind):
+        rows = synth_users(kind, 10, seed=2, signals=asked)
+        for row in rows:
+            present = {k for k in signal_kinds(kind) if getattr(row.signals, k)}
+            assert present == {asked}, (asked, row.signals)
+    assert signal_kinds(kind)[:4] == ("pairs", "persona", "history", "traits")
+    assert ("demographics" in signal_kinds(kind)) == (kind == "elix")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_asking_for_more_kinds_keeps_pairs_examples_and_other_kinds(kind):
+    plain = synth_users(kind, 8, seed=4)
+    no_pairs = synth_users(kind, 8, seed=4, signals="persona")
+    both = synth_users(kind, 8, seed=4, signals="pairs,persona,history")
+    for a, b, c in zip(plain, no_pairs, both):
+        assert a.examples == b.examples == c.examples and a.persona == b.persona
+        assert b.signals.pairs == [] and b.examples  # without pairs the labeled examples stay
+        assert c.signals.pairs == a.signals.pairs and c.signals.persona == b.signals.persona
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_self_descriptions_are_the_users_voice_never_the_persona(rich, kind):
+    for row in rich[kind]:
+        text = row.signals.persona
+        assert text and row.persona not in text
+        assert not re.search(r"\b(?:the|this) user\b", text, re.I)
+        assert not any(phrase in text for phrase in roleplay.PHRASES.values())
+
+
+def test_review_and_roleplay_signals_cue_only_the_personas_poles(rich):
+    for kind, cues in (("review", _REVIEW_CUES), ("roleplay", _ROLEPLAY_CUES)):
+        for row in rich[kind]:
+            poles = _poles(kind, row.persona)
+            texts = [row.signals.persona] + [h.text for h in row.signals.history]
+            for text in texts:
+                cued = _cued(text, cues)
+                assert cued and cued <= poles, (kind, row.persona, text, cued)
+            assert 2 <= len(row.signals.history) <= 4
+
+
+def test_elix_signals_place_the_user_at_their_level(rich):
+    for row in rich["elix"]:
+        level = persona_attributes(row.persona)["level"]
+        assert _elix_who(row.signals.persona) == {level}, (level, row.signals.persona)
+        for item in row.signals.history:
+            move = next(levels for pattern, levels in _ELIX_MOVE if re.search(pattern, item.text.lower()))
+            assert level in move, (level, item.text)
+            assert _elix_who(item.text) <= {level}
+        age, *rest = row.signals.demographics.split("; ")
+        assert _age_level(int(age.removeprefix("Age: "))) == level
+        has_job = any(r.startswith("occupation: ") for r in rest)
+        if level == "expert":
+            assert has_job
+        elif level != "young adult":  # young adults may say they are students
+            assert not has_job
+        centre = min(elix.EXPERTISE, key=lambda lv: abs(elix.EXPERTISE[lv] - row.signals.traits["expertise"]))
+        assert centre == level and set(row.signals.traits) == {"expertise"}
+
+
+def test_traits_sit_near_the_personas_poles_and_unrated_axes_near_the_middle(rich):
+    for kind in ("review", "roleplay"):
+        gen = review if kind == "review" else roleplay
+        for row in rich[kind]:
+            attrs, traits = persona_attributes(row.persona), row.signals.traits
+            names = {axis: (spec[0] if kind == "review" else spec) for axis, spec in gen.TRAITS.items()}
+            high = {axis: (spec[1] if kind == "review" else roleplay.AXES[axis][0])
+                    for axis, spec in gen.TRAITS.items()}
+            assert set(traits) <= set(names.values())
+            for axis, name in names.items():
+                if attrs.get(axis):
+                    assert (traits[name] > 0.6) == (attrs[axis] == high[axis]), (row.persona, traits)
+                    assert traits[name] > 0.6 or traits[name] < 0.4
+                else:
+                    assert name not in traits or 0.4 <= traits[name] <= 0.6
+            assert all(0 <= v <= 1 for v in traits.values())
+
+
+def test_self_descriptions_are_partial_and_noisy(rich):
+    two = [r for r in rich["review"] if len(_poles("review", r.persona)) == 2]
+    covered = Counter(len(_cued(r.signals.persona, _REVIEW_CUES)) for r in two)
+    assert covered[1] and covered[2]  # some name only one of their two attributes
+    for kind in KINDS:
+        noisy = sum(any(d in r.signals.persona for d in _DETAILS) for r in rich[kind])
+        assert 0.2 * len(rich[kind]) < noisy < 0.8 * len(rich[kind])
+    for detail in _DETAILS:  # an irrelevant detail cues no pole and no level
+        assert not _cued(detail, _REVIEW_CUES) and not _cued(detail, _ROLEPLAY_CUES)
+        assert not _elix_who(detail)
+        assert review.sentiment_score(detail) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mixed_draws_varied_non_empty_subsets(kind):
+    rows = synth_users(kind, 80, seed=5, signals=MIXED)
+    subsets = Counter(tuple(k for k in signal_kinds(kind) if getattr(r.signals, k)) for r in rows)
+    assert all(subsets) and len(subsets) >= 8
+    for k in signal_kinds(kind):
+        assert 0.25 * len(rows) < sum(k in s for s in subsets.elements()) < 0.75 * len(rows)
+    assert all(r.examples for r in rows)
+    assert rows == synth_users(kind, 80, seed=5, signals=MIXED)
+
+
+def test_mixed_and_chosen_kinds_are_seeded_and_recorded_in_meta(tmp_path):
+    for signals in (MIXED, "traits,persona"):
+        write_benchmark("elix", tmp_path / "a", 20, seed=3, signals=signals)
+        write_benchmark("elix", tmp_path / "b", 20, seed=3, signals=signals)
+        for name in ("train.jsonl", "test.jsonl", "meta.json"):
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+        assert meta["signals"] == (MIXED if signals == MIXED else ["persona", "traits"])
+        for d in ("a", "b"):
+            for f in (tmp_path / d).iterdir():
+                f.unlink()
+
+
+def test_bad_signal_kinds_are_clear_errors():
+    with pytest.raises(InputError, match="review benchmark has no demographics signal"):
+        synth_users("review", 2, signals="pairs,demographics")
+    with pytest.raises(InputError, match="unknown signal kind.*'votes'.*choose from"):
+        synth_users("elix", 2, signals="pairs,votes")
+    with pytest.raises(InputError, match="unknown signal kind"):
+        synth_users("elix", 2, signals="")
+
+
+def test_cli_synth_signals_option(tmp_path):
+    result = runner.invoke(app, ["data", "synth", "elix", "--users", "10", "--seed", "2",
+                                 "--signals", "persona,demographics", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "signals persona,demographics" in result.output
+    rows = read_users(tmp_path / "e" / "train.jsonl") + read_users(tmp_path / "e" / "test.jsonl")
+    assert all(r.signals.persona and r.signals.demographics and not r.signals.pairs for r in rows)
+    bad = runner.invoke(app, ["data", "synth", "roleplay", "--signals", "demographics",
+                              "--out", str(tmp_path / "r")])
+    assert bad.exit_code != 0 and "no demographics signal" in str(bad.exception)
+    assert not (tmp_path / "r" / "train.jsonl").exists()

@@ -12,7 +12,7 @@ import typer
 from popi_sdk.errors import InputError
 
 app = typer.Typer(
-    help="Benchmark data: generate synthetic users, convert FSPO / AlignX files to canonical rows.",
+    help="Benchmark data: generate synthetic users, convert FSPO / AlignX files to canonical rows, split users.",
     no_args_is_help=True,
 )
 
@@ -47,8 +47,14 @@ def synth(
     ),
     examples: str = typer.Option("2-4", help="Labeled examples per user: a number or a range lo-hi."),
     test_fraction: float = typer.Option(0.2, min=0.0, max=0.99, help="Share of users held out for test."),
+    signals: str = typer.Option(
+        "pairs",
+        help="Signal kinds per user, comma-separated: pairs, persona, history, traits, demographics "
+        "(elix only); or 'mixed' for a random non-empty subset per user.",
+    ),
 ) -> None:
-    """Generate a synthetic benchmark: users with signal pairs, labeled examples and a
+    """Generate a synthetic benchmark: users with signals (pairs by default; also a
+    self-description, past messages, trait scores, demographics), labeled examples and a
     ground-truth persona, split into disjoint train and test users."""
     from popi_sdk.data.jsonl import check_output_dir
     from popi_sdk.data.synth import write_benchmark
@@ -63,13 +69,44 @@ def synth(
         pairs=pairs,
         examples=parse_range(examples),
         test_fraction=test_fraction,
+        signals=signals,
     )
+    kinds = meta.get("signals", ["pairs"])
+    n = meta["pairs_per_user"]
+    if kinds == "mixed":
+        described = f"mixed signal kinds, {n} signal pairs per user that has pairs"
+    else:
+        described = "signals " + ",".join(kinds) + (f", {n} signal pairs per user" if "pairs" in kinds else "")
     typer.echo(
         f"Wrote {meta['train_users']} train users to {out / 'train.jsonl'} and "
         f"{meta['test_users']} test users to {out / 'test.jsonl'} "
-        f"({kind.value}, seed {seed}, {meta['pairs_per_user']} signal pairs per user) "
+        f"({kind.value}, seed {seed}, {described}) in {time.perf_counter() - started:.1f} s."
+    )
+
+
+@app.command()
+def split(
+    file: Path = typer.Argument(..., help="Canonical JSON Lines file of users (e.g. from popi data convert)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for train.jsonl, test.jsonl, meta.json."),
+    test_fraction: float = typer.Option(
+        0.5, help="Share of users in test.jsonl (the report half); the rest go to train.jsonl."
+    ),
+    seed: int = typer.Option(0, help="Random seed; the same seed and file give the same split."),
+) -> None:
+    """Split users into a development half (train.jsonl: train and select on it) and a report
+    half (test.jsonl: evaluate on it once), seeded and stratified by persona."""
+    from popi_sdk.data.split import write_split
+
+    started = time.perf_counter()
+    meta = write_split(file, out, test_fraction, seed)
+    typer.echo(
+        f"Wrote {meta['train_users']} users to {out / 'train.jsonl'} and {meta['test_users']} to "
+        f"{out / 'test.jsonl'} (seed {seed}, test fraction {test_fraction:g}) "
         f"in {time.perf_counter() - started:.1f} s."
     )
+    for side in ("train", "test"):
+        for persona, n in meta.get(f"{side}_personas", {}).items():
+            typer.echo(f"  {side}: {n:4d}  {persona}")
 
 
 convert_app = typer.Typer(
@@ -125,8 +162,9 @@ def convert_alignx(
     file: Path = typer.Argument(..., help="AlignX file."),
     out: Path = typer.Option(..., "--out", "-o", help="Canonical JSON Lines file to write."),
     signals: str = typer.Option(
-        "pairs,history,demographics,traits",
-        help="Signals to keep, comma-separated (e.g. 'demographics' for the DEMO split).",
+        "pairs,history,demographics,traits,profile",
+        help="Signals to keep, comma-separated (e.g. 'demographics' for the DEMO split); "
+        "'profile' (the benchmark files' generated profile) becomes the self-description.",
     ),
     traits_from: str = typer.Option(
         "pairs", help="Where traits come from: pairs (feedback pairs' directions), target (leaks the label), none."
@@ -137,8 +175,9 @@ def convert_alignx(
     ),
     skip_bad: bool = typer.Option(False, help="Leave bad records out (and list them) instead of stopping."),
 ) -> None:
-    """AlignX records -> one canonical row per user: feedback pairs, comments, demographics and
-    traits as signals, the record's comparison as the labeled example."""
+    """AlignX records -> one canonical row per user: feedback pairs, comments, demographics,
+    traits and profile as signals, the record's comparison as the labeled example, and
+    ground_truth_persona (or else the record's Preference Direction) as the persona."""
     from popi_sdk.data.alignx import load_alignx
     from popi_sdk.data.jsonl import check_output_file
 

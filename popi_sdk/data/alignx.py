@@ -6,12 +6,20 @@ A record has the target comparison ``prompt, chosen, rejected`` and the user's c
 - ``User-Generated Content``: up to 4 ``{prompt, comment}`` -> ``signals.history``;
 - ``Pair-wise Comparative Feedback``: up to 4 ``{prompt, chosen, rejected}`` -> ``signals.pairs``;
 - ``Preference Direction``: 90 values in {0, 0.5, 1} over named dimensions (1: the first pole of
-  the dimension is preferred, 0: the second, 0.5: neutral).
+  the dimension is preferred, 0: the second, 0.5: neutral);
+- ``profile`` (the benchmark files, e.g. ``benchmark/P-Soups/``): a generated text listing the
+  user's attributes (``"Young, High Openness, Concise communication style, ..."``) ->
+  ``signals.persona``, verbatim: it is text that describes the user, which is what that field
+  holds (``demographics`` would mislabel personality and style, and ``traits`` would need the
+  text parsed back into the 90 dimensions, losing the "Indifferent to ..." entries);
+- ``ground_truth_persona`` (the benchmark files): the persona the labels were made for ->
+  ``persona``, the ground truth for judges and the ``oracle`` method.
 
 The record's own ``Preference Direction`` describes the *target* comparison, so it would leak the
-label if shown to a model: it becomes the ground-truth ``persona`` (for judges only). The
-``traits`` signal is instead derived from the feedback pairs' own directions, averaged and
-thresholded at 0.6 / 0.4 as AlignX does when it builds profiles (``traits_from="pairs"``).
+label if shown to a model: it becomes the ground-truth ``persona`` (for judges only) when the
+record has no ``ground_truth_persona``. The ``traits`` signal is instead derived from the
+feedback pairs' own directions, averaged and thresholded at 0.6 / 0.4 as AlignX does when it
+builds profiles (``traits_from="pairs"``).
 The test splits (DEMO, PAIR, UGC, Arbitrary) carry only some of these; ``include`` keeps only
 the kinds of signal you name.
 """
@@ -32,7 +40,10 @@ DEMOGRAPHICS = "Demographic Information"
 UGC = "User-Generated Content"
 PAIRS = "Pair-wise Comparative Feedback"
 DIRECTION = "Preference Direction"
-SIGNAL_KINDS = ("pairs", "history", "demographics", "traits")
+PROFILE = "profile"
+GROUND_TRUTH = "ground_truth_persona"
+#: Signal kinds a user may keep; ``profile`` becomes ``signals.persona``.
+SIGNAL_KINDS = ("pairs", "history", "demographics", "traits", "profile")
 TRAITS_FROM = ("pairs", "target", "none")
 
 
@@ -72,7 +83,8 @@ def load_alignx(
 ) -> Conversion:
     """Convert an AlignX file (JSON Lines, JSON or Parquet) into canonical rows, one per record.
 
-    ``include``: which signals to keep (``pairs``, ``history``, ``demographics``, ``traits``).
+    ``include``: which signals to keep (``pairs``, ``history``, ``demographics``, ``traits``,
+    ``profile``; all by default).
     ``traits_from``: ``pairs`` (default; the feedback pairs' directions, averaged), ``target``
     (the record's own direction: leaks the label, for oracle-style upper bounds only) or ``none``.
     ``keep_neutral`` keeps neutral dimensions (value 0.5) in ``traits``. ``dimension_names``
@@ -117,7 +129,14 @@ def load_alignx(
         skipped = problems
     if not rows:
         raise DataFileError(str(path), [f"{path}: no record kept any of the signals {list(include)}"] + skipped)
-    notes = [f"{len(rows)} users with signals {', '.join(include)}"]
+    field = {"profile": "persona"}  # the one kind stored under another name
+    kept = [f"{kind} {n}" for kind in include
+            if (n := sum(bool(getattr(r.signals, field.get(kind, kind))) for r in rows))]
+    notes = [f"{len(rows)} users; users with each signal kind: {', '.join(kept)}"]
+    personas = sum(bool(r.persona) for r in rows)
+    notes.append(f"{personas} users with a ground-truth persona" + (
+        f" ({sum(GROUND_TRUTH in rec for _, rec in records if isinstance(rec, dict))} from "
+        f"'{GROUND_TRUTH}')" if personas else ""))
     if empty:
         notes.append(f"{empty} record(s) had none of the requested signals and were left out")
     return Conversion(rows=rows, skipped=skipped, notes=notes)
@@ -154,10 +173,9 @@ def _convert(record, where, problems, include, traits_from, keep_neutral, dims) 
         if p is not None and c is not None:
             history.append(HistoryItem(prompt=p, text=c))
 
-    demographics = record.get(DEMOGRAPHICS)
-    if demographics is not None and not isinstance(demographics, str):
-        problems.append(f"{where}: field '{DEMOGRAPHICS}' must be text, got {type(demographics).__name__}")
-        demographics = None
+    demographics = _text_or_none(record, DEMOGRAPHICS, where, problems)
+    profile = _text_or_none(record, PROFILE, where, problems)
+    ground_truth = _text_or_none(record, GROUND_TRUTH, where, problems)
 
     target_dir = None
     if record.get(DIRECTION) is not None:
@@ -177,6 +195,7 @@ def _convert(record, where, problems, include, traits_from, keep_neutral, dims) 
         "history": history if "history" in include else [],
         "demographics": (demographics or None) if "demographics" in include else None,
         "traits": traits if "traits" in include else {},
+        "persona": profile if PROFILE in include and profile and profile.strip() else None,
     }
     example = _pair(prompt, chosen, rejected, where, problems)
     if example is None or not any(kept.values()):
@@ -185,8 +204,16 @@ def _convert(record, where, problems, include, traits_from, keep_neutral, dims) 
         user_id="pending",
         signals=Signals(**kept),
         examples=[example],
-        persona=_persona(target_dir, dims),
+        persona=(ground_truth or "").strip() or _persona(target_dir, dims),
     )
+
+
+def _text_or_none(record: dict, key: str, where: str, problems: list[str]) -> str | None:
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        problems.append(f"{where}: field '{key}' must be text, got {type(value).__name__}")
+        return None
+    return value
 
 
 def _persona(direction: list[float] | None, dims) -> str | None:

@@ -8,8 +8,10 @@ Three look-alikes of the FSPO tasks, each a module with the same small interface
 
 Every user is drawn from ``random.Random`` seeded by ``(kind, seed, user index)``, so the same seed
 gives the same bytes, and user ``i`` does not depend on how many users are generated.
-:func:`persona_score` is the deterministic oracle: it scores any text against a persona from
-measurable features, and is what the oracle judge uses.
+Users get pair signals by default; ``signals=`` adds a self-description, past messages, trait
+scores and (ELIX) demographics, each worded by the benchmark and agreeing with the persona
+(:mod:`._signals`). :func:`persona_score` is the deterministic oracle: it scores any text
+against a persona from measurable features, and is what the oracle judge uses.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 from popi_sdk.data.jsonl import write_jsonl
-from popi_sdk.data.synth import elix, review, roleplay
+from popi_sdk.data.synth import _signals, elix, review, roleplay
+from popi_sdk.data.synth._signals import DEFAULT_SIGNALS, MIXED, SIGNAL_KINDS
 from popi_sdk.errors import InputError
 from popi_sdk.signals import Signals, UserRow
 
@@ -39,6 +43,11 @@ def _generator(kind: str) -> ModuleType:
         raise InputError(f"unknown benchmark kind {kind!r}; choose one of {', '.join(KINDS)}") from None
 
 
+def signal_kinds(kind: str) -> tuple[str, ...]:
+    """The kinds of signal benchmark ``kind`` can give its users (``demographics`` only for elix)."""
+    return _signals.kinds_of(_generator(kind))
+
+
 def default_pairs(kind: str) -> int:
     """Signal pairs per user when not given: 4 for review and elix, 8 for roleplay (as FSPO)."""
     return _generator(kind).DEFAULT_PAIRS
@@ -51,14 +60,23 @@ def synth_users(
     *,
     pairs: int | None = None,
     examples: tuple[int, int] = (2, 4),
+    signals: str | Sequence[str] = DEFAULT_SIGNALS,
 ) -> list[UserRow]:
     """Generate ``n_users`` canonical rows of benchmark ``kind``.
 
     Each user has ``pairs`` signal pairs (default :func:`default_pairs`) and between
     ``examples[0]`` and ``examples[1]`` labeled examples; every pair of a user answers a different
     prompt, so signals and examples never share a prompt. ``persona`` is the ground truth.
+
+    ``signals`` picks the kinds of signal users get: a subset of :data:`SIGNAL_KINDS` (a list or
+    ``"pairs,persona"``; ``demographics`` only for ``elix``), or ``"mixed"`` for a random
+    non-empty subset per user. Every kind agrees with the persona. A user's pairs and examples
+    are the same whatever kinds are asked for (without ``pairs`` the signal pairs are dropped and
+    the examples kept), and each kind is drawn from its own seeded stream, so the default
+    ``("pairs",)`` gives the bytes it always gave.
     """
     gen = _generator(kind)
+    wanted = _signals.parse_signals(signals, gen)
     n_pairs = gen.DEFAULT_PAIRS if pairs is None else pairs
     lo, hi = examples
     if n_users < 1:
@@ -77,12 +95,29 @@ def synth_users(
         rows.append(
             UserRow(
                 user_id=f"{kind}-{index:05d}",
-                signals=Signals(pairs=made[:n_pairs]),
+                signals=_user_signals(gen, kind, seed, index, attrs, made[:n_pairs], wanted),
                 examples=made[n_pairs:],
                 persona=persona,
             )
         )
     return rows
+
+
+def _user_signals(gen, kind, seed, index, attrs, pairs, wanted) -> Signals:
+    def stream(what: str) -> random.Random:
+        return _signals.kind_rng(kind, seed, index, SYNTH_VERSION, what)
+
+    kinds = _signals.draw_kinds(stream("kinds"), _signals.kinds_of(gen)) if wanted == MIXED else wanted
+    made: dict = {"pairs": pairs if "pairs" in kinds else []}
+    if "persona" in kinds:
+        made["persona"] = gen.describe_self(stream("persona"), attrs)
+    if "history" in kinds:
+        made["history"] = _signals.history(stream("history"), gen, attrs)
+    if "traits" in kinds:
+        made["traits"] = gen.trait_scores(stream("traits"), attrs)
+    if "demographics" in kinds:
+        made["demographics"] = gen.demographics(stream("demographics"), attrs)
+    return Signals(**made)
 
 
 def _distinct_prompts(gen: ModuleType, rng: random.Random, n: int) -> list[dict]:
@@ -131,11 +166,15 @@ def write_benchmark(
     pairs: int | None = None,
     examples: tuple[int, int] = (2, 4),
     test_fraction: float = 0.2,
+    signals: str | Sequence[str] = DEFAULT_SIGNALS,
 ) -> dict:
     """Generate users and write ``train.jsonl``, ``test.jsonl`` and ``meta.json`` into ``out_dir``.
 
-    Returns the metadata written to ``meta.json`` (kind, seed, counts, file names)."""
-    rows = synth_users(kind, n_users, seed, pairs=pairs, examples=examples)
+    Returns the metadata written to ``meta.json`` (kind, seed, counts, file names, and the signal
+    kinds under ``signals``: a list, or ``"mixed"``). The key is left out for the default
+    ``["pairs"]``, so files written before signal kinds existed stay byte-identical."""
+    wanted = _signals.parse_signals(signals, _generator(kind))
+    rows = synth_users(kind, n_users, seed, pairs=pairs, examples=examples, signals=wanted)
     train, test = split_train_test(rows, test_fraction, seed)
     out = Path(out_dir)
     write_jsonl(out / "train.jsonl", train)
@@ -152,6 +191,8 @@ def write_benchmark(
         "test_fraction": test_fraction,
         "files": {"train": "train.jsonl", "test": "test.jsonl"},
     }
+    if wanted != DEFAULT_SIGNALS:
+        meta["signals"] = wanted if wanted == MIXED else list(wanted)
     (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return meta
 
@@ -208,11 +249,14 @@ def persona_score(persona: str | dict, text: str, kind: str | None = None) -> fl
 
 __all__ = [
     "KINDS",
+    "MIXED",
+    "SIGNAL_KINDS",
     "SYNTH_VERSION",
     "default_pairs",
     "infer_kind",
     "persona_attributes",
     "persona_score",
+    "signal_kinds",
     "split_train_test",
     "synth_users",
     "write_benchmark",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 
+from popi_sdk.data.synth._signals import distinct, with_detail
 from popi_sdk.data.synth._text import cap, pick, reading_grade
 from popi_sdk.data.synth.elix_topics import TOPICS
 from popi_sdk.signals import PreferencePair
@@ -156,3 +157,91 @@ def grade_gap(level: str, grade: float) -> float:
 def score(attrs: dict, text: str) -> float:
     """Minus :func:`grade_gap` of the text's Flesch-Kincaid reading grade: 0 is a perfect fit."""
     return 0.0 - grade_gap(attrs["level"], reading_grade(text))  # 0.0, not -0.0, for a perfect fit
+
+
+# --- signals besides pairs (see _signals.py) -------------------------------------------------------
+
+#: ``expertise`` trait: the centre of each level's score (noise keeps levels apart, ±0.08).
+EXPERTISE = {"child": 0.05, "preteen": 0.3, "teenager": 0.5, "young adult": 0.7, "expert": 0.95}
+#: Ages each level's users give (self-descriptions and demographics).
+AGES = {"child": (6, 9), "preteen": (11, 12), "teenager": (14, 17), "young adult": (19, 24),
+        "expert": (30, 60)}
+OCCUPATIONS = ["marine biologist", "structural engineer", "physician", "physics professor",
+               "research chemist", "economist", "astronomer", "software architect", "geologist"]
+
+# Who the user says they are: every self-description names one of these (an age, a school year
+# or a job), so a reader can place the level; a request about the explanations may follow.
+_WHO = {
+    "child": ["I'm {age}.", "I'm in {grade} grade.", "I'm {age} and in {grade} grade."],
+    "preteen": ["I'm {age}.", "I'm in {grade} grade.", "I just started middle school."],
+    "teenager": ["I'm {age}.", "I'm in high school.", "I'm a {year} in high school."],
+    "young adult": ["I'm {age}.", "I'm in college.", "I'm an undergrad at university."],
+    "expert": ["I run a lab.", "I have a PhD in this area.", "I work as a {job}.", "I'm a {job}."],
+}
+_FILL = {"child": {"grade": ["first", "second", "third"]}, "preteen": {"grade": ["fifth", "sixth"]},
+         "teenager": {"year": ["sophomore", "junior", "senior"]}}
+_ASK = {
+    "child": ["Big words confuse me.", "Please use easy words.", "I like short, simple sentences."],
+    "preteen": ["I know a little science from school.",
+                "Easy words are best, but I can handle a new term or two."],
+    "teenager": ["I get the basics; just keep it clear.", "Use the real terms, but explain them."],
+    "young adult": ["I've taken intro courses, so use the proper terms.",
+                    "Keep the vocabulary, but don't assume too much."],
+    "expert": ["Skip the basics.", "Give me the mechanism, not analogies.", "Be precise and technical."],
+}
+# Past messages, by the direction they ask the explanations to move.
+_PAST = {
+    "child": ["Can you explain that like I'm five?", "That has too many big words for me.",
+              "Simpler please, with easy words.", "I didn't get it. Can you say it easier?"],
+    "preteen": ["Simpler please, that was hard to follow.", "What does that big word mean? Say it easier.",
+                "Can you explain that without so many big words?"],
+    "teenager": ["Not so babyish, but no heavy jargon either.",
+                 "That was a bit childish. I'm in high school.",
+                 "Somewhere in between, please: not babyish, not jargon."],
+    "young adult": ["More technical please, I know the basics.", "You can use the proper terms with me.",
+                    "That was too basic; I've had intro courses."],
+    "expert": ["More technical please, I know the basics.", "Skip the analogies and give me the mechanism.",
+               "Too basic. I run a lab; be precise.", "Don't dumb it down, use the jargon."],
+}
+
+
+def _who(rng: random.Random, level: str) -> str:
+    lo, hi = AGES[level]
+    fill = {"age": rng.randint(lo, hi), "job": pick(rng, OCCUPATIONS)}
+    fill.update({k: pick(rng, v) for k, v in _FILL.get(level, {}).items()})
+    return pick(rng, _WHO[level]).format(**fill)
+
+
+def describe_self(rng: random.Random, attrs: dict) -> str:
+    """``"I'm in second grade. Big words confuse me."``: who they are, maybe what they want,
+    maybe an irrelevant detail."""
+    level = attrs["level"]
+    sentences = [_who(rng, level)]
+    if rng.random() < 0.6:
+        sentences.append(pick(rng, _ASK[level]))
+    return with_detail(rng, sentences)
+
+
+def past_messages(rng: random.Random, attrs: dict, n: int) -> list[str]:
+    """``n`` messages the user sent an assistant, asking for explanations at their level."""
+    return distinct(rng, [_PAST[attrs["level"]]], n)
+
+
+def trait_scores(rng: random.Random, attrs: dict) -> dict[str, float]:
+    """``{"expertise": 0.07}``: the level's centre (:data:`EXPERTISE`) ± 0.08."""
+    centre = EXPERTISE[attrs["level"]]
+    return {"expertise": round(min(1.0, max(0.0, centre + rng.uniform(-0.08, 0.08))), 2)}
+
+
+def demographics(rng: random.Random, attrs: dict) -> str:
+    """``"Age: 8"``; adults may name an occupation (always for experts); sometimes a country."""
+    level = attrs["level"]
+    lo, hi = AGES[level]
+    parts = [f"Age: {rng.randint(lo, hi)}"]
+    if level == "expert":
+        parts.append(f"occupation: {pick(rng, OCCUPATIONS)}")
+    elif level == "young adult" and rng.random() < 0.5:
+        parts.append("occupation: undergraduate student")
+    if rng.random() < 0.3:
+        parts.append(f"country: {pick(rng, ['Portugal', 'Canada', 'Japan', 'Kenya', 'Chile', 'Norway'])}")
+    return "; ".join(parts)

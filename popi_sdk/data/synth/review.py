@@ -13,6 +13,7 @@ import math
 import random
 import re
 
+from popi_sdk.data.synth._signals import distinct, pole_score, some, unrated_score, with_detail
 from popi_sdk.data.synth._text import cap, pick, squash, words
 from popi_sdk.signals import PreferencePair
 
@@ -281,3 +282,61 @@ def score(attrs: dict, text: str) -> float:
     if attrs.get("length"):
         total += length_score(text) * (1 if attrs["length"] == "verbose" else -1)
     return total
+
+
+# --- signals besides pairs (see _signals.py) -------------------------------------------------------
+
+#: Trait names and which pole scores high: ``positivity`` 1 = positive, ``verbosity`` 1 = verbose.
+TRAITS = {"sentiment": ("positivity", "positive"), "length": ("verbosity", "verbose")}
+
+# First-person phrasings per pole; several per pole, none of them a persona's wording.
+_SELF = {
+    "concise": ["I only want the gist, a few words.", "Keep it short; I only skim.",
+                "I'm busy, so brief takes suit me best.", "A quick verdict in one line is all I read."],
+    "verbose": ["I like reading the full story, every detail.", "Thorough write-ups are what I read.",
+                "Tell me everything; I read reviews to the last line.",
+                "I want the details, as many as you can give."],
+    "positive": ["I like upbeat takes.", "I look for the bright side of things.",
+                 "Enthusiastic reviews put me in a good mood.", "I prefer a cheerful, upbeat voice."],
+    "negative": ["I trust critical reviews that name the flaws.",
+                 "I'm skeptical by nature, so tell me about the faults.",
+                 "Harsh honesty about faults helps me most.", "I read reviews for the complaints."],
+}
+_PAST = {
+    "concise": ["Too long — shorter please.", "Way too wordy. Just give me the gist.",
+                "Can you cut that down to a few words?", "Shorter, please. One line is plenty."],
+    "verbose": ["That's too thin. Can you expand on it with more detail?",
+                "Could you write a longer, more thorough version?",
+                "Go into detail: tell me everything about it."],
+    "positive": ["Can you be more upbeat? Mention what they got right.",
+                 "Lighten up and tell me the bright side.", "I want an enthusiastic take, please.",
+                 "That sounds grumpy; make it cheerful."],
+    "negative": ["This reads like an ad. Be critical.", "What are the flaws? Don't sugarcoat it.",
+                 "Too rosy. Tell me the downsides.", "Be harsher; I want the complaints."],
+}
+
+
+def _rated(attrs: dict) -> list[str]:
+    return [attrs[a] for a in ("sentiment", "length") if attrs.get(a)]
+
+
+def describe_self(rng: random.Random, attrs: dict) -> str:
+    """What the user says about themselves: some of their poles, maybe an irrelevant detail."""
+    return with_detail(rng, [pick(rng, _SELF[pole]) for pole in some(rng, _rated(attrs))])
+
+
+def past_messages(rng: random.Random, attrs: dict, n: int) -> list[str]:
+    """``n`` messages the user sent an assistant, each asking for one of their poles."""
+    poles = _rated(attrs)
+    rng.shuffle(poles)
+    return distinct(rng, [_PAST[p] for p in poles], n)
+
+
+def trait_scores(rng: random.Random, attrs: dict) -> dict[str, float]:
+    """``{"positivity": 0.91, "verbosity": 0.08}``: rated axes near their pole, others ~0.5 or absent."""
+    scores = {}
+    for axis, (name, high) in TRAITS.items():
+        value = pole_score(rng, attrs[axis] == high) if attrs.get(axis) else unrated_score(rng)
+        if value is not None:
+            scores[name] = value
+    return scores

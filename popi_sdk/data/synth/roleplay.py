@@ -14,6 +14,7 @@ import math
 import random
 import re
 
+from popi_sdk.data.synth._signals import distinct, pole_score, some, unrated_score, with_detail
 from popi_sdk.data.synth._text import cap, join_and, pick, squash, words
 from popi_sdk.data.synth.roleplay_topics import TOPICS
 from popi_sdk.signals import PreferencePair
@@ -253,3 +254,72 @@ def score(attrs: dict, text: str) -> float:
     feats = features(text)
     signed = [feats[axis] * (1 if pole == AXES[axis][0] else -1) for axis, pole in attrs.items()]
     return sum(signed) / len(signed)
+
+
+# --- signals besides pairs (see _signals.py) -------------------------------------------------------
+
+#: Trait name per axis; a score near 1 is the axis's first pole (formal, playful, detailed,
+#: encouraging, list), near 0 its second.
+TRAITS = {"formality": "formality", "humor": "playfulness", "length": "verbosity",
+          "warmth": "warmth", "format": "bullet_lists"}
+
+# First-person phrasings per pole; several per pole, none of them a persona's wording.
+_SELF = {
+    "formal": ["Polished wording matters to me.", "I appreciate a professional register.",
+               "I like things worded properly."],
+    "casual": ["Talk to me like a friend.", "I'm a laid-back person; keep it relaxed.",
+               "Chatty is good with me."],
+    "playful": ["A joke or two keeps me reading.", "I like it when things are a bit funny.",
+                "Make me laugh if you can."],
+    "serious": ["Please play it straight with me.", "I take these things seriously.",
+                "I prefer a sober, earnest style."],
+    "detailed": ["I want the thorough version, with details.", "Explain things in depth.",
+                 "Walk me through it step by step."],
+    "brief": ["Keep it short.", "I only have time for a quick answer.", "Get to the point fast."],
+    "encouraging": ["A bit of encouragement goes a long way with me.",
+                    "I need someone to cheer me on.", "Supportive words help me keep going."],
+    "matter-of-fact": ["Skip the pep talk; just the facts.", "I'm a no-nonsense person.",
+                       "State things plainly; I don't need reassurance."],
+    "list": ["Bullet points help me scan.", "I like a list I can tick off.",
+             "Give me steps as points, one per line."],
+    "prose": ["I like a paragraph I can read through.", "Write in full sentences, like a letter.",
+              "I'd rather read a connected paragraph."],
+}
+_PAST = {
+    "formal": ["Could you phrase that more professionally?",
+               "Please keep the wording polished; this is for work."],
+    "casual": ["Whoa, that's stiff. Talk to me like a friend.", "Relax, you can be chatty with me."],
+    "playful": ["Ha, throw in a joke next time.", "That was dry. Make it funny."],
+    "serious": ["Please play it straight; this matters to me.", "Keep it earnest, I'm not in the mood."],
+    "detailed": ["Can you go into more depth?", "Walk me through it step by step, with details."],
+    "brief": ["Give me the short version.", "Just the quick answer, please."],
+    "encouraging": ["I'm nervous about this; some encouragement would help.",
+                    "Could you cheer me on a bit?"],
+    "matter-of-fact": ["No pep talk needed, just the facts.", "Skip the reassurance and state it plainly."],
+    "list": ["Can you put that in bullet points?", "A list would be easier to follow."],
+    "prose": ["Please write it as a paragraph instead.", "Full sentences, please, like a letter."],
+}
+
+
+def describe_self(rng: random.Random, attrs: dict) -> str:
+    """What the user says about themselves: some of their poles, maybe an irrelevant detail."""
+    poles = [attrs[a] for a in AXES if a in attrs]
+    return with_detail(rng, [pick(rng, _SELF[pole]) for pole in some(rng, poles)])
+
+
+def past_messages(rng: random.Random, attrs: dict, n: int) -> list[str]:
+    """``n`` messages the user sent an assistant, each asking for one of their poles."""
+    poles = [attrs[a] for a in AXES if a in attrs]
+    rng.shuffle(poles)
+    return distinct(rng, [_PAST[p] for p in poles], n)
+
+
+def trait_scores(rng: random.Random, attrs: dict) -> dict[str, float]:
+    """One score per axis named in :data:`TRAITS`: the persona's axes near their pole (first pole
+    near 1), the others ~0.5 or absent."""
+    scores = {}
+    for axis, name in TRAITS.items():
+        value = pole_score(rng, attrs[axis] == AXES[axis][0]) if axis in attrs else unrated_score(rng)
+        if value is not None:
+            scores[name] = value
+    return scores
