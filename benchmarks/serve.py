@@ -60,6 +60,10 @@ UPSTREAM = textwrap.dedent('''
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
             return
+        if scope["method"] != "POST":  # anything but a completion: a proxy's probe at start-up
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         body = b""
         while True:
             message = await receive()
