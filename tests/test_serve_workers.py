@@ -1,7 +1,8 @@
-"""``popi serve --workers N``: several processes on one port, one SQLite store. Concurrent writes
-reach both workers through HTTP and the store keeps every one of them: each user-written summary
-gets its own version, each signal POSTed is merged. The summarizer is the ``openai`` backend
-against the loopback echo stub (``serve_stub.py``)."""
+"""``popi serve --workers N``: several processes on one port, one store (a SQLite file, or a real
+PostgreSQL server on loopback). Concurrent writes reach both workers through HTTP and the store
+keeps every one of them: each user-written summary gets its own version, each signal POSTed is
+merged. The summarizer is the ``openai`` backend against the loopback echo stub
+(``serve_stub.py``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytest.importorskip("fastapi", reason='popi serve needs its extra: pip install "
 from serve_stub import EchoServer  # noqa: E402
 
 from popi_sdk.serve.background import free_port, running  # noqa: E402
-from popi_sdk.store.sqlite import SQLiteStore  # noqa: E402
+from popi_sdk.store import open_store  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="--workers needs fork")
 
@@ -60,8 +61,10 @@ def cpu_ticks(pid: int) -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads workers' CPU time in /proc")
-def test_two_workers_share_one_sqlite_store_under_concurrent_writes(tmp_path, upstream):
-    store = tmp_path / "summaries.sqlite"
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_two_workers_share_one_store_under_concurrent_writes(kind, tmp_path, upstream, request):
+    store = (tmp_path / "summaries.sqlite" if kind == "sqlite"
+             else request.getfixturevalue("postgres_url"))
     port = free_port()
     proc, log = start(["--port", str(port), "--store", str(store), "--workers", "2"], upstream)
     base = f"http://127.0.0.1:{port}"
@@ -108,7 +111,7 @@ def test_two_workers_share_one_sqlite_store_under_concurrent_writes(tmp_path, up
     assert all(not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
                for pid in workers), "a worker outlived the server"
 
-    kept = SQLiteStore(store)
+    kept = open_store(str(store))
     stored = kept.signals("merged")
     assert sorted(p["prompt"] for p in stored["signals"]["pairs"]) == sorted(f"question {i}" for i in range(30))
     assert len(kept.history("merged")) == 30  # one fresh summary per POST
