@@ -12,10 +12,15 @@ candidate summaries per user (the group), each scored on the user's ``--examples
   here), the summary's system prefix runs once and its KV cache serves every chosen and rejected
   sequence of the user, and the LM head runs over response positions only.
 
-Both give the same rewards to 1e-4 (asserted). Prints forward tokens (every position fed through
-the model, padding included) and wall time, and their ratios, as a Markdown table.
+The two ways run in ``--rounds`` interleaved rounds (the first way of each round alternates), so
+on a shared machine both see the same load; each round of popi-sdk starts from an empty reference
+cache. Both give the same rewards to 1e-4 (asserted). Prints each round's times, then forward
+tokens (every position fed through the model, padding included), forward calls, the median wall
+time and the median CPU time of the process (which, with one torch thread, hardly depends on the
+other jobs sharing the machine), and their ratios (with the range of the per-round ratios), as a
+Markdown table.
 
-    python benchmarks/scoring.py                      # defaults: 4 users x 4 summaries x 2 examples
+    python benchmarks/scoring.py                      # defaults: 4 users x 4 summaries x 2 examples, 3 rounds
     python benchmarks/scoring.py --users 8 --summaries 8 --bf16
 """
 
@@ -106,6 +111,12 @@ class Naive:
         return out
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=4)
@@ -114,8 +125,18 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--bf16", action="store_true", help="popi-sdk under bf16 (rewards then differ).")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="Rounds of both ways, alternating which goes first, so both see the same load.",
+    )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="Then run popi-sdk once more under cProfile and print where its time goes.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     import torch
 
@@ -136,37 +157,99 @@ def main() -> None:
     print(
         f"{args.users} users x {args.summaries} summaries x {args.examples} examples "
         f"= {n} summaries, {n * args.examples} (summary, example) rewards; torch threads "
-        f"{torch.get_num_threads()}"
+        f"{torch.get_num_threads()}; {args.rounds} interleaved rounds"
     )
 
-    naive = Naive(model, tok)
-    t0 = time.perf_counter()
-    want = naive.rewards(examples, summaries, beta=args.beta)
-    naive_s = time.perf_counter() - t0
+    def run_naive():
+        naive = Naive(model, tok)
+        t0, c0 = time.perf_counter(), time.process_time()
+        rewards = naive.rewards(examples, summaries, beta=args.beta)
+        spent = time.perf_counter() - t0, time.process_time() - c0
+        return rewards, spent, naive.forward_calls, naive.forward_tokens
 
-    scorer = SequenceScorer(model, tok, batch_size=args.batch_size, bf16=args.bf16)
-    ref = ReferenceCache(scorer, backend.name)
-    t0 = time.perf_counter()
-    got = summary_rewards(scorer, ref, examples, summaries, beta=args.beta)
-    ours_s = time.perf_counter() - t0
+    def run_popi():
+        # A fresh cache every round: each round pays for the reference once, as a first step would.
+        scorer = SequenceScorer(model, tok, batch_size=args.batch_size, bf16=args.bf16)
+        ref = ReferenceCache(scorer, backend.name)
+        t0, c0 = time.perf_counter(), time.process_time()
+        rewards = summary_rewards(scorer, ref, examples, summaries, beta=args.beta)
+        spent = time.perf_counter() - t0, time.process_time() - c0
+        return rewards, spent, scorer.forward_calls, scorer.forward_tokens
 
-    worst = max(abs(a - b) for a, b in zip(got, want))
+    times: dict[str, list[float]] = {"naive": [], "popi": []}
+    cpu: dict[str, list[float]] = {"naive": [], "popi": []}
+    counts: dict[str, tuple[int, int]] = {}
+    rewards: dict[str, list[float]] = {}
+    ways = {"naive": run_naive, "popi": run_popi}
+    for r in range(args.rounds):
+        order = ("naive", "popi") if r % 2 == 0 else ("popi", "naive")
+        for way in order:
+            got, (secs, cpu_secs), calls, tokens = ways[way]()
+            times[way].append(secs)
+            cpu[way].append(cpu_secs)
+            counts[way] = (calls, tokens)
+            rewards.setdefault(way, got)
+        print(
+            f"round {r + 1} ({order[0]} first): naive {times['naive'][-1]:.1f} s, "
+            f"popi-sdk {times['popi'][-1]:.1f} s, ratio {times['naive'][-1] / times['popi'][-1]:.1f}x; "
+            f"CPU time naive {cpu['naive'][-1]:.1f} s, popi-sdk {cpu['popi'][-1]:.1f} s, ratio "
+            f"{cpu['naive'][-1] / cpu['popi'][-1]:.1f}x",
+            flush=True,
+        )
+
+    worst = max(abs(a - b) for a, b in zip(rewards["popi"], rewards["naive"]))
     print(f"largest reward difference: {worst:.2e}")
     if not args.bf16:
         assert worst <= 1e-4, f"rewards differ by {worst}"
 
+    # CPU time (one torch thread) hardly depends on what else runs on the machine; wall time does.
+    naive_s, ours_s = _median(times["naive"]), _median(times["popi"])
+    naive_c, ours_c = _median(cpu["naive"]), _median(cpu["popi"])
+    per_round = [a / b for a, b in zip(times["naive"], times["popi"])]
+    cpu_round = [a / b for a, b in zip(cpu["naive"], cpu["popi"])]
     rows = [
-        ("naive (4 passes per summary)", naive.forward_calls, naive.forward_tokens, naive_s),
-        ("popi-sdk" + (" bf16" if args.bf16 else ""), scorer.forward_calls, scorer.forward_tokens, ours_s),
+        ("naive (4 passes per summary)", *counts["naive"], naive_s, naive_c),
+        ("popi-sdk" + (" bf16" if args.bf16 else ""), *counts["popi"], ours_s, ours_c),
     ]
-    print("\n| way | forward calls | forward tokens | wall time (s) | per summary (ms) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, calls, tokens, secs in rows:
-        print(f"| {name} | {calls} | {tokens:,} | {secs:.1f} | {1000 * secs / n:.0f} |")
+    print("\n| way | forward calls | forward tokens | wall time, median of rounds (s) "
+          "| CPU time, median (s) | CPU per summary (ms) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, calls, tokens, secs, cpu_secs in rows:
+        print(f"| {name} | {calls} | {tokens:,} | {secs:.1f} | {cpu_secs:.1f} | {1000 * cpu_secs / n:.0f} |")
+    (nc, nt), (oc, ot) = counts["naive"], counts["popi"]
     print(
-        f"| ratio naive / popi-sdk | {naive.forward_calls / scorer.forward_calls:.1f}x | "
-        f"{naive.forward_tokens / scorer.forward_tokens:.1f}x | {naive_s / ours_s:.1f}x | |"
+        f"| ratio naive / popi-sdk | {nc / oc:.1f}x | {nt / ot:.1f}x | {naive_s / ours_s:.1f}x "
+        f"(rounds {min(per_round):.1f}-{max(per_round):.1f}x) | {naive_c / ours_c:.1f}x "
+        f"(rounds {min(cpu_round):.1f}-{max(cpu_round):.1f}x) | |"
     )
+
+    if args.profile:
+        profile(run_popi)
+
+
+def profile(run) -> None:
+    """Cumulative time of popi_sdk.scoring's functions and the model's forward in one run (a
+    function's time includes what it calls, so the rows overlap)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive, own, cumulative, _)
+    total = max(ct for (_, _, name), (_, _, _, ct, _) in stats.items() if name == "summary_rewards")
+    rows = [(f"scoring.{name}", nc, ct) for (path, _, name), (_, nc, _, ct, _) in stats.items()
+            if path.endswith("popi_sdk/scoring.py") and ct >= 0.01 * total]
+    forwards = [(nc, ct) for (path, _, name), (_, nc, _, ct, _) in stats.items()
+                if "models/" in path and "modeling_" in path and name == "forward"]
+    if forwards:
+        nc, ct = max(forwards, key=lambda f: f[1])
+        rows.append(("model forward (the whole model)", nc, ct))
+    print("\n| popi-sdk, profiled once | calls | cumulative (s) | share |")
+    print("|---|---:|---:|---:|")
+    for name, calls, secs in sorted(rows, key=lambda r: -r[2]):
+        print(f"| {name} | {calls} | {secs:.2f} | {secs / total:.0%} |")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,30 @@
-"""Load benchmark of `popi serve`: the latency it adds in front of an instant upstream.
+"""Load benchmark of `popi serve`: the latency it adds in front of an instant upstream, its
+throughput with 1, 2, 4 worker processes, and LiteLLM's proxy beside it as a peer.
 
-One run starts three processes on loopback: an instant OpenAI-compatible upstream (a bare ASGI app
-on uvicorn that answers at once with the system message it received), `popi serve` in front of it
-with a SQLite store of `--users` users, and this script as the load generator (aiohttp, `--clients`
-concurrent clients). It sends the same requests straight to the upstream (with the summary already
-in the system message, as an app using the SDK would) and through the proxy (with `user=`),
-alternating rounds between the two so that a change in the machine's load hits both alike.
+One run starts, on loopback: an instant OpenAI-compatible upstream (a bare ASGI app on uvicorn that
+answers at once with the system message it received); one `popi serve` per `--workers` count in
+front of it, all on one SQLite store of `--users` users; with `--peer litellm`, LiteLLM's proxy in
+front of the same upstream (no database, one worker); and this script as the load generator
+(aiohttp, `--clients` concurrent clients). It sends the same requests straight to the upstream
+(with the summary already in the system message, as an app using the SDK would), through each
+popi proxy (with `user=`) and through LiteLLM (the direct request: it relays, it does not
+personalize), in rounds whose order rotates, so that a change in the machine's load hits every
+path alike.
 
-It prints, per path: requests, errors, throughput, latency p50/p99, and for the proxy the added
-p50/p99 and mixed-up users (an answer that lacks the requesting user's summary or carries another
-user's; must be 0). A second, sequential pass (one client) gives the added latency without
-queueing: the proxy's own cost per request.
+It prints, per path: requests, errors, throughput, latency p50/p99, the p50/p99 added over direct,
+CPU per request (the proxy's whole process tree, from /proc), and mixed-up users (an answer that
+lacks the requesting user's summary or carries another user's; must be 0). A second, sequential
+pass (one client) gives the added latency without queueing: each proxy's own cost per request.
 
     python benchmarks/serve.py --clients 64 --requests 5000
+    python benchmarks/serve.py --clients 64 --requests 2000 --workers 1,2,4 --peer litellm
+
+LiteLLM is not a dependency of popi-sdk, and its proxy extra pins versions of packages popi's own
+environment uses (huggingface_hub, rich), so give it an environment of its own and point
+`--litellm` (or `POPI_BENCH_LITELLM`) at its executable::
+
+    python -m venv /opt/litellm && /opt/litellm/bin/pip install "litellm[proxy]==1.108.7"
+    python benchmarks/serve.py --peer litellm --litellm /opt/litellm/bin/litellm
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +59,10 @@ UPSTREAM = textwrap.dedent('''
         if scope["path"] == "/health":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
+            return
+        if scope["method"] != "POST":  # anything but a completion: a proxy's probe at start-up
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
             return
         body = b""
         while True:
@@ -88,12 +105,31 @@ def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 60)
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux ``/proc``), or None elsewhere."""
+    """User + system CPU time of a process and its children (Linux ``/proc``), or None elsewhere.
+    The children are ``popi serve --workers``' worker processes."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (OSError, ValueError, IndexError):
         return None
+    return own + sum(cpu_seconds(int(c)) or 0.0 for c in children)
+
+
+def wait_settled(pid: int, children: int, timeout: float = 180) -> None:
+    """Wait until ``pid`` has ``children`` worker processes and its tree's CPU time stops growing:
+    the health check answers once the first worker is up, while the others are still starting."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        except OSError:
+            return  # no /proc: nothing to wait on
+        used = cpu_seconds(pid)
+        time.sleep(0.5)
+        if found >= children and cpu_seconds(pid) == used:
+            return
+    raise SystemExit(f"the workers of process {pid} did not settle within {timeout:g} s")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -128,55 +164,90 @@ async def run_round(session, url, jobs, clients, results, summaries):
     return time.perf_counter() - t
 
 
-async def measure(direct_url, proxy_url, summaries, n_requests, clients, rounds, seed):
+async def measure(paths, n_requests, clients, rounds, summaries):
+    """``paths``: (name, url, jobs). Warm each path up, then ``rounds`` rounds of every path, the
+    order rotated each round. Returns {name: (results, wall seconds)}."""
     import aiohttp
 
-    from popi_sdk.templates import summary_messages
-
-    rng = random.Random(seed)
-    users = sorted(summaries)
-    prompt = "Recommend a book for the weekend."
-    picks = [rng.choice(users) for _ in range(n_requests)]
-    direct_jobs = [(u, {"model": "bench", "messages": summary_messages(prompt, summaries[u])})
-                   for u in picks]
-    proxy_jobs = [(u, {"model": "bench", "user": u,
-                       "messages": [{"role": "user", "content": prompt}]}) for u in picks]
-    out = {"direct": ([], 0.0), "proxy": ([], 0.0)}
+    out = {name: ([], 0.0) for name, _, _ in paths}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         warm = min(200, n_requests)
-        await run_round(session, direct_url, direct_jobs[:warm], clients, [], summaries)
-        await run_round(session, proxy_url, proxy_jobs[:warm], clients, [], summaries)
+        for _, url, jobs in paths:
+            await run_round(session, url, jobs[:warm], clients, [], summaries)
         size = -(-n_requests // rounds)
         for r in range(rounds):
             part = slice(r * size, (r + 1) * size)
-            order = [("direct", direct_url, direct_jobs), ("proxy", proxy_url, proxy_jobs)]
-            if r % 2:
-                order.reverse()
-            for name, url, jobs in order:
+            shift = r % len(paths)
+            for name, url, jobs in paths[shift:] + paths[:shift]:
                 results, wall = out[name]
                 wall += await run_round(session, url, jobs[part], clients, results, summaries)
                 out[name] = (results, wall)
     return out
 
 
-def report(title, out, clients):
+def jobs_for(summaries, n_requests, seed):
+    """The same users in the same order for every path: (direct jobs, popi jobs)."""
+    from popi_sdk.templates import summary_messages
+
+    rng = random.Random(seed)
+    users = sorted(summaries)
+    prompt = "Recommend a book for the weekend."
+    picks = [rng.choice(users) for _ in range(n_requests)]
+    direct = [(u, {"model": "bench", "messages": summary_messages(prompt, summaries[u])})
+              for u in picks]
+    popi = [(u, {"model": "bench", "user": u, "messages": [{"role": "user", "content": prompt}]})
+            for u in picks]
+    return direct, popi
+
+
+def report(title, out, clients, cpu=None):
+    """A Markdown table, one row per path; ``cpu``: {name: CPU ms per request}."""
     lines = [f"{title}: {clients} concurrent client(s)",
-             "| path | requests | errors | mixed-up users | throughput (req/s) | p50 (ms) | p99 (ms) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| path | requests | errors | mixed-up users | throughput (req/s) | p50 (ms) | p99 (ms) "
+             "| added p50 (ms) | added p99 (ms) | CPU per request (ms) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     stats = {}
-    for name in ("direct", "proxy"):
-        results, wall = out[name]
-        ok = [e for e, good, _ in results if good]
+    for name, (results, wall) in out.items():
+        ok = [e for e, good, _ in results if good] or [float("nan")]
+        stats[name] = percentile(ok, 50) * 1e3, percentile(ok, 99) * 1e3
+    for name, (results, wall) in out.items():
         errors = sum(not good for _, good, _ in results)
         mixed = sum(m for _, _, m in results)
-        p50, p99 = percentile(ok, 50) * 1e3, percentile(ok, 99) * 1e3
-        stats[name] = (p50, p99)
+        p50, p99 = stats[name]
+        added = ("", "") if name == "direct" else (
+            f"{p50 - stats['direct'][0]:+.2f}", f"{p99 - stats['direct'][1]:+.2f}")
+        used = f"{cpu[name]:.2f}" if cpu and name in cpu else ""
         lines.append(f"| {name} | {len(results)} | {errors} | {mixed} | {len(results) / wall:.0f} "
-                     f"| {p50:.2f} | {p99:.2f} |")
-    added = (stats["proxy"][0] - stats["direct"][0], stats["proxy"][1] - stats["direct"][1])
-    lines.append(f"added by the proxy: p50 {added[0]:+.2f} ms, p99 {added[1]:+.2f} ms")
-    return "\n".join(lines), added
+                     f"| {p50:.2f} | {p99:.2f} | {added[0]} | {added[1]} | {used} |")
+    return "\n".join(lines)
+
+
+LITELLM_CONFIG = """\
+model_list:
+  - model_name: bench
+    litellm_params:
+      model: openai/bench
+      api_base: {base}
+      api_key: sk-bench
+"""
+
+
+def start_litellm(executable: str, upstream_base: str, work: Path, port: int, env: dict):
+    """LiteLLM's proxy in front of the upstream, as its docs start it: a config file, no
+    database, no master key, one worker; its log goes to ``litellm.log`` in the work folder. Its model cost map is read from the installed package
+    instead of fetched (the benchmark runs offline)."""
+    (work / "litellm.yaml").write_text(LITELLM_CONFIG.format(base=upstream_base))
+    # Without a key, as popi serve runs here (loopback, no --api-key): LiteLLM 1.108 refuses to
+    # start with no master key unless told this is local development.
+    env = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "DISABLE_SCHEMA_UPDATE": "True", "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+    env.pop("DATABASE_URL", None)
+    env.pop("PYTHONPATH", None)  # its own environment, not popi's
+    log = open(work / "litellm.log", "wb")
+    return subprocess.Popen([executable, "--config", str(work / "litellm.yaml"), "--host",
+                             "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
 
 
 def main() -> None:
@@ -186,9 +257,26 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=500,
                         help="requests per path in the one-client pass (0: skip it)")
     parser.add_argument("--users", type=int, default=200, help="users in the store")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per pass")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of every path per pass")
+    parser.add_argument("--workers", default="1",
+                        help="comma-separated `popi serve --workers` counts, one proxy each")
+    parser.add_argument("--peer", choices=["litellm"], help="also measure this proxy")
+    parser.add_argument("--litellm", default=os.environ.get("POPI_BENCH_LITELLM", "litellm"),
+                        help="LiteLLM's executable (env POPI_BENCH_LITELLM)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    try:
+        counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        parser.error(f"--workers takes counts like 1,2,4, got {args.workers!r}")
+    if any(w < 1 for w in counts):
+        parser.error("--workers counts must be at least 1")
+    litellm = None
+    if args.peer == "litellm":
+        litellm = shutil.which(args.litellm)
+        if litellm is None:
+            parser.error(f"--peer litellm: no executable {args.litellm!r}; install LiteLLM's proxy "
+                         "(see this script's docstring) and pass --litellm PATH")
 
     from popi_sdk.signals import Summary
     from popi_sdk.store import SQLiteStore
@@ -196,50 +284,83 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="popi-serve-bench-"))
     (work / "instant_upstream.py").write_text(UPSTREAM)
     store = SQLiteStore(work / "summaries.sqlite")
-    summaries = {f"u{i:04d}": f"Marker-{i:04d}: the user likes short, concrete answers about topic {i}."
-                 for i in range(args.users)}
+    summaries = {f"u{i:04d}": f"Marker-{i:04d}: the user likes short, concrete answers about "
+                 f"topic {i}." for i in range(args.users)}
     for user, text in summaries.items():
         store.put(Summary(user_id=user, text=text, summarizer="bench", signals_hash="h", n_tokens=12))
     store.close()
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
-    up_port, proxy_port = free_port(), free_port()
+    up_port = free_port()
     upstream = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "instant_upstream:app", "--port", str(up_port),
          "--log-level", "warning", "--no-access-log"], cwd=work, env=env)
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "popi_sdk.cli", "serve", "--port", str(proxy_port),
-         "--generator", f"bench=openai:bench@http://127.0.0.1:{up_port}/v1",
-         "--store", str(work / "summaries.sqlite"), "--log-level", "warning", "--no-access-log"],
-        env=env)
+    base = f"http://127.0.0.1:{up_port}/v1"
+    procs: dict[str, tuple[subprocess.Popen, str]] = {}
     try:
+        for w in counts:
+            port = free_port()
+            name = f"popi, {w} worker{'s' if w > 1 else ''}"
+            procs[name] = (subprocess.Popen(
+                [sys.executable, "-m", "popi_sdk.cli", "serve", "--port", str(port),
+                 "--generator", f"bench=openai:bench@{base}", "--workers", str(w),
+                 "--store", str(work / "summaries.sqlite"), "--log-level", "warning",
+                 "--no-access-log"], env=env), f"http://127.0.0.1:{port}")
+        if litellm:
+            port = free_port()
+            procs["LiteLLM"] = (start_litellm(litellm, base, work, port, env),
+                                f"http://127.0.0.1:{port}")
         wait_ready(f"http://127.0.0.1:{up_port}/health", upstream, "the upstream")
-        wait_ready(f"http://127.0.0.1:{proxy_port}/health", proxy, "popi serve")
-        direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        through = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+        for name, (proc, url) in procs.items():
+            health = url + ("/health/liveliness" if name == "LiteLLM" else "/health")
+            wait_ready(health, proc, name, timeout=180)
+        for w, (proc, _) in zip(counts, procs.values()):
+            wait_settled(proc.pid, w if w > 1 else 0)
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-        before = cpu_seconds(proxy.pid), cpu_seconds(upstream.pid)
-        out = asyncio.run(measure(direct, through, summaries, args.requests, args.clients,
-                                  args.rounds, args.seed))
-        after = cpu_seconds(proxy.pid), cpu_seconds(upstream.pid)
-        table, _ = report("Load", out, args.clients)
-        print(table)
-        if None not in before + after:
-            # CPU time does not depend on how busy the machine is, unlike wall time. The upstream
-            # serves every request of both paths (twice the proxy's count, plus warm-up).
-            n_proxy = args.requests + min(200, args.requests)
-            print(f"CPU per request: proxy {(after[0] - before[0]) / n_proxy * 1e3:.2f} ms, "
-                  f"upstream {(after[1] - before[1]) / (2 * n_proxy) * 1e3:.2f} ms")
+        if litellm:
+            version = subprocess.run([str(Path(litellm).parent / "python"), "-c",
+                                      "import importlib.metadata as m; print(m.version('litellm'))"],
+                                     capture_output=True, text=True).stdout.strip()
+            print(f"LiteLLM {version or '(version unknown)'}, one worker, no database")
+
+        def paths(n):
+            direct, popi = jobs_for(summaries, n, args.seed)
+            out = [("direct", f"{base}/chat/completions", direct)]
+            for name, (_, url) in procs.items():
+                out.append((name, f"{url}/v1/chat/completions", direct if name == "LiteLLM" else popi))
+            return out
+
+        watched = {name: proc.pid for name, (proc, _) in procs.items()} | {"upstream": upstream.pid}
+        before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        out = asyncio.run(measure(paths(args.requests), args.requests, args.clients, args.rounds,
+                                  summaries))
+        after = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        served = args.requests + min(200, args.requests)  # each path's requests, warm-up included
+        cpu = {name: (after[name] - before[name]) / served * 1e3 for name in procs
+               if None not in (before[name], after[name])}
+        if None not in (before["upstream"], after["upstream"]):
+            # The upstream serves every path's requests.
+            cpu["direct"] = ((after["upstream"] - before["upstream"])
+                             / (served * (1 + len(procs))) * 1e3)
+        print(report("Load", out, args.clients, cpu))
+        first = next(iter(procs))
+        for name in list(procs)[1:]:
+            ratio = len(out[name][0]) / out[name][1] / (len(out[first][0]) / out[first][1])
+            print(f"throughput {name} / {first}: {ratio:.2f}x")
+        print("(CPU per request of direct: the upstream's, for every path's requests)")
         if args.sequential:
-            out = asyncio.run(measure(direct, through, summaries, args.sequential, 1, 2, args.seed))
-            table, _ = report("\nSequential", out, 1)
-            print(table)
+            out = asyncio.run(measure(paths(args.sequential), args.sequential, 1, 2, summaries))
+            print(report("\nSequential", out, 1))
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
     finally:
-        for proc in (proxy, upstream):
+        for proc in [p for p, _ in procs.values()] + [upstream]:
             proc.terminate()
-            proc.wait(timeout=30)
+        for proc in [p for p, _ in procs.values()] + [upstream]:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 if __name__ == "__main__":

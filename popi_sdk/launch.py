@@ -6,6 +6,10 @@ A task file is read as plain YAML, the command-line overrides are applied to tha
 (:func:`launch`). Everything up to the launch works without SkyPilot and without a network; SkyPilot
 itself (``pip install "popi-sdk[launch]"``) is imported only to validate and launch.
 
+``popi launch serve --replicas N`` launches ``jobs/service.yaml`` instead, a SkyPilot Serve service
+(``sky.serve.up``): replicas behind SkyPilot's load balancer, scaled on the request rate, sharing
+the PostgreSQL store in ``POPI_STORE`` (:func:`set_replicas`).
+
 Task files ship inside the package as ``popi_sdk/launch_tasks/*.yaml``, symbolic links to the
 repository's ``sky.yaml`` and ``jobs/`` (a wheel build stores the files themselves), so a checkout and
 an installed wheel read the same tasks. From a checkout the repository is the task's workdir and
@@ -39,6 +43,7 @@ TASK_FILES = {
     "eval": "eval.yaml",
     "summarize": "summarize.yaml",
     "serve": "serve.yaml",
+    "service": "service.yaml",
 }
 # Local files a task needs (a config, a data folder, a users table) are copied to these places.
 UPLOAD_DIR = "/tmp/popi-launch"
@@ -280,6 +285,34 @@ def build_task(
     return task
 
 
+def set_replicas(task: dict[str, Any], replicas: int, *, max_replicas: int | None = None,
+                 qps_per_replica: float | None = None) -> dict[str, Any]:
+    """Size a service task: at least ``replicas``, up to ``max_replicas`` (default: the larger of
+    ``replicas`` and the file's) while each replica gets more than ``qps_per_replica`` requests per
+    second. When the two counts are equal the service keeps that many and does not autoscale."""
+    service = task.get("service")
+    if not isinstance(service, dict):
+        raise ConfigError("this task has no service: section; --replicas applies to `popi launch serve`")
+    policy = service.setdefault("replica_policy", {})
+    if replicas < 1:
+        raise ConfigError(f"--replicas {replicas}: must be at least 1")
+    top = max_replicas if max_replicas is not None else max(replicas, int(policy.get("max_replicas", 0)))
+    if top < replicas:
+        raise ConfigError(f"--max-replicas {top} is below --replicas {replicas}; give at least {replicas}")
+    if qps_per_replica is not None and qps_per_replica <= 0:
+        raise ConfigError(f"--qps-per-replica {qps_per_replica}: must be above 0")
+    policy["min_replicas"] = replicas
+    if top == replicas:  # a fixed count: SkyPilot refuses autoscaling fields without a range
+        for key in ("max_replicas", "target_qps_per_replica", "upscale_delay_seconds",
+                    "downscale_delay_seconds"):
+            policy.pop(key, None)
+    else:
+        policy["max_replicas"] = top
+        if qps_per_replica is not None:
+            policy["target_qps_per_replica"] = qps_per_replica
+    return task
+
+
 def _pin_wheel_version(task: dict[str, Any]) -> None:
     """Without a checkout, setup installs this very version of popi-sdk from PyPI."""
     from importlib.metadata import PackageNotFoundError, version
@@ -367,6 +400,8 @@ def results_location(kind: str, task: dict[str, Any]) -> str:
         if out.startswith(runs):
             return bucket_url(task, out[len(runs):]).rstrip("/")
         return f"{out} on the node"
+    if kind == "service":
+        return "the endpoint printed by `sky serve status --endpoint` for the service"
     return "the endpoints printed by `sky status --endpoints` for the cluster"
 
 
@@ -466,6 +501,13 @@ def launch(
 
     task = copy.deepcopy(task)
     overrides, notes = resolve_secrets(task, environ)
+    if "service" in task and not any(
+        k == "POPI_STORE" and v.startswith(("postgresql://", "postgres://")) for k, v in overrides
+    ):
+        raise ConfigError(
+            "the service's replicas must share one summary store: set POPI_STORE to a "
+            "postgresql://USER:PASSWORD@HOST:5432/DB URL that every replica can reach, then launch again"
+        )
     cloud = _cloud_of(task)
     check_cloud(sky, cloud)
     # from_yaml_config consumes the dictionary it is given.
@@ -473,11 +515,13 @@ def launch(
     name = cluster or _slug(f"popi-{kind}-{(task.get('envs') or {}).get('RUN_NAME', '')}")[:60]
     hint = _CREDENTIAL_HINTS.get(cloud, f"set up {cloud} credentials")
     try:
-        if managed:
+        if "service" in task:
+            request = sky.serve.up(sky_task, service_name=name)
+        elif managed:
             request = sky.jobs.launch(sky_task, name=name)
         else:
             request = sky.launch(sky_task, cluster_name=name, down=down)
-        job_ids, _handle = sky.stream_and_get(request)
+        job_ids, handle = sky.stream_and_get(request)
     except sky_errors.NoCloudAccessError as e:
         raise CloudSetupError(f"no cloud is enabled in SkyPilot: {hint}, then `sky check`.") from e
     except (sky_errors.CloudUserIdentityError, sky_errors.InvalidCloudCredentials) as e:
@@ -487,6 +531,12 @@ def launch(
             f"no {cloud} capacity for this task ({e}). Try another region (--cloud {cloud}/REGION), "
             "--spot, fewer nodes, or ask the provider for more GPU quota."
         ) from e
+    if "service" in task:  # sky.serve.up's result is (service name, endpoint)
+        endpoint = handle  # a cluster launch answers (job id, handle)
+        if endpoint:
+            notes.append(f"service endpoint: http://{endpoint}/v1 (it answers once a replica is ready)")
+        return Launched(kind, False, name, None, results_location(kind, task),
+                        f"sky serve status {name} --endpoint", notes)
     job_id = job_ids[0] if isinstance(job_ids, list) and job_ids else job_ids
     follow = f"sky jobs logs {job_id}" if managed else f"sky logs {name} {job_id or ''}".rstrip()
     if kind == "serve":

@@ -26,7 +26,8 @@ from popi_sdk.cli import app
 from popi_sdk.errors import ConfigError, MissingDependencyError
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS = {"train": REPO / "sky.yaml", **{k: REPO / "jobs" / f"{k}.yaml" for k in ("eval", "summarize", "serve")}}
+TASKS = {"train": REPO / "sky.yaml",
+         **{k: REPO / "jobs" / f"{k}.yaml" for k in ("eval", "summarize", "serve", "service")}}
 
 
 @pytest.fixture(scope="module", autouse=True)

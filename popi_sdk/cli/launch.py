@@ -199,18 +199,38 @@ def serve(
     bucket: Optional[str] = _BUCKET,
     env: Optional[list[str]] = _ENV,
     cluster: Optional[str] = _CLUSTER,
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", min=1,
+        help="Run as a SkyPilot Serve service with at least N replicas (needs POPI_STORE=postgresql://...)."),
+    max_replicas: Optional[int] = typer.Option(
+        None, "--max-replicas", min=1, help="With --replicas: scale up to M replicas on request rate."),
+    qps_per_replica: Optional[float] = typer.Option(
+        None, "--qps-per-replica", help="With --replicas: requests/s per replica above which to scale up (default 4)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="With --replicas: popi serve worker processes per replica (default 2)."),
     dry_run: bool = _DRY_RUN,
 ) -> None:
     """Serve the summarizer (port 8001) and generator (port 8000) with vllm serve, and popi serve
     (the personalization proxy, port 8080) in front of the generator.
 
-    All three are OpenAI-compatible; the cluster stays up until you `sky down` it.
+    All three are OpenAI-compatible; the cluster stays up until you `sky down` it. With --replicas,
+    the same stack runs as a SkyPilot Serve service: replicas behind one endpoint, scaled on the
+    request rate, sharing the PostgreSQL store in POPI_STORE; it stays up until `sky serve down`.
     """
     from popi_sdk import launch as L
     from popi_sdk.errors import ConfigError
 
     if run is None and (summarizer is None or generator is None):
         raise ConfigError("give --run NAME, or both --summarizer and --generator")
-    envs = _envs(bucket, env, RUN_NAME=run, SUMMARIZER=summarizer, GENERATOR=generator)
-    task = L.build_task("serve", cloud=cloud, gpus=gpus, envs=envs)
-    _finish("serve", task, dry_run=dry_run, spot=False, cluster=cluster, down=False)
+    if replicas is None and (max_replicas, qps_per_replica, workers) != (None, None, None):
+        raise ConfigError("--max-replicas, --qps-per-replica and --workers size a service: add --replicas N")
+    kind = "serve" if replicas is None else "service"
+    values = {"PROXY_WORKERS": workers} if workers is not None else {}
+    envs = _envs(bucket, env, RUN_NAME=run, SUMMARIZER=summarizer, GENERATOR=generator, **values)
+    task = L.build_task(kind, cloud=cloud, gpus=gpus, envs=envs)
+    if replicas is not None:
+        L.set_replicas(task, replicas, max_replicas=max_replicas, qps_per_replica=qps_per_replica)
+        if dry_run:
+            typer.echo("# A service: launched with sky.serve.up; set POPI_STORE=postgresql://... in your "
+                       "shell first, every replica shares that store.", err=True)
+    _finish(kind, task, dry_run=dry_run, spot=False, cluster=cluster, down=False)

@@ -26,6 +26,8 @@ def serve(
     max_retries: int = typer.Option(2, min=0, help="Upstream retries on connection errors, 429 and 5xx."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(True, help="Log one line per request (method, path, status)."),
+    workers: int = typer.Option(1, min=1, envvar="POPI_SERVE_WORKERS",
+                                help="Server processes sharing the port and the store, one core each (env POPI_SERVE_WORKERS)."),
 ) -> None:
     """Serve OpenAI's chat completions API, personalized with each user's summary.
 
@@ -43,6 +45,12 @@ def serve(
                          host=host, timeout=timeout, max_retries=max_retries)
     from popi_sdk import Personalizer
 
+    if workers > 1:  # each worker builds its own app after the fork (popi_sdk.serve.workers)
+        from popi_sdk.serve.workers import serve_workers
+
+        raise typer.Exit(serve_workers(
+            lambda: create_app(Personalizer(summarizer=summarizer, store=store), config),
+            workers=workers, host=host, port=port, log_level=log_level, access_log=access_log))
     personalizer = Personalizer(summarizer=summarizer, store=store)
     app = create_app(personalizer, config)
     names = ", ".join(u.spec.id for u in app.state.upstreams)

@@ -23,14 +23,14 @@ and for ``MatMulNBits`` with 8-bit inputs.
 onnxruntime is not a dependency of popi-sdk; install it to run this::
 
     pip install onnxruntime onnx
-    python benchmarks/ort_matmul.py
+    python benchmarks/decode/ort_matmul.py
 """
 
 from __future__ import annotations
 
 import argparse
 
-from decode_parts import PROJECTIONS, _per_call_ms  # benchmarks/ is on the path when run
+from decode_parts import PROJECTIONS, _per_call_ms  # the script's folder is on the path when run
 
 
 def _ort_session(w, accuracy_level: int, block: int = 32):

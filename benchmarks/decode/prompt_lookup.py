@@ -18,17 +18,22 @@ This measures both, without changing the decoder:
    of each recorded output: drafts, accepted tokens, tokens per pass, and the estimated speedup
    (tokens over the summed pass costs; the first token, from the prompt pass, is not counted).
 
-    python benchmarks/prompt_lookup.py
+    python benchmarks/decode/prompt_lookup.py
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-from inference import PROMPTS  # benchmarks/ is on the path when run
+# The prompts and the timing come from benchmarks/inference.py, one folder up, so the paths
+# compared here are the ones that script measures.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from inference import PROMPTS  # noqa: E402
 
 
 def draft(seq: list[int], max_n: int, min_n: int, k: int) -> list[int]:

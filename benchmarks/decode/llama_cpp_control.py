@@ -22,15 +22,20 @@ instruction set without AMX, runs::
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \\
         -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON \\
         -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" pip install llama-cpp-python
-    python benchmarks/llama_cpp_control.py --thread-sweep 1,2
+    python benchmarks/decode/llama_cpp_control.py --thread-sweep 1,2
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from inference import PROMPTS, _timed  # benchmarks/ is on the path when run
+# The prompts and the timing come from benchmarks/inference.py, one folder up, so the paths
+# compared here are the ones that script measures.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from inference import PROMPTS, _timed  # noqa: E402
 
 
 class LlamaCpp:

@@ -10,7 +10,7 @@ of the int4 decode step of the embedded model.
 - Step profile: ``torch.profiler`` over one greedy int4 decode of ``--tokens`` tokens after a short
   chat prompt; the share of the packed int4 kernel and the top ops.
 
-    python benchmarks/decode_parts.py                  # 1 thread, 200 rows, 64 tokens
+    python benchmarks/decode/decode_parts.py                  # 1 thread, 200 rows, 64 tokens
 """
 
 from __future__ import annotations
