@@ -130,7 +130,8 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
     if isinstance(exc, NotFoundError):
         return APIErrorBody(404, msg, "invalid_request_error", "not_found")
     if isinstance(exc, InputError):
-        return APIErrorBody(400, msg, "invalid_request_error", "invalid_value")
+        return APIErrorBody(400, msg, "invalid_request_error", "invalid_value",
+                            getattr(exc, "param", None))
     if isinstance(exc, StoreError):
         return APIErrorBody(503, msg, "server_error", "store_unavailable")
     if isinstance(exc, MissingDependencyError):
