@@ -227,3 +227,42 @@ def test_fields_naming_different_users_are_refused(proxy):
                            extra_headers={"X-Popi-User": "dr_chen"})
     with pytest.raises(openai.BadRequestError, match="'metadata.user_id' must be a string"):
         c.chat.completions.create(model="stub", messages=HI, metadata={"user_id": 5})
+
+
+# -- usage from a local generator -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory, smollm2_dir):
+    """A tiny random checkpoint with the embedded model's tokenizer and chat template, loaded as
+    the proxy's in-process generator."""
+    from popi_sdk.train.random_model import random_llama
+
+    return random_llama(tmp_path_factory.mktemp("tiny") / "tiny", smollm2_dir)
+
+
+def test_a_local_generator_counts_the_chat_template_and_streams_usage(tmp_path, tiny_generator):
+    from transformers import AutoTokenizer
+
+    from popi_sdk.templates import personalize_messages
+
+    config = ServeConfig(generators=parse_generators([f"tiny=hf:{tiny_generator}"]), max_retries=0)
+    with running(create_app(make_personalizer(tmp_path), config)) as base:
+        c = client(base + "/v1", timeout=120)
+        hi = [{"role": "user", "content": "Hi"}]
+        answer = c.chat.completions.create(model="tiny", user="maya", messages=hi, max_tokens=3)
+        chunks = list(c.chat.completions.create(model="tiny", user="maya", messages=hi, max_tokens=3,
+                                                stream=True, stream_options={"include_usage": True}))
+        plain = list(c.chat.completions.create(model="tiny", messages=hi, max_tokens=3, stream=True))
+        responses = c.responses.create(model="tiny", input="Hi", user="maya", max_output_tokens=3,
+                                       stream=True)
+        final = [e for e in responses if e.type.startswith("response.") and hasattr(e, "response")][-1]
+    tok = AutoTokenizer.from_pretrained(tiny_generator)
+    read = tok.apply_chat_template(personalize_messages(hi, SUMMARIES["maya"]), tokenize=True,
+                                   add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert answer.usage.prompt_tokens == len(read) > 20  # the template and the summary count
+    assert 0 <= answer.usage.completion_tokens <= 3  # a random model may end at once
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens)
+    assert all(ch.usage is None for ch in plain)  # usage only when asked for, as OpenAI does
+    assert final.response.usage.input_tokens == len(read)
