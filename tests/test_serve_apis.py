@@ -48,6 +48,34 @@ def well_formed(usage) -> None:
         assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 
+# -- Chat Completions: headers and usage, streamed or not, sync and async ---------------------------
+def test_chat_completions_report_personalization_and_usage(proxy):
+    url = proxy()
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="stub", user="maya", messages=HI, stream=True, stream_options={"include_usage": True})
+    assert raw.headers["x-popi-personalized"] == "true"
+    chunks = list(raw.parse())
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == echoed("maya")
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 8
+
+    async def main():
+        c = openai.AsyncOpenAI(base_url=url, api_key="anything", max_retries=0)
+        whole = await c.chat.completions.with_raw_response.create(model="stub", user="maya",
+                                                                  messages=HI)
+        streamed = await c.chat.completions.with_raw_response.create(
+            model="stub", user="maya", messages=HI, stream=True,
+            stream_options={"include_usage": True})
+        chunks = [ch async for ch in streamed.parse()]
+        await c.close()
+        return whole, streamed.headers, chunks
+
+    whole, headers, chunks = asyncio.run(main())
+    assert whole.headers["x-popi-personalized"] == headers["x-popi-personalized"] == "true"
+    usage = whole.parse().usage
+    assert usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert chunks[-1].usage.total_tokens == usage.total_tokens
+
+
 # -- the Responses API ---------------------------------------------------------------------------
 def test_responses_text_input_instructions_and_user(proxy, upstream):
     c = client(proxy())
