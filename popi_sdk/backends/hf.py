@@ -75,11 +75,11 @@ def _file_lock(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _conversion_progress() -> Iterator[None]:
     """transformers de-quantizes a GGUF under a bare ``tqdm`` bar that its own
-    ``disable_progress_bar`` does not reach. Where its bars are switched off (the CLI without
-    ``--verbose``), show popi's own bar instead: tensors converted, with an ETA."""
-    from transformers.utils import logging as tf_logging
+    ``disable_progress_bar`` does not reach. The CLI (without ``--verbose``) shows popi's own bar
+    instead: tensors converted, with an ETA; the SDK in an app shows none."""
+    from popi_sdk.progress import reporting
 
-    if tf_logging.is_progress_bar_enabled():
+    if reporting() == "libraries":
         yield
         return
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -88,8 +88,8 @@ def _conversion_progress() -> Iterator[None]:
 
     def converting(iterable: Any, **_: Any) -> Iterator[Any]:
         items = list(iterable)
-        with progress_bar("Converting the model (once)", len(items),
-                          unit="tensors") as advance:
+        with progress_bar("Converting the model (once)", len(items), unit="tensors",
+                          enabled=reporting() == "popi") as advance:
             for item in items:
                 yield item
                 advance()
@@ -112,27 +112,34 @@ def embedded_checkpoint(home: str | os.PathLike | None = None) -> Path:
     with _file_lock(dest.parent / f".{EMBEDDED_DIR}.lock"):
         if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
             return dest
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from popi_sdk.progress import loading_quietly
 
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        with _conversion_progress():
-            gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # A GGUF-loaded model is "not serializable": rebuild a plain model from its config
-        # without the quantization_config, copy the de-quantized weights, then save.
-        config_dict = gguf_model.config.to_dict()
-        config_dict.pop("quantization_config", None)
-        config_dict.pop("_name_or_path", None)
-        config = type(gguf_model.config).from_dict(config_dict)
-        model = type(gguf_model)(config)
-        model.load_state_dict(gguf_model.state_dict())
-        model.generation_config = gguf_model.generation_config
-        tmp = dest.parent / f".{EMBEDDED_DIR}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        with loading_quietly():
+            _convert(gguf, dest)
     return dest
+
+
+def _convert(gguf: Path, dest: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _conversion_progress():
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model is "not serializable": rebuild a plain model from its config
+    # without the quantization_config, copy the de-quantized weights, then save.
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = type(gguf_model.config).from_dict(config_dict)
+    model = type(gguf_model)(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    tmp = dest.parent / f".{EMBEDDED_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
 
 
 def resolve_model(model: str | None) -> str:
@@ -231,9 +238,12 @@ class HFBackend(Backend):
             "bfloat16": torch.bfloat16,
             "float16": torch.float16,
         }[self.dtype]
+        from popi_sdk.progress import loading_quietly
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.path)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+            with loading_quietly():
+                tokenizer = AutoTokenizer.from_pretrained(self.path)
+                model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         except OSError as e:
             raise ModelNotFoundError(
                 f"could not load {self.path!r}: it is not a local checkpoint folder and the "
