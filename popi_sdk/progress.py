@@ -161,9 +161,16 @@ class PhaseTimer:
         return time.perf_counter() - self._started
 
     def report(self) -> str:
-        """``"Time: loading 3.1 s, summarizing 20.4 s, answering 15.0 s; total 38.6 s"``."""
-        parts = ", ".join(f"{name} {s:.1f} s" for name, s in self.seconds.items())
-        return f"Time: {parts}; total {self.total:.1f} s"
+        """``"Time: loading 3.1 s, summarizing 20.4 s, answering 15.0 s, other 0.4 s; total
+        38.9 s"``: the named phases and what fell between them, so the parts add up to the
+        total (to rounding)."""
+        total = self.total
+        seconds = dict(self.seconds)
+        other = total - sum(seconds.values())
+        if other >= 0.05:
+            seconds["other"] = other
+        parts = ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
+        return f"Time: {parts}; total {total:.1f} s"
 
 
 def training_progress(total_steps: int, stage: str) -> Any:

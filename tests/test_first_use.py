@@ -1,6 +1,7 @@
 """What a new user sees the first time: the SDK in an app writes nothing to stderr while it
 converts, merges and loads models (the CLI shows popi's own bars; an app asks for the libraries'
-with ``quiet_libraries(verbose=True)``)."""
+with ``quiet_libraries(verbose=True)``), and ``popi demo`` says what it is doing before the
+one-time conversion starts."""
 
 from __future__ import annotations
 
@@ -46,3 +47,25 @@ def test_first_use_in_a_fresh_home_converts_merges_and_loads_silently(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # was "Converting and de-quantizing GGUF tensors..." and more
     assert (tmp_path / "home" / "models").is_dir()
+
+
+def test_the_demo_speaks_before_the_first_run_converts_the_model(tmp_path):
+    """The first line comes before any model work: when it arrives, the fresh POPI_HOME holds no
+    converted model yet (the first run was silent for 18.6 s before)."""
+    import time
+
+    home = tmp_path / "home"
+    env = {**os.environ, "POPI_HOME": str(home), "PYTHONPATH": REPO}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "popi_sdk.cli", "demo", "--store",
+                             str(tmp_path / "s.sqlite")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = proc.stdout.readline()
+        elapsed = time.perf_counter() - started
+        converted = list(home.glob("models/*/model.safetensors"))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert first.startswith("popi demo: 2 users ask"), first
+    assert converted == [], f"the first line came after the conversion ({elapsed:.1f} s)"
