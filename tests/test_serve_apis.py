@@ -283,6 +283,11 @@ def test_a_local_generator_counts_the_chat_template_and_streams_usage(tmp_path, 
         responses = c.responses.create(model="tiny", input="Hi", user="maya", max_output_tokens=3,
                                        stream=True)
         final = [e for e in responses if e.type.startswith("response.") and hasattr(e, "response")][-1]
+        with pytest.raises(openai.BadRequestError) as caught:
+            c.chat.completions.create(model="tiny", messages=hi, max_tokens=-5)
+    # Named as the request names it (it said max_new_tokens=-5, param null).
+    assert caught.value.body["param"] == "max_tokens" and "max_tokens=-5" in caught.value.message
+    assert "max_new_tokens" not in caught.value.message
     tok = AutoTokenizer.from_pretrained(tiny_generator)
     read = tok.apply_chat_template(personalize_messages(hi, SUMMARIES["maya"]), tokenize=True,
                                    add_generation_prompt=True, return_dict=True)["input_ids"]

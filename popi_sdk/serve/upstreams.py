@@ -21,8 +21,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
 from popi_sdk.errors import InputError
 from popi_sdk.serve.config import ANTHROPIC, OPENAI, GeneratorSpec
 
@@ -346,7 +344,8 @@ class AnthropicUpstream(Upstream):
         system, turns = split_system(plain_messages(body["messages"]))
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
         if cap is not None and (not isinstance(cap, int) or cap < 1):
-            raise InputError("max_tokens must be a positive integer")
+            raise InputError(f"max_tokens must be a positive integer, got {cap!r}",
+                             param="max_tokens")
         params: dict[str, Any] = {"model": self.backend.model, "messages": turns,
                                   "max_tokens": cap or ANTHROPIC_DEFAULT_MAX_TOKENS}
         if system:
@@ -416,15 +415,20 @@ class BackendUpstream(Upstream):
         from popi_sdk.backends import GenerateOptions
 
         refuse_untranslatable(body, self.spec)
-        wanted = {"max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
-                  "temperature": body.get("temperature"), "top_p": body.get("top_p"),
-                  "seed": body.get("seed")}
-        try:
-            return GenerateOptions(**{k: v for k, v in wanted.items() if v is not None})
-        except ValidationError as e:
-            field_ = e.errors()[0]
-            name = {"max_new_tokens": "max_tokens"}.get(str(field_["loc"][0]), field_["loc"][0])
-            raise InputError(f"{name}: {field_['msg']}") from None
+        # (request field, option): the error names the field the client sent, as its ``param``.
+        cap = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        fields = [(cap, "max_new_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
+                  ("seed", "seed")]
+        wanted = {}
+        for field_, option in fields:
+            if body.get(field_) is None:
+                continue
+            try:
+                GenerateOptions(**{option: body[field_]})
+            except InputError as e:
+                raise InputError(str(e).replace(f"{option}=", f"{field_}="), param=field_) from None
+            wanted[option] = body[field_]
+        return GenerateOptions(**wanted)
 
     async def complete(self, body: dict[str, Any], stream: bool) -> Answer:
         options = self._options(body)
