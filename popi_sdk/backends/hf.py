@@ -229,7 +229,7 @@ class HFBackend(Backend):
     # -- loading ---------------------------------------------------------------------------
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {
@@ -240,24 +240,39 @@ class HFBackend(Backend):
         }[self.dtype]
         from popi_sdk.progress import loading_quietly
 
+        tokenizer = self._tokenizer or self._load_tokenizer()
         try:
             with loading_quietly():
-                tokenizer = AutoTokenizer.from_pretrained(self.path)
                 model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         except OSError as e:
-            raise ModelNotFoundError(
-                f"could not load {self.path!r}: it is not a local checkpoint folder and the "
-                "Hugging Face Hub did not provide it (check the id, HF_TOKEN for gated models, and "
-                f"the network; offline, give a folder). Cause: {str(e).splitlines()[0]}",
-                backend=self.name,
-            ) from e
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
+            raise self._not_loaded(e) from e
         model.to(device).eval()
         if device == "cpu":
             torch.set_num_threads(self.threads)
         self._tokenizer, self._model, self.device = tokenizer, model, device
+
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        from popi_sdk.progress import loading_quietly
+
+        try:
+            with loading_quietly():
+                tokenizer = AutoTokenizer.from_pretrained(self.path)
+        except OSError as e:
+            raise self._not_loaded(e) from e
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        return tokenizer
+
+    def _not_loaded(self, e: OSError) -> ModelNotFoundError:
+        return ModelNotFoundError(
+            f"could not load {self.path!r}: it is not a local checkpoint folder and the "
+            "Hugging Face Hub did not provide it (check the id, HF_TOKEN for gated models, and "
+            f"the network; offline, give a folder). Cause: {str(e).splitlines()[0]}",
+            backend=self.name,
+        )
 
     @property
     def model(self) -> Any:
@@ -268,9 +283,11 @@ class HFBackend(Backend):
 
     @property
     def tokenizer(self) -> Any:
+        """The tokenizer, loaded on its own when the weights are not needed yet: counting a
+        summary's tokens (``popi summary edit``) must not load the model."""
         with self._lock:
             if self._tokenizer is None:
-                self._load()
+                self._tokenizer = self._load_tokenizer()
         return self._tokenizer
 
     def fast_decoder(self) -> Any:

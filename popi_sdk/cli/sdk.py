@@ -225,7 +225,9 @@ def generate(
     summarizer: Optional[str] = typer.Option(
         None, help="Summarizer whose summary to use (env POPI_SUMMARIZER; default hf:popi)."
     ),
-    backend: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR)."),
+    backend: Optional[str] = typer.Option(
+        None, help="Generator backend (env POPI_GENERATOR; default hf, the embedded model)."
+    ),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Length cap of the answer."),
     temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy; at most 2."),
@@ -247,6 +249,11 @@ def generate(
     if summary is not None and (users is not None or summarizer is not None):
         raise typer.BadParameter("--summary gives the summary itself; drop --users/--summarizer",
                                  param_hint="--summary")
+    if summary is not None and user is not None:  # the user's summary would be silently unused
+        raise typer.BadParameter(
+            f"--summary gives the summary itself, so --user {user} would be ignored: drop --user "
+            "to use this text, or drop --summary to use the user's stored summary",
+            param_hint="--summary")
     if users is not None and user is None:
         raise typer.BadParameter("--users needs --user: the user to summarize", param_hint="--users")
     generator = resolve(backend, "POPI_GENERATOR", DEFAULT_BACKEND)
