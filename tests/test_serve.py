@@ -493,7 +493,8 @@ def test_openapi_documents_every_endpoint(proxy):
     url = proxy(api_keys=[KEY])
     schema = httpx2.get(url.removesuffix("/v1") + "/openapi.json").json()
     paths = schema["paths"]
-    assert {"/v1/chat/completions", "/v1/models", "/v1/users/{user_id}/summary",
+    assert {"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/models",
+            "/v1/users/{user_id}/summary",
             "/v1/users/{user_id}/summaries", "/v1/users/{user_id}/signals",
             "/v1/users/{user_id}/score", "/v1/users/{user_id}"} <= set(paths)
     assert set(paths["/v1/users/{user_id}/summary"]) == {"get", "put"}
