@@ -77,6 +77,21 @@ def test_litellm_streaming_and_async(proxy):
     check_usage(pieces[-1].usage)
 
 
+def test_litellm_through_the_messages_and_responses_endpoints(proxy):
+    """LiteLLM's anthropic/ provider calls popi's /v1/messages and maps `user` to
+    metadata.user_id itself; litellm.responses calls /v1/responses with `user` as given."""
+    base = proxy()
+    answer = litellm.completion(model="anthropic/stub", api_base=base.removesuffix("/v1"),
+                                api_key="unused", messages=HI, max_tokens=20, user="maya")
+    assert popi_header(answer._hidden_params) == "true"
+    assert personalized_text(answer.choices[0].message.content)
+    check_usage(answer.usage)
+    response = litellm.responses(model="openai/stub", api_base=base, api_key="unused",
+                                 input=QUESTION, user="dr_chen")
+    assert personalized_text(response.output[0].content[0].text, "dr_chen")
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+
+
 # -- LangChain ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", [{"model_kwargs": {"user": "maya"}},
                                  {"default_headers": {"X-Popi-User": "maya"}},
