@@ -187,6 +187,9 @@ def test_messages_errors_are_anthropic_shaped(proxy):
     with pytest.raises(anthropic.AuthenticationError) as caught:
         claude(url, "wrong").messages.create(model="stub", max_tokens=5, messages=HI)
     assert caught.value.body["error"]["type"] == "authentication_error"
+    r = httpx2.post(url + "/messages", json={"model": "stub", "max_tokens": 5, "messages": HI})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert "send one as x-api-key" in r.json()["error"]["message"]
     c = claude(url, KEY)
     with pytest.raises(anthropic.BadRequestError) as caught:
         c.messages.create(model="stub", max_tokens=-5, messages=HI)

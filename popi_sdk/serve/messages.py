@@ -43,6 +43,10 @@ ERROR_TYPE = {400: "invalid_request_error", 401: "authentication_error",
               429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error"}
 
 
+AUTH_MISSING = ("no proxy API key: send one as x-api-key (the anthropic client's api_key) or "
+                "as Authorization: Bearer KEY (its auth_token)")
+
+
 def anthropic_error(err: APIErrorBody) -> dict[str, Any]:
     return {"type": "error", "error": {"type": ERROR_TYPE.get(err.status, "api_error"),
                                        "message": err.message}}
@@ -198,8 +202,10 @@ def add_messages_route(app: FastAPI, personalized: Callable, check_key: Callable
 
         try:
             return await answer(request)
-        except ProxyAuthError as exc:
-            err = APIErrorBody(401, str(exc), "authentication_error", exc.code)
+        except ProxyAuthError as exc:  # said in the anthropic client's terms
+            message = (AUTH_MISSING if exc.code == "missing_api_key" else
+                       "incorrect proxy API key: use one of the keys this server was started with")
+            err = APIErrorBody(401, message, "authentication_error", exc.code)
         except Exception as exc:
             err = to_api_error(exc, redact)
             if not isinstance(exc, PopiError):  # a bug: its details go to the log only
