@@ -20,7 +20,12 @@ class PopiError(Exception):
 
 
 class InputError(PopiError, ValueError):
-    """A user-supplied value (signals, prompt, option) is invalid."""
+    """A user-supplied value (signals, prompt, option) is invalid. ``param`` names the request
+    field at fault, where there is one (``popi serve`` reports it as the error's ``param``)."""
+
+    def __init__(self, *args: object, param: str | None = None):
+        super().__init__(*args)
+        self.param = param
 
 
 class DataFileError(InputError):

@@ -20,12 +20,48 @@ LIBRARIES = ("transformers", "trl", "accelerate", "peft", "datasets", "torch", "
              "httpx", "httpx2", "urllib3", "filelock")
 
 
+#: Who reports on a model being loaded or converted: ``None`` (the SDK in an app: nothing is
+#: written to stderr), ``"popi"`` (the CLI: popi's own bars in place of the libraries') or
+#: ``"libraries"`` (``--verbose``: the libraries' own bars and logs). :func:`quiet_libraries`
+#: sets it.
+_REPORTING: str | None = None
+
+
+def reporting() -> str | None:
+    """Who reports on model loading: None (nobody), ``"popi"`` or ``"libraries"``."""
+    return _REPORTING
+
+
+@contextlib.contextmanager
+def loading_quietly() -> Iterator[None]:
+    """Around the SDK's own model loads and conversions: transformers' progress bars
+    (``Loading weights``, ``Writing model shards``) and its info logs are off for the duration,
+    then restored, so an app that uses the SDK sees nothing on stderr on first use. An app that
+    wants them calls ``quiet_libraries(verbose=True)`` (what ``popi --verbose`` does)."""
+    if _REPORTING == "libraries":
+        yield
+        return
+    from transformers.utils import logging as tf_logging  # only around loads, which need it
+    bars, level = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(level)
+        if bars:
+            tf_logging.enable_progress_bar()
+
+
 def quiet_libraries(verbose: bool = False) -> None:
     """Hide the libraries' progress bars (``Loading weights: 100%|...``), logs and warnings;
-    ``verbose`` shows their logs at INFO instead.
+    ``verbose`` shows their logs at INFO instead. The CLI calls it first thing; an app may call
+    it too (``verbose=True`` to see the libraries' bars while the SDK loads a model).
 
     Works before the libraries are imported (through the variables they read at import time) and
     after (through their own switches), so it never imports one itself."""
+    global _REPORTING
+    _REPORTING = "libraries" if verbose else "popi"
     if verbose:  # asked for on the command line: wins over the quiet variables
         for name in LIBRARIES:
             logging.getLogger(name).setLevel(logging.INFO)
@@ -125,9 +161,16 @@ class PhaseTimer:
         return time.perf_counter() - self._started
 
     def report(self) -> str:
-        """``"Time: loading 3.1 s, summarizing 20.4 s, answering 15.0 s; total 38.6 s"``."""
-        parts = ", ".join(f"{name} {s:.1f} s" for name, s in self.seconds.items())
-        return f"Time: {parts}; total {self.total:.1f} s"
+        """``"Time: loading 3.1 s, summarizing 20.4 s, answering 15.0 s, other 0.4 s; total
+        38.9 s"``: the named phases and what fell between them, so the parts add up to the
+        total (to rounding)."""
+        total = self.total
+        seconds = dict(self.seconds)
+        other = total - sum(seconds.values())
+        if other >= 0.05:
+            seconds["other"] = other
+        parts = ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
+        return f"Time: {parts}; total {total:.1f} s"
 
 
 def training_progress(total_steps: int, stage: str) -> Any:

@@ -64,7 +64,9 @@ class EchoServer:
             await asyncio.sleep(2)
         text = echo_text(body)
         if body.get("stream"):
-            return StreamingResponse(self._chunks(model, text), media_type="text/event-stream")
+            usage = (body.get("stream_options") or {}).get("include_usage", False)
+            return StreamingResponse(self._chunks(model, text, usage),
+                                     media_type="text/event-stream")
         return JSONResponse({
             "id": "chatcmpl-stub", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -74,7 +76,7 @@ class EchoServer:
                     "openai-organization": "org-operator"})
 
     @staticmethod
-    async def _chunks(model: str, text: str):
+    async def _chunks(model: str, text: str, usage: bool = False):
         third = max(1, len(text) // 3)
         pieces = [text[:third], text[third: 2 * third], text[2 * third:]]
         for i, piece in enumerate(pieces):
@@ -89,4 +91,9 @@ class EchoServer:
         done = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1,
                 "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         yield f"data: {json.dumps(done)}\n\n"
+        if usage:  # as OpenAI does with stream_options.include_usage: one more chunk, no choices
+            counts = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+            last = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1,
+                    "model": model, "choices": [], "usage": counts}
+            yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"

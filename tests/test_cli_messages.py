@@ -87,6 +87,45 @@ def test_generate_options_that_do_not_combine(tmp_path):
     assert result.exit_code == 2 and "--summary gives the summary itself" in result.output
     result = runner.invoke(app, ["generate", "--prompt", "hi", "--users", "u.jsonl"])
     assert result.exit_code == 2 and "--users needs --user" in result.output
+    # It silently answered with --summary and ignored the user.
+    result = runner.invoke(app, ["generate", "--prompt", "hi", "--user", "maya", "--summary", "x",
+                                 "--store", str(tmp_path / "s.sqlite")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "--user maya would be ignored" in result.output
+
+
+def test_generate_help_shows_the_default_backend():
+    result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    line = next(l for l in result.output.splitlines() if "--backend" in l)
+    assert "default hf, the embedded model" in line
+
+
+def test_summary_score_without_stored_pairs_names_its_data_option(tmp_path):
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    store.put(Summary(user_id="maya", text="Maya is six.", summarizer="user", source="user",
+                      signals_hash="", n_tokens=4))
+    result = runner.invoke(app, ["summary", "score", "maya", "--store", str(tmp_path / "s.sqlite")],
+                           env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert "--data USERS.jsonl" in result.output and "examples=[...]" not in result.output
+
+
+@pytest.mark.model
+def test_summary_edit_stores_without_loading_the_model(smollm2_dir, tmp_path):
+    """Counting the new summary's tokens needs the tokenizer only (it took 7 s and 427 MB to load
+    the model for one sentence)."""
+    from popi_sdk import Personalizer
+    from popi_sdk.backends import clear_backend_cache
+
+    clear_backend_cache()
+    p = Personalizer(summarizer="hf", store=tmp_path / "s.sqlite")
+    text = "Maya is six; use toy analogies."
+    edited = p.edit_summary("maya", text)
+    assert p.summarizer._model is None  # the weights were never loaded
+    assert edited.n_tokens == len(p.summarizer.tokenizer(text, add_special_tokens=False)["input_ids"])
+    result = runner.invoke(app, ["summary", "edit", "maya", "--text", "Maya likes trains.",
+                                 "--store", str(tmp_path / "s.sqlite")])
+    assert result.exit_code == 0 and "Saved version 2" in result.output
 
 
 def test_unknown_summarizer_fails_when_the_personalizer_is_built():

@@ -104,6 +104,25 @@ def test_phase_timer_reports_each_phase():
     assert report.startswith("Time: loading ") and ", answering " in report and "; total " in report
 
 
+def test_phase_timer_parts_add_up_to_the_total():
+    """What falls between the named phases is reported as "other", so the line accounts for all
+    of the total (the demo's said 50.5 s total over phases adding up to 20.6 s)."""
+    import re
+    import time
+
+    timer = PhaseTimer()
+    with timer.phase("converting the model"):
+        time.sleep(0.1)
+    time.sleep(0.3)  # work outside any phase
+    with timer.phase("loading"):
+        time.sleep(0.1)
+    report = timer.report()
+    parts = {name.strip(): v for name, v in re.findall(r"([a-z ]+) (\d+\.\d) s", report.split(";")[0].removeprefix("Time: "))}
+    total = float(re.search(r"total (\d+\.\d) s", report).group(1))
+    assert set(parts) == {"converting the model", "loading", "other"}
+    assert abs(sum(float(v) for v in parts.values()) - total) <= 0.15
+
+
 def test_eval_plot_draws_both_metrics_per_method(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.image

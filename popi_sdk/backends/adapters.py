@@ -105,6 +105,15 @@ def require_shipped_adapter(adapter: ShippedAdapter = POPI) -> None:
         )
 
 
+def merged_folder(adapter: ShippedAdapter = POPI, home: str | os.PathLike | None = None) -> Path:
+    """Where :func:`popi_checkpoint` keeps the embedded model with ``adapter`` merged (it holds
+    ``model.safetensors`` once the merge is done)."""
+    from popi_sdk.backends.hf import EMBEDDED_DIR
+    from popi_sdk.settings import popi_home
+
+    return popi_home(home) / "models" / f"{EMBEDDED_DIR}-{adapter.name}-{adapter_digest(adapter.folder)}"
+
+
 def popi_checkpoint(home: str | os.PathLike | None = None, adapter: ShippedAdapter = POPI) -> Path:
     """The embedded model with a shipped adapter merged, built once; the checkpoint folder."""
     from popi_sdk.backends.hf import EMBEDDED_DIR, _file_lock, embedded_checkpoint
@@ -112,8 +121,7 @@ def popi_checkpoint(home: str | os.PathLike | None = None, adapter: ShippedAdapt
     from popi_sdk.summary_spec import SPEC_FILE
 
     require_shipped_adapter(adapter)
-    digest = adapter_digest(adapter.folder)
-    dest = popi_home(home) / "models" / f"{EMBEDDED_DIR}-{adapter.name}-{digest}"
+    dest = merged_folder(adapter, home)
     if (dest / "model.safetensors").exists():
         return dest
     base_dir = embedded_checkpoint(home)

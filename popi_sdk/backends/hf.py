@@ -75,11 +75,11 @@ def _file_lock(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _conversion_progress() -> Iterator[None]:
     """transformers de-quantizes a GGUF under a bare ``tqdm`` bar that its own
-    ``disable_progress_bar`` does not reach. Where its bars are switched off (the CLI without
-    ``--verbose``), show popi's own bar instead: tensors converted, with an ETA."""
-    from transformers.utils import logging as tf_logging
+    ``disable_progress_bar`` does not reach. The CLI (without ``--verbose``) shows popi's own bar
+    instead: tensors converted, with an ETA; the SDK in an app shows none."""
+    from popi_sdk.progress import reporting
 
-    if tf_logging.is_progress_bar_enabled():
+    if reporting() == "libraries":
         yield
         return
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -88,8 +88,8 @@ def _conversion_progress() -> Iterator[None]:
 
     def converting(iterable: Any, **_: Any) -> Iterator[Any]:
         items = list(iterable)
-        with progress_bar("Converting the model (once)", len(items),
-                          unit="tensors") as advance:
+        with progress_bar("Converting the model (once)", len(items), unit="tensors",
+                          enabled=reporting() == "popi") as advance:
             for item in items:
                 yield item
                 advance()
@@ -112,27 +112,34 @@ def embedded_checkpoint(home: str | os.PathLike | None = None) -> Path:
     with _file_lock(dest.parent / f".{EMBEDDED_DIR}.lock"):
         if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
             return dest
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from popi_sdk.progress import loading_quietly
 
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        with _conversion_progress():
-            gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # A GGUF-loaded model is "not serializable": rebuild a plain model from its config
-        # without the quantization_config, copy the de-quantized weights, then save.
-        config_dict = gguf_model.config.to_dict()
-        config_dict.pop("quantization_config", None)
-        config_dict.pop("_name_or_path", None)
-        config = type(gguf_model.config).from_dict(config_dict)
-        model = type(gguf_model)(config)
-        model.load_state_dict(gguf_model.state_dict())
-        model.generation_config = gguf_model.generation_config
-        tmp = dest.parent / f".{EMBEDDED_DIR}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        with loading_quietly():
+            _convert(gguf, dest)
     return dest
+
+
+def _convert(gguf: Path, dest: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _conversion_progress():
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model is "not serializable": rebuild a plain model from its config
+    # without the quantization_config, copy the de-quantized weights, then save.
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = type(gguf_model.config).from_dict(config_dict)
+    model = type(gguf_model)(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    tmp = dest.parent / f".{EMBEDDED_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
 
 
 def resolve_model(model: str | None) -> str:
@@ -222,7 +229,7 @@ class HFBackend(Backend):
     # -- loading ---------------------------------------------------------------------------
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {
@@ -231,23 +238,41 @@ class HFBackend(Backend):
             "bfloat16": torch.bfloat16,
             "float16": torch.float16,
         }[self.dtype]
+        from popi_sdk.progress import loading_quietly
+
+        tokenizer = self._tokenizer or self._load_tokenizer()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.path)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+            with loading_quietly():
+                model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         except OSError as e:
-            raise ModelNotFoundError(
-                f"could not load {self.path!r}: it is not a local checkpoint folder and the "
-                "Hugging Face Hub did not provide it (check the id, HF_TOKEN for gated models, and "
-                f"the network; offline, give a folder). Cause: {str(e).splitlines()[0]}",
-                backend=self.name,
-            ) from e
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
+            raise self._not_loaded(e) from e
         model.to(device).eval()
         if device == "cpu":
             torch.set_num_threads(self.threads)
         self._tokenizer, self._model, self.device = tokenizer, model, device
+
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        from popi_sdk.progress import loading_quietly
+
+        try:
+            with loading_quietly():
+                tokenizer = AutoTokenizer.from_pretrained(self.path)
+        except OSError as e:
+            raise self._not_loaded(e) from e
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        return tokenizer
+
+    def _not_loaded(self, e: OSError) -> ModelNotFoundError:
+        return ModelNotFoundError(
+            f"could not load {self.path!r}: it is not a local checkpoint folder and the "
+            "Hugging Face Hub did not provide it (check the id, HF_TOKEN for gated models, and "
+            f"the network; offline, give a folder). Cause: {str(e).splitlines()[0]}",
+            backend=self.name,
+        )
 
     @property
     def model(self) -> Any:
@@ -258,9 +283,11 @@ class HFBackend(Backend):
 
     @property
     def tokenizer(self) -> Any:
+        """The tokenizer, loaded on its own when the weights are not needed yet: counting a
+        summary's tokens (``popi summary edit``) must not load the model."""
         with self._lock:
             if self._tokenizer is None:
-                self._load()
+                self._tokenizer = self._load_tokenizer()
         return self._tokenizer
 
     def fast_decoder(self) -> Any:
@@ -302,7 +329,23 @@ class HFBackend(Backend):
         )
 
     def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None and (counter := self._counter()) is not None:
+            return len(counter.encode(text, add_special_tokens=False).ids)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _counter(self) -> Any:
+        """The checkpoint's ``tokenizer.json`` through the ``tokenizers`` library alone, for
+        counting before anything else is loaded: the same encoding as the transformers tokenizer
+        built on it, without importing transformers and torch (``popi summary edit`` stores one
+        sentence; loading the model for its count took 7 s and 427 MB)."""
+        if getattr(self, "_token_counter", None) is None:
+            path = Path(self.checkpoint or "") / "tokenizer.json"
+            if not self.checkpoint or not path.is_file():
+                return None
+            from tokenizers import Tokenizer
+
+            self._token_counter = Tokenizer.from_file(str(path))
+        return self._token_counter
 
     def generate(self, messages: Sequence[Message], options: GenerateOptions) -> str:
         return self.generate_batch([messages], options)[0]

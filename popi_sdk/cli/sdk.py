@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -29,6 +29,38 @@ def demo_generator(summarizer: str) -> str:
     prefix, _, model = summarizer.partition(":")
     paired = prefix.lower() == "hf" and shipped_adapter(model) is POPI
     return POPI_GENERATOR.backend if paired else DEFAULT_BACKEND
+
+
+def prepare_models(names: list[str], timer: Any, console: Any) -> None:
+    """The one-time work the first run does before any model loads, each step timed as a phase
+    of its own and announced: converting the embedded model, merging each shipped adapter the
+    ``names`` use. A later run finds both done and adds no phase. (The demo always uses the
+    embedded model: its plain answers come from it.)"""
+    from popi_sdk.backends.adapters import (
+        merged_folder,
+        popi_checkpoint,
+        require_shipped_adapter,
+        shipped_adapter,
+    )
+    from popi_sdk.backends.hf import EMBEDDED_DIR, embedded_checkpoint
+    from popi_sdk.settings import popi_home
+
+    adapters = []
+    for name in names:
+        prefix, _, model = name.partition(":")
+        adapter = shipped_adapter(model) if prefix.lower() == "hf" and model else None
+        if adapter is not None and adapter not in adapters:
+            adapters.append(adapter)
+    if not (popi_home() / "models" / EMBEDDED_DIR / "model.safetensors").exists():
+        with timer.phase("converting the model"), console.status(
+                "Converting the embedded model to safetensors (once, about 25 s)..."):
+            embedded_checkpoint()
+    for adapter in adapters:
+        require_shipped_adapter(adapter)  # a missing adapter file: its own error, with the fix
+        if not (merged_folder(adapter) / "model.safetensors").exists():
+            with timer.phase(f"merging {adapter.name}"), console.status(
+                    f"Merging the trained adapter {adapter.name} into it (once)..."):
+                popi_checkpoint(adapter=adapter)
 
 
 def demo(
@@ -75,6 +107,11 @@ def demo(
 
     summarizer_name = resolve(summarizer, "POPI_SUMMARIZER", DEFAULT_SUMMARIZER)
     generator_name = resolve(generator, "POPI_GENERATOR", demo_generator(summarizer_name))
+    # A first line at once: the first run converts and merges models for a minute before the
+    # first table, and a silent terminal reads as a hang.
+    console.print(f"[bold]popi demo[/bold]: {len(rows)} users ask {prompt!r}; summarizer "
+                  f"{summarizer_name}, generator {generator_name}.")
+    prepare_models([summarizer_name, generator_name, DEFAULT_BACKEND], timer, console)
     # The demo asks an untrained summarizer for 40 words with decoding settings that keep a small
     # model from looping; a trained one writes exactly as it was trained (a repetition penalty
     # would fight a summarizer trained to quote the user's preferred response).
@@ -188,7 +225,9 @@ def generate(
     summarizer: Optional[str] = typer.Option(
         None, help="Summarizer whose summary to use (env POPI_SUMMARIZER; default hf:popi)."
     ),
-    backend: Optional[str] = typer.Option(None, help="Generator backend (env POPI_GENERATOR)."),
+    backend: Optional[str] = typer.Option(
+        None, help="Generator backend (env POPI_GENERATOR; default hf, the embedded model)."
+    ),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Length cap of the answer."),
     temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy; at most 2."),
@@ -210,6 +249,11 @@ def generate(
     if summary is not None and (users is not None or summarizer is not None):
         raise typer.BadParameter("--summary gives the summary itself; drop --users/--summarizer",
                                  param_hint="--summary")
+    if summary is not None and user is not None:  # the user's summary would be silently unused
+        raise typer.BadParameter(
+            f"--summary gives the summary itself, so --user {user} would be ignored: drop --user "
+            "to use this text, or drop --summary to use the user's stored summary",
+            param_hint="--summary")
     if users is not None and user is None:
         raise typer.BadParameter("--users needs --user: the user to summarize", param_hint="--users")
     generator = resolve(backend, "POPI_GENERATOR", DEFAULT_BACKEND)

@@ -178,6 +178,12 @@ def score(
             )
         examples = rows[0].examples
     p = Personalizer(store=_store(store))
+    if examples is None and not (p.store.signals(user_id) or {}).get("examples"):
+        # Checked here so the message names this command's option, not the SDK's argument.
+        raise typer.BadParameter(
+            f"no labeled pairs are stored for user {user_id!r} to score the summary on: pass "
+            "--data USERS.jsonl, a users file whose row for the user has 'examples' (pairs the "
+            "summary was not written from)", param_hint="--data")
     result = p.score(user_id, examples, scorer=scorer, version=version)
     used = version or p.store.latest(user_id).version
     typer.echo(f"{user_id}, version {used}: {_score_text(result)}.")

@@ -31,7 +31,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from popi_sdk.errors import InputError, ModelNotFoundError, NotFoundError, PopiError
 from popi_sdk.serve.config import ServeConfig
 from popi_sdk.serve.errors import APIErrorBody, Redactor, install_log_redaction, to_api_error
-from popi_sdk.serve.upstreams import Upstream, build_upstream
+from popi_sdk.serve.identity import body_user
+from popi_sdk.serve.messages import add_messages_route
+from popi_sdk.serve.responses import add_responses_route
+from popi_sdk.serve.upstreams import Answer, Upstream, build_upstream
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore
 from popi_sdk.store import MemoryStore, SQLiteStore
 from popi_sdk.templates import personalize_messages
@@ -296,16 +299,11 @@ def create_app(personalizer: Any, config: ServeConfig, *,
             log.warning("stream failed -> %s", err.message)
             yield err.sse()
 
-    # The hot path checks the key inline rather than through a FastAPI dependency, and
-    # :class:`PopiProxy` calls it directly: FastAPI's routing was the largest cost per request.
-    @app.post("/v1/chat/completions", openapi_extra={**_CHAT_SCHEMA, "security": [{"HTTPBearer": []}]},
-              tags=["chat"])
-    async def chat_completions(request: Request) -> Response:
-        """A chat completion personalized with the user's current summary."""
-        headers_in = request.headers
-        check_key(headers_in.get("authorization"))
-        body = check_chat_body(await request.body())
-        user = resolve_user(body.get("user"), headers_in.get(USER_HEADER))
+    async def personalized(body: dict[str, Any], headers_in: Any) -> tuple[Answer, dict[str, str]]:
+        """The upstream's answer to a chat completion ``body``, personalized for the user it
+        names, and the ``X-Popi-*`` headers saying how. The Responses and Messages endpoints
+        translate to and from this, so every API personalizes the same way."""
+        user = resolve_user(body_user(body), headers_in.get(USER_HEADER))
         upstream, model = route(body.get("model"))
         summary = await lookup(user) if user else None
         headers = {"x-popi-generator": upstream.spec.id}
@@ -318,13 +316,27 @@ def create_app(personalizer: Any, config: ServeConfig, *,
             headers["x-popi-reason"] = "no-summary" if user else "no-user"
         if model is not None:
             body["model"] = model
-        stream = bool(body.get("stream"))
-        answer = await upstream.complete(body, stream)
+        answer = await upstream.complete(body, bool(body.get("stream")))
         headers.update(answer.headers)
+        return answer, headers
+
+    # The hot path checks the key inline rather than through a FastAPI dependency, and
+    # :class:`PopiProxy` calls it directly: FastAPI's routing was the largest cost per request.
+    @app.post("/v1/chat/completions", openapi_extra={**_CHAT_SCHEMA, "security": [{"HTTPBearer": []}]},
+              tags=["chat"])
+    async def chat_completions(request: Request) -> Response:
+        """A chat completion personalized with the user's current summary."""
+        headers_in = request.headers
+        check_key(headers_in.get("authorization"))
+        body = check_chat_body(await request.body())
+        answer, headers = await personalized(body, headers_in)
         if answer.body is not None:
             return Response(answer.body, media_type=answer.media_type, headers=headers)
         return StreamingResponse(guarded(answer.events), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
+
+    add_responses_route(app, personalized, check_key, redact)
+    add_messages_route(app, personalized, check_key, redact)
 
     @app.get("/v1/models", dependencies=[Depends(require_key)], response_model=ModelList,
              tags=["chat"])

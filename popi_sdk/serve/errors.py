@@ -31,6 +31,8 @@ from popi_sdk.errors import (
     StoreError,
 )
 
+log = logging.getLogger("popi_sdk.serve")
+
 #: Environment variables whose values are upstream credentials.
 SECRET_ENVS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "VLLM_API_KEY",
                "HF_TOKEN")
@@ -100,37 +102,38 @@ def _upstream_status(exc: BaseException) -> tuple[int | None, str | None]:
     return status, retry
 
 
+def _upstream_said(exc: BaseException) -> tuple[str, str | None]:
+    """What the upstream said about a request it refused (its error's message and ``param``):
+    about the client's own request, so it is theirs to read."""
+    body = getattr(exc.__cause__, "body", None)
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        param = error.get("param")
+        return error["message"], param if isinstance(param, str) else None
+    return str(getattr(exc.__cause__, "message", "") or "the request was refused"), None
+
+
+#: Said to the client when the upstream fails: no URL, key variable or setting of the server (the
+#: SDK's messages name them, for the operator, who finds them in the server's log).
+_OPERATOR = "the server's log has the details"
+
+
 def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
     """The OpenAI-shaped error for ``exc``. Unexpected exceptions say only that the server failed:
-    their details stay in the server log."""
+    their details stay in the server log. So do an upstream failure's: the client learns what
+    happened (unreachable, timed out, rate limited, rejected the operator's key) but not the
+    server's setup (upstream URLs, key variables, settings), which are logged here."""
     msg = redact(str(exc))
-    if isinstance(exc, ModelNotFoundError):
-        return APIErrorBody(404, msg, "invalid_request_error", "model_not_found", "model")
-    if isinstance(exc, AuthenticationError):
-        return APIErrorBody(
-            502, f"the generator's upstream rejected this server's credentials: {msg} (this is "
-            "the proxy operator's key, not yours; ask them to fix it)", "upstream_error",
-            "upstream_authentication")
-    if isinstance(exc, RateLimitError):
-        _, retry = _upstream_status(exc)
-        return APIErrorBody(429, msg, "rate_limit_error", "rate_limit_exceeded",
-                            retry_after=retry)
-    if isinstance(exc, BackendTimeoutError):
-        return APIErrorBody(504, msg, "upstream_error", "upstream_timeout")
-    if isinstance(exc, BackendConnectionError):
-        return APIErrorBody(502, msg, "upstream_error", "upstream_unreachable")
-    if isinstance(exc, BackendError):
-        status, _ = _upstream_status(exc)
-        if status is not None and 400 <= status < 500:  # the request itself was refused
-            return APIErrorBody(400 if status in (400, 422) else status, msg,
-                                "invalid_request_error", "upstream_rejected")
-        if isinstance(exc, InputError):  # e.g. an unknown backend name
-            return APIErrorBody(400, msg, "invalid_request_error", "invalid_value")
-        return APIErrorBody(502, msg, "upstream_error", "upstream_failed")
+    if isinstance(exc, BackendError) and not isinstance(exc, InputError):
+        err = _upstream_error(exc, msg, redact)
+        if err is not None:
+            log.warning("upstream failure (%s): %s", err.code, msg)
+            return err
     if isinstance(exc, NotFoundError):
         return APIErrorBody(404, msg, "invalid_request_error", "not_found")
     if isinstance(exc, InputError):
-        return APIErrorBody(400, msg, "invalid_request_error", "invalid_value")
+        return APIErrorBody(400, msg, "invalid_request_error", "invalid_value",
+                            getattr(exc, "param", None))
     if isinstance(exc, StoreError):
         return APIErrorBody(503, msg, "server_error", "store_unavailable")
     if isinstance(exc, MissingDependencyError):
@@ -139,6 +142,43 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
         return APIErrorBody(500, msg, "server_error", None)
     return APIErrorBody(500, "the server failed on this request; its log has the details",
                         "server_error", None)
+
+
+def _upstream_error(exc: BackendError, msg: str, redact: Redactor) -> APIErrorBody | None:
+    status, retry = _upstream_status(exc)
+    if isinstance(exc, ModelNotFoundError):
+        if status is None:  # the proxy's own routing: the message lists the models to use
+            return APIErrorBody(404, msg, "invalid_request_error", "model_not_found", "model")
+        return APIErrorBody(404, "the generator does not serve the model this request was routed "
+                            f"to; {_OPERATOR}", "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, AuthenticationError):
+        return APIErrorBody(
+            502, "the generator's upstream rejected this server's credentials (the proxy "
+            f"operator's key, not yours: ask them to fix it; {_OPERATOR})", "upstream_error",
+            "upstream_authentication")
+    if isinstance(exc, RateLimitError):
+        return APIErrorBody(429, "the generator's upstream is rate limiting this server: wait "
+                            "(Retry-After, where given) and try again", "rate_limit_error",
+                            "rate_limit_exceeded", retry_after=retry)
+    if isinstance(exc, BackendTimeoutError):
+        return APIErrorBody(504, f"the generator did not answer in time; try again ({_OPERATOR})",
+                            "upstream_error", "upstream_timeout")
+    if isinstance(exc, BackendConnectionError):
+        return APIErrorBody(502, "the generator could not be reached, or its answer broke off "
+                            f"before its end; try again ({_OPERATOR})", "upstream_error",
+                            "upstream_unreachable")
+    if status is not None and 400 <= status < 500:  # the request itself was refused
+        said, param = _upstream_said(exc)
+        return APIErrorBody(400 if status in (400, 422) else status,
+                            redact(f"the generator rejected the request ({status}): {said}"),
+                            "invalid_request_error", "upstream_rejected", param)
+    if status is not None:
+        return APIErrorBody(502, f"the generator failed with a server error ({status}); try "
+                            f"again ({_OPERATOR})", "upstream_error", "upstream_failed")
+    if type(exc) is BackendError or exc.__cause__ is not None:
+        return APIErrorBody(502, f"the generator failed; {_OPERATOR}", "upstream_error",
+                            "upstream_failed")
+    return None
 
 
 #: Loggers whose records may carry an upstream's words (and so, in theory, a key it echoed).

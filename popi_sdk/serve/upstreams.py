@@ -21,8 +21,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
 from popi_sdk.errors import InputError
 from popi_sdk.serve.config import ANTHROPIC, OPENAI, GeneratorSpec
 
@@ -128,7 +126,21 @@ class ChunkWriter:
             chunk["usage"] = usage
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The last chunk with ``stream_options.include_usage``: no choices, the counts."""
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                 "model": self.model, "choices": [],
+                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
     DONE = b"data: [DONE]\n\n"
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """Whether a streamed answer should end with a usage chunk, as OpenAI's does."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 class Upstream:
@@ -332,7 +344,8 @@ class AnthropicUpstream(Upstream):
         system, turns = split_system(plain_messages(body["messages"]))
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
         if cap is not None and (not isinstance(cap, int) or cap < 1):
-            raise InputError("max_tokens must be a positive integer")
+            raise InputError(f"max_tokens must be a positive integer, got {cap!r}",
+                             param="max_tokens")
         params: dict[str, Any] = {"model": self.backend.model, "messages": turns,
                                   "max_tokens": cap or ANTHROPIC_DEFAULT_MAX_TOKENS}
         if system:
@@ -349,7 +362,8 @@ class AnthropicUpstream(Upstream):
         try:
             if stream:
                 events = await client.messages.create(**params, stream=True)
-                return Answer(events=self._relay(events), media_type="text/event-stream")
+                return Answer(events=self._relay(events, wants_usage(body)),
+                              media_type="text/event-stream")
             msg = await client.messages.create(**params)
         except sdk.APIError as e:
             raise self.backend.translate_error(e) from e
@@ -359,19 +373,27 @@ class AnthropicUpstream(Upstream):
             msg.model, text, _STOP.get(msg.stop_reason or "", "stop"), usage.input_tokens,
             usage.output_tokens, id_=f"chatcmpl-{msg.id}"))
 
-    async def _relay(self, events: Any) -> Chunks:
+    async def _relay(self, events: Any, usage: bool = False) -> Chunks:
         writer = ChunkWriter(self.backend.model)
         finish = "stop"
+        prompt_tokens = completion_tokens = 0
         try:
             async for event in events:
                 if event.type == "message_start":
                     writer.id, writer.model = f"chatcmpl-{event.message.id}", event.message.model
+                    prompt_tokens = event.message.usage.input_tokens or 0
                     yield writer.event({"role": "assistant", "content": ""})
                 elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                     yield writer.event({"content": event.delta.text})
-                elif event.type == "message_delta" and event.delta.stop_reason:
-                    finish = _STOP.get(event.delta.stop_reason, "stop")
+                elif event.type == "message_delta":
+                    if event.delta.stop_reason:
+                        finish = _STOP.get(event.delta.stop_reason, "stop")
+                    # the final counts: output always, input where the API restates it
+                    completion_tokens = event.usage.output_tokens
+                    prompt_tokens = event.usage.input_tokens or prompt_tokens
             yield writer.event({}, finish)
+            if usage:
+                yield writer.usage(prompt_tokens, completion_tokens)
             yield writer.DONE
         except self.backend.sdk.APIError as e:  # the app turns it into an error event
             raise self.backend.translate_error(e) from e
@@ -393,15 +415,20 @@ class BackendUpstream(Upstream):
         from popi_sdk.backends import GenerateOptions
 
         refuse_untranslatable(body, self.spec)
-        wanted = {"max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
-                  "temperature": body.get("temperature"), "top_p": body.get("top_p"),
-                  "seed": body.get("seed")}
-        try:
-            return GenerateOptions(**{k: v for k, v in wanted.items() if v is not None})
-        except ValidationError as e:
-            field_ = e.errors()[0]
-            name = {"max_new_tokens": "max_tokens"}.get(str(field_["loc"][0]), field_["loc"][0])
-            raise InputError(f"{name}: {field_['msg']}") from None
+        # (request field, option): the error names the field the client sent, as its ``param``.
+        cap = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        fields = [(cap, "max_new_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
+                  ("seed", "seed")]
+        wanted = {}
+        for field_, option in fields:
+            if body.get(field_) is None:
+                continue
+            try:
+                GenerateOptions(**{option: body[field_]})
+            except InputError as e:
+                raise InputError(str(e).replace(f"{option}=", f"{field_}="), param=field_) from None
+            wanted[option] = body[field_]
+        return GenerateOptions(**wanted)
 
     async def complete(self, body: dict[str, Any], stream: bool) -> Answer:
         options = self._options(body)
@@ -411,22 +438,36 @@ class BackendUpstream(Upstream):
         else:
             async with self._gate:
                 text = await self.backend.agenerate(messages, options)
-        count = self.backend.count_tokens
-        prompt_tokens = sum(count(m["content"]) for m in messages)
-        done = count(text)
+        prompt_tokens = prompt_token_count(self.backend, messages)
+        done = self.backend.count_tokens(text)
         finish = "length" if done >= options.max_new_tokens else "stop"
         model = self.spec.id
         if not stream:
             return Answer(body=completion(model, text, finish, prompt_tokens, done))
-        return Answer(events=self._events(model, text, finish), media_type="text/event-stream")
+        usage = (prompt_tokens, done) if wants_usage(body) else None
+        return Answer(events=self._events(model, text, finish, usage),
+                      media_type="text/event-stream")
 
     @staticmethod
-    async def _events(model: str, text: str, finish: str) -> Chunks:
+    async def _events(model: str, text: str, finish: str,
+                      usage: tuple[int, int] | None = None) -> Chunks:
         writer = ChunkWriter(model)
         yield writer.event({"role": "assistant", "content": ""})
         yield writer.event({"content": text})
         yield writer.event({}, finish)
+        if usage is not None:
+            yield writer.usage(*usage)
         yield writer.DONE
+
+
+def prompt_token_count(backend: Any, messages: list[dict[str, str]]) -> int:
+    """The tokens the model reads for ``messages``: the chat template's text where the backend
+    has one (role markers and the generation prompt count, as they do for a provider's bill),
+    else the sum over the messages' texts."""
+    chat_text = getattr(backend, "chat_text", None)
+    if chat_text is not None:
+        return backend.count_tokens(chat_text(messages))
+    return sum(backend.count_tokens(m["content"]) for m in messages)
 
 
 def build_upstream(spec: GeneratorSpec, *, timeout: float, max_retries: int,
