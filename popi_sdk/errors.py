@@ -117,6 +117,18 @@ class ForgetIncompleteError(StoreError):
         super().__init__(message)
 
 
+class UserForgottenError(PopiError):
+    """The user was forgotten while this write was in flight; nothing of it was stored. ``forget``
+    wins over every write that began before it: send the data again to start afresh."""
+
+    def __init__(self, user_id: str):
+        self.user_id = user_id
+        super().__init__(
+            f"user {user_id!r} was forgotten while this write was in flight, so nothing of it was "
+            "stored; send the signals or summary again to start the user afresh"
+        )
+
+
 class LaunchError(PopiError):
     """SkyPilot could not launch the task (no capacity, a rejected request)."""
 

@@ -29,6 +29,7 @@ from popi_sdk.errors import (
     PopiError,
     RateLimitError,
     StoreError,
+    UserForgottenError,
 )
 
 #: Environment variables whose values are upstream credentials.
@@ -127,6 +128,8 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
         if isinstance(exc, InputError):  # e.g. an unknown backend name
             return APIErrorBody(400, msg, "invalid_request_error", "invalid_value")
         return APIErrorBody(502, msg, "upstream_error", "upstream_failed")
+    if isinstance(exc, UserForgottenError):
+        return APIErrorBody(409, msg, "invalid_request_error", "user_forgotten")
     if isinstance(exc, NotFoundError):
         return APIErrorBody(404, msg, "invalid_request_error", "not_found")
     if isinstance(exc, InputError):
