@@ -19,7 +19,10 @@ from pydantic import ValidationError
 from popi_sdk.backends import Backend, get_backend
 from popi_sdk.errors import InputError, NotFoundError, PopiError, describe_validation_error
 from popi_sdk.settings import DEFAULT_BACKEND
+from popi_sdk.user_ids import check_user_id
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore, UserRow, UserSignals
+
+SignalsLike = UserSignals | UserRow | dict
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +90,11 @@ class SummaryLifecycle:
     # -- the summary's life: versions, edits, new signals, usefulness ----------------------
     def get_summary(self, user_id: str) -> Summary | None:
         """The current summary of ``user_id`` (its newest version), or None if none is stored."""
-        return self.store.latest(user_id)
+        return self.store.latest(check_user_id(user_id))
 
     def history(self, user_id: str) -> list[Summary]:
         """Every stored version of ``user_id``'s summary, oldest first (the last is current)."""
-        return self.store.history(user_id)
+        return self.store.history(check_user_id(user_id))
 
     def edit_summary(self, user_id: str, text: str) -> Summary:
         """Store ``text``, written by the user (or for them), as their current summary.
@@ -99,8 +102,7 @@ class SummaryLifecycle:
         It becomes a new version with ``source="user"``; later ``summarize`` calls, cache hits
         and :meth:`add_signals` refreshes return it unchanged unless they are called with
         ``replace_user_edit=True``."""
-        if not isinstance(user_id, str) or not user_id.strip():
-            raise InputError("user_id must be a non-empty string")
+        user_id = check_user_id(user_id)
         if not isinstance(text, str) or not text.strip():
             raise InputError(
                 f"the edited summary of {user_id!r} is empty; write the preferences as text "
@@ -123,6 +125,7 @@ class SummaryLifecycle:
 
     def stored_signals(self, user_id: str) -> UserSignals | None:
         """The signals the store keeps for ``user_id`` (merged by :meth:`add_signals`), if any."""
+        user_id = check_user_id(user_id)
         record = self.store.signals(user_id)
         if not record:
             return None
@@ -149,13 +152,12 @@ class SummaryLifecycle:
         Measured on synthetic users with the embedded model, the fresh summary scored better
         (docs/lifecycle.md, ``benchmarks/refresh.py``). A current user edit is kept (and
         returned) unless ``replace_user_edit=True``; the signals are stored either way."""
-        if not isinstance(user_id, str) or not user_id.strip():
-            raise InputError("user_id must be a non-empty string")
+        user_id = check_user_id(user_id)
         examples = list(examples)
         if isinstance(signals, UserRow):
             examples = [*signals.examples, *examples]
             signals = signals.signals
-        if isinstance(signals, UserSignals) and signals.user_id != user_id:
+        if isinstance(signals, UserSignals) and check_user_id(signals.user_id) != user_id:
             raise InputError(
                 f"the signals are for user {signals.user_id!r}, not {user_id!r}; pass the same id"
             )
@@ -230,6 +232,7 @@ class SummaryLifecycle:
         from popi_sdk.eval import metrics as M
         from popi_sdk.scoring import ReferenceCache, SequenceScorer, summary_logprobs
 
+        user_id = check_user_id(user_id)
         versions = self.store.history(user_id)
         if not versions:
             raise NotFoundError(
@@ -298,4 +301,4 @@ class SummaryLifecycle:
         ``forget`` wins over writes in flight: an ``add_signals``, ``summarize`` or
         ``edit_summary`` for this user that began before it stores nothing afterwards and raises
         :class:`~popi_sdk.errors.UserForgottenError`."""
-        return self.store.delete_user(user_id)
+        return self.store.delete_user(check_user_id(user_id))

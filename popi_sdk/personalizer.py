@@ -16,19 +16,19 @@ from popi_sdk.backends import Backend, check_backend_name, get_backend
 from popi_sdk.backends.base import Message
 from popi_sdk.errors import EmptySummaryError, InputError, describe_validation_error
 from popi_sdk.generation import Generation, GenerationMethods
-from popi_sdk.lifecycle import SummaryLifecycle
+from popi_sdk.lifecycle import SignalsLike, SummaryLifecycle
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, DEFAULT_SUMMARIZER, resolve
 from popi_sdk.signals import Summary, UserRow, UserSignals
 from popi_sdk.store import DEFAULT_MAX_STORED_SIGNALS, SummaryStore, open_store
 from popi_sdk.summary_spec import SummarySpec, check_field, length_overrides
+from popi_sdk.user_ids import check_user_id
 
 __all__ = [
     "SMALL_MODEL", "Generation", "Personalizer", "answer_all", "as_user_signals",
     "server_concurrency",
 ]
 
-SignalsLike = UserSignals | UserRow | dict
 
 #: Decoding settings that keep the embedded 135M model from looping without derailing it
 #: (a repetition penalty of 1.2 already sends it off topic): ``Personalizer(**SMALL_MODEL)``,
@@ -37,20 +37,24 @@ SMALL_MODEL: dict[str, Any] = {"repetition_penalty": 1.05, "no_repeat_ngram_size
 
 
 def as_user_signals(value: SignalsLike) -> UserSignals:
-    """Accept :class:`UserSignals`, a dataset :class:`UserRow`, or a plain dict."""
+    """Accept :class:`UserSignals`, a dataset :class:`UserRow`, or a plain dict; the user id
+    must follow the user-id rule (:mod:`popi_sdk.user_ids`) and comes back normalized."""
     if isinstance(value, UserSignals):
-        return value
-    if isinstance(value, UserRow):
-        return value.user_signals()
-    if isinstance(value, dict):
+        user = value
+    elif isinstance(value, UserRow):
+        user = value.user_signals()
+    elif isinstance(value, dict):
         try:
-            return UserSignals.model_validate(value)
+            user = UserSignals.model_validate(value)
         except ValidationError as e:
             details = "; ".join(describe_validation_error(e))
             raise InputError(f"invalid user signals: {details}") from None
-    raise InputError(
-        f"expected UserSignals, a UserRow or a dict of signals, got {type(value).__name__}"
-    )
+    else:
+        raise InputError(
+            f"expected UserSignals, a UserRow or a dict of signals, got {type(value).__name__}"
+        )
+    user_id = check_user_id(user.user_id)
+    return user if user_id == user.user_id else user.model_copy(update={"user_id": user_id})
 
 
 def _one_prompt_each(prompts: Sequence[str] | None, n: int) -> list[str | None]:

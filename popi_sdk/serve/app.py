@@ -11,7 +11,6 @@ A request without a user, or for a user with no summary, is answered unpersonali
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import traceback
@@ -26,44 +25,65 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from popi_sdk.errors import InputError, ModelNotFoundError, NotFoundError, PopiError
+from popi_sdk.serve.auth import (
+    KeyRing,
+    ProxyAuthError,
+    ProxyForbiddenError,
+    ProxyKey,
+    authorize_user,
+)
 from popi_sdk.serve.config import ServeConfig
-from popi_sdk.serve.errors import APIErrorBody, Redactor, install_log_redaction, to_api_error
+from popi_sdk.serve.errors import (
+    APIErrorBody,
+    Redactor,
+    install_log_redaction,
+    one_line,
+    to_api_error,
+)
 from popi_sdk.serve.upstreams import Upstream, build_upstream
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore
 from popi_sdk.store import MemoryStore, SQLiteStore
 from popi_sdk.templates import personalize_messages
+from popi_sdk.user_ids import MAX_USER_ID, check_user_id
 
 log = logging.getLogger("popi_sdk.serve")
 
 USER_HEADER = "x-popi-user"
-MAX_USER_ID = 256
+__all__ = ["MAX_USER_ID", "ProxyAuthError", "create_app", "resolve_user"]
 
 
-class ProxyAuthError(PopiError):
-    """A request without a valid proxy key."""
+class _UserIdConvertor(PathConvertor):
+    """A user id in a route: any characters, ``/`` and line breaks included, so every id reaches
+    the user-id rule and gets its 400 there instead of a 404 from routing."""
 
-    def __init__(self, message: str, code: str):
-        self.code = code
-        super().__init__(message)
+    regex = r"[\s\S]+?"
 
 
-def resolve_user(field: Any, header: str | None) -> str | None:
-    """The user a request is for: the body's ``user``, or the ``X-Popi-User`` header. Both given
-    and different is refused: answering with either user's summary could be the wrong one."""
+register_url_convertor("user_id", _UserIdConvertor())
+
+
+def resolve_user(field: Any, header: str | list[str] | None) -> str | None:
+    """The user a request is for: the body's ``user``, or the ``X-Popi-User`` header, checked
+    and normalized by the one user-id rule (:mod:`popi_sdk.user_ids`; an empty value means no
+    user). Both given and different is refused, and so is a repeated header (a gateway that
+    appends its own must not be overridden by the client's): answering with either user's
+    summary could be the wrong one."""
+    if isinstance(header, list):
+        if len(header) > 1:
+            raise InputError("the X-Popi-User header was sent more than once: send it once")
+        header = header[0] if header else None
     if field is not None and not isinstance(field, str):
         raise InputError("'user' must be a string: the id your app uses for the end user")
-    field = (field or "").strip() or None
-    header = (header or "").strip() or None
+    field = check_user_id(field, what="'user'") if field else None
+    header = check_user_id(header, what="the X-Popi-User header") if header else None
     if field and header and field != header:
         raise InputError(f"the body's user {field!r} and the X-Popi-User header {header!r} differ:"
                          " send one, or the same id in both")
-    user = field or header
-    if user is not None and len(user) > MAX_USER_ID:
-        raise InputError(f"'user' is longer than {MAX_USER_ID} characters")
-    return user
+    return field or header
 
 
 def check_chat_body(raw: bytes) -> dict[str, Any]:
@@ -188,7 +208,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
     if isinstance(store_url, str):
         redact.add(urlsplit(store_url).password or "")
     install_log_redaction(redact)
-    keys = [k.encode() for k in config.api_keys]
+    keys = KeyRing.of(config.api_keys, getattr(config, "scoped_keys", []))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -207,32 +227,32 @@ def create_app(personalizer: Any, config: ServeConfig, *,
     bearer = HTTPBearer(auto_error=False, description="A proxy API key (the OpenAI client's "
                         "api_key). Required unless the server is bound to loopback without keys.")
 
-    def check_key(authorization: str | None) -> None:
-        if not keys:
-            return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ProxyAuthError("no proxy API key: send 'Authorization: Bearer KEY' (the OpenAI "
-                                 "client's api_key) with a key this server was started with",
-                                 "missing_api_key")
-        token = given.strip().encode()
-        if not any(hmac.compare_digest(token, k) for k in keys):
-            raise ProxyAuthError("incorrect proxy API key: use one of the keys this server was "
-                                 "started with (--api-key or POPI_SERVE_API_KEYS)",
-                                 "invalid_api_key")
+    check_key = keys.authenticate
 
-    async def require_key(creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-        check_key(f"Bearer {creds.credentials}" if creds is not None else None)
+    async def require_key(
+        creds: HTTPAuthorizationCredentials | None = Security(bearer),
+    ) -> ProxyKey | None:
+        return check_key(f"Bearer {creds.credentials}" if creds is not None else None)
+
+    async def scoped_user(user_id: str, key: ProxyKey | None = Depends(require_key)) -> str:
+        """The path's user id, normalized, once the request's key may act for it."""
+        return authorize_user(key, user_id)
 
     # -- errors --------------------------------------------------------------------------
     def error_response(err: APIErrorBody, request: Request) -> JSONResponse:
-        log.warning("%s %s -> %d %s", request.method, request.url.path, err.status, err.message)
+        log.warning("%s %s -> %d %s", request.method, one_line(request.url.path), err.status,
+                    one_line(err.message))
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
     @app.exception_handler(ProxyAuthError)
     async def _auth_error(request: Request, exc: ProxyAuthError) -> JSONResponse:
         return error_response(APIErrorBody(401, str(exc), "invalid_request_error", exc.code),
                               request)
+
+    @app.exception_handler(ProxyForbiddenError)
+    async def _forbidden(request: Request, exc: ProxyForbiddenError) -> JSONResponse:
+        return error_response(APIErrorBody(403, str(exc), "invalid_request_error",
+                                           "permission_denied"), request)
 
     @app.exception_handler(PopiError)
     async def _popi_error(request: Request, exc: PopiError) -> JSONResponse:
@@ -255,7 +275,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed:\n%s", request.method, request.url.path,
+        log.error("%s %s failed:\n%s", request.method, one_line(request.url.path),
                   redact("".join(traceback.format_exception(exc))))
         return JSONResponse(to_api_error(exc, redact).body(), status_code=500)
 
@@ -303,9 +323,11 @@ def create_app(personalizer: Any, config: ServeConfig, *,
     async def chat_completions(request: Request) -> Response:
         """A chat completion personalized with the user's current summary."""
         headers_in = request.headers
-        check_key(headers_in.get("authorization"))
+        key = check_key(headers_in.get("authorization"))
         body = check_chat_body(await request.body())
-        user = resolve_user(body.get("user"), headers_in.get(USER_HEADER))
+        user = resolve_user(body.get("user"), headers_in.getlist(USER_HEADER))
+        if user is not None:
+            user = authorize_user(key, user)
         upstream, model = route(body.get("model"))
         summary = await lookup(user) if user else None
         headers = {"x-popi-generator": upstream.spec.id}
@@ -352,33 +374,36 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         summary = current_summary(user_id)
         if summary is None:
             raise NotFoundError(f"no summary stored for user {user_id!r}: POST its signals to "
-                                f"/v1/users/{user_id}/signals, or PUT a summary text")
+                                "/v1/users/ID/signals, or PUT a summary text")
         return summary
 
-    users = [Depends(require_key)]
+    # Every route below takes the user id through scoped_user: checked by the user-id rule and
+    # by the key's prefix. The id may hold "/" (sent as %2F, or bare): hence the path converter.
+    users = [Depends(require_key)]  # FastAPI runs it once per request, cached for scoped_user
+    user_dep = Depends(scoped_user)
 
-    @app.get("/v1/users/{user_id}/summary", response_model=Summary, dependencies=users,
+    @app.get("/v1/users/{user_id:user_id}/summary", response_model=Summary, dependencies=users,
              tags=["users"])
-    async def get_summary(user_id: str) -> Summary:
+    async def get_summary(user_id: str = user_dep) -> Summary:
         """The user's current summary (the one chat completions use)."""
         return await run_in_threadpool(_summary_or_404, user_id)
 
-    @app.get("/v1/users/{user_id}/summaries", response_model=list[Summary], dependencies=users,
+    @app.get("/v1/users/{user_id:user_id}/summaries", response_model=list[Summary], dependencies=users,
              tags=["users"])
-    async def history(user_id: str) -> list[Summary]:
+    async def history(user_id: str = user_dep) -> list[Summary]:
         """Every version of the user's summary, oldest first."""
         return await run_in_threadpool(personalizer.history, user_id)
 
-    @app.put("/v1/users/{user_id}/summary", response_model=Summary, dependencies=users,
+    @app.put("/v1/users/{user_id:user_id}/summary", response_model=Summary, dependencies=users,
              tags=["users"])
-    async def edit_summary(user_id: str, edit: SummaryEdit) -> Summary:
+    async def edit_summary(edit: SummaryEdit, user_id: str = user_dep) -> Summary:
         """Store a user-written summary as the new current version; re-summarizing never
         overwrites it unless asked."""
         return await run_in_threadpool(personalizer.edit_summary, user_id, edit.text)
 
-    @app.post("/v1/users/{user_id}/signals", response_model=Summary, dependencies=users,
+    @app.post("/v1/users/{user_id:user_id}/signals", response_model=Summary, dependencies=users,
               tags=["users"])
-    async def add_signals(user_id: str, update: SignalsUpdate) -> Summary:
+    async def add_signals(update: SignalsUpdate, user_id: str = user_dep) -> Summary:
         """Merge new signals into the user's stored ones (oldest evicted beyond the store's
         per-user limit) and re-summarize; returns the new current summary. A summary the user
         wrote is kept unless ``replace_user_edit`` is true."""
@@ -387,9 +412,9 @@ def create_app(personalizer: Any, config: ServeConfig, *,
                 user_id, update.signals, examples=update.examples,
                 with_current=update.with_current, replace_user_edit=update.replace_user_edit))
 
-    @app.post("/v1/users/{user_id}/score", response_model=SummaryScore, dependencies=users,
+    @app.post("/v1/users/{user_id:user_id}/score", response_model=SummaryScore, dependencies=users,
               tags=["users"])
-    async def score(user_id: str, request: ScoreRequest | None = None) -> SummaryScore:
+    async def score(request: ScoreRequest | None = None, user_id: str = user_dep) -> SummaryScore:
         """The summary's usefulness on the user's labeled pairs: reward accuracy and mean margin
         gain over no summary, with a local scoring model; stored with the version, so
         ``/summaries`` shows it."""
@@ -397,9 +422,9 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         return await run_in_threadpool(
             lambda: personalizer.score(user_id, request.examples, version=request.version))
 
-    @app.delete("/v1/users/{user_id}", response_model=Forgotten, dependencies=users,
+    @app.delete("/v1/users/{user_id:user_id}", response_model=Forgotten, dependencies=users,
                 tags=["users"])
-    async def forget(user_id: str) -> Forgotten:
+    async def forget(user_id: str = user_dep) -> Forgotten:
         """Remove every stored summary version and signal of the user."""
         deleted = await run_in_threadpool(personalizer.forget, user_id)
         return Forgotten(user_id=user_id, deleted=deleted)
@@ -415,6 +440,8 @@ def create_app(personalizer: Any, config: ServeConfig, *,
     async def answer_error(exc: Exception, request: Request) -> JSONResponse:
         if isinstance(exc, ProxyAuthError):
             return await _auth_error(request, exc)
+        if isinstance(exc, ProxyForbiddenError):
+            return await _forbidden(request, exc)
         if isinstance(exc, PopiError):
             return await _popi_error(request, exc)
         return await _unexpected(request, exc)

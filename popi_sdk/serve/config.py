@@ -147,16 +147,19 @@ class ServeConfig:
 
     generators: list[GeneratorSpec]
     api_keys: list[str] = field(default_factory=list)
+    #: Keys scoped to a user-id prefix (:class:`popi_sdk.serve.auth.ProxyKey`), one tenant each.
+    scoped_keys: list = field(default_factory=list)
     host: str = "127.0.0.1"
     timeout: float = 600.0
     max_retries: int = 2
 
     def __post_init__(self) -> None:
-        if not self.api_keys and not is_loopback(self.host):
+        if not self.api_keys and not self.scoped_keys and not is_loopback(self.host):
             raise ConfigError(
                 f"--host {self.host} is reachable from other machines, so popi serve needs proxy "
                 f"API keys: pass --api-key KEY or set {KEYS_ENV}=KEY1,KEY2 (clients send it as "
-                "their OpenAI api_key), or bind --host 127.0.0.1"
+                "their OpenAI api_key), or scoped keys (--key NAME:KEY:PREFIX, --keys-file), or "
+                "bind --host 127.0.0.1"
             )
         if self.timeout <= 0:
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")

@@ -144,6 +144,15 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
                         "server_error", None)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` safe for one log line: control characters and line breaks become escapes, so a
+    request's path or id can never write a line of its own (a forged ``INFO:`` entry)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 #: Loggers whose records may carry an upstream's words (and so, in theory, a key it echoed).
 REDACTED_LOGGERS = ("popi_sdk.serve", "openai", "openai._base_client", "anthropic",
                     "anthropic._base_client", "httpx2", "uvicorn", "uvicorn.error", "uvicorn.access")
