@@ -37,6 +37,7 @@ from popi_sdk.serve.auth import (
     authorize_user,
 )
 from popi_sdk.serve.config import ServeConfig
+from popi_sdk.serve.guard import check_request
 from popi_sdk.serve.errors import (
     APIErrorBody,
     Redactor,
@@ -435,6 +436,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         return {"status": "ok"}
 
     app.state.upstreams = built
+    app.state.keyless = not keys
     app.state.redact = redact
 
     async def answer_error(exc: Exception, request: Request) -> JSONResponse:
@@ -470,6 +472,13 @@ class PopiProxy:
         return self.api.openapi()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (
+            refused := check_request(scope, keyless=self.api.state.keyless)
+        ) is not None:  # before any route: a forged Host, Origin or content type (guard.py)
+            log.warning("%s %s -> %d %s", scope["method"], one_line(scope["path"]),
+                        refused.status, refused.message)
+            await JSONResponse(refused.body(), status_code=refused.status)(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["path"] == self.CHAT and scope["method"] == "POST":
             request = Request(scope, receive)
             try:
