@@ -23,6 +23,10 @@ class InputError(PopiError, ValueError):
     """A user-supplied value (signals, prompt, option) is invalid."""
 
 
+class PayloadTooLargeError(InputError):
+    """A request body over the server's limit (HTTP 413)."""
+
+
 class DataFileError(InputError):
     """One or more rows of a data file are invalid; ``problems`` lists every one of them."""
 

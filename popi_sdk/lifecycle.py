@@ -18,13 +18,29 @@ from pydantic import ValidationError
 
 from popi_sdk.backends import Backend, get_backend
 from popi_sdk.errors import InputError, NotFoundError, PopiError, describe_validation_error
-from popi_sdk.settings import DEFAULT_BACKEND
+from popi_sdk.settings import DEFAULT_BACKEND, max_summary_chars
 from popi_sdk.user_ids import check_user_id
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore, UserRow, UserSignals
 
 SignalsLike = UserSignals | UserRow | dict
 
 log = logging.getLogger(__name__)
+
+
+def check_storable(value: object, what: str) -> None:
+    """Refuse a NUL character before anything is stored: PostgreSQL cannot hold one in text or
+    JSON, and a store must not fail half-way through a write because of the input."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InputError(f"{what} contains a NUL character (\\x00), which cannot be stored; "
+                             "remove it and send the text again")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(key, what)
+            check_storable(item, what)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_storable(item, what)
 
 
 class SummaryLifecycle:
@@ -109,6 +125,13 @@ class SummaryLifecycle:
                 f"(use forget({user_id!r}) to remove the user's summaries instead)"
             )
         text = text.strip()
+        check_storable(text, f"the edited summary of {user_id!r}")
+        if len(text) > (limit := max_summary_chars()):
+            raise InputError(
+                f"the edited summary of {user_id!r} is {len(text)} characters; a summary may have "
+                f"at most {limit} (it is sent with every personalized request): shorten it, or "
+                "raise POPI_MAX_SUMMARY_CHARS"
+            )
         with self._writing(user_id) as lease:
             current = self.store.latest(user_id)
             return self.store.put(
@@ -179,6 +202,8 @@ class SummaryLifecycle:
             details = "; ".join(describe_validation_error(e))
             raise InputError(f"invalid examples for user {user_id!r}: {details}") from None
         fields = signals.model_dump(include=set(Signals.model_fields))
+        check_storable(signals.model_dump(mode="json"), f"the signals of {user_id!r}")
+        check_storable([e.model_dump(mode="json") for e in examples], f"the examples of {user_id!r}")
         with self._writing(user_id) as lease:
             return self._merge_and_refresh(
                 UserSignals(user_id=user_id, **fields), examples, lease,

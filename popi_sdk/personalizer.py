@@ -16,7 +16,7 @@ from popi_sdk.backends import Backend, check_backend_name, get_backend
 from popi_sdk.backends.base import Message
 from popi_sdk.errors import EmptySummaryError, InputError, describe_validation_error
 from popi_sdk.generation import Generation, GenerationMethods
-from popi_sdk.lifecycle import SignalsLike, SummaryLifecycle
+from popi_sdk.lifecycle import SignalsLike, SummaryLifecycle, check_storable
 from popi_sdk.progress import progress_bar
 from popi_sdk.settings import DEFAULT_BACKEND, DEFAULT_SUMMARIZER, resolve
 from popi_sdk.signals import Summary, UserRow, UserSignals
@@ -54,6 +54,7 @@ def as_user_signals(value: SignalsLike) -> UserSignals:
             f"expected UserSignals, a UserRow or a dict of signals, got {type(value).__name__}"
         )
     user_id = check_user_id(user.user_id)
+    check_storable(user.signals().model_dump(mode="json"), f"the signals of {user_id!r}")
     return user if user_id == user.user_id else user.model_copy(update={"user_id": user_id})
 
 
@@ -201,7 +202,7 @@ class Personalizer(SummaryLifecycle, GenerationMethods):
         an empty answer is refused once, for every backend, before anything is stored. A summary
         stopped by the length cap is cut back to its last complete sentence."""
         raw, spec = text, self.summary_spec
-        text = spec.clean(text)
+        text = spec.clean(text.replace("\x00", ""))  # no store can hold a NUL
         if not text.strip() and not allow_empty:
             shown = raw if len(raw) <= 200 else raw[:200] + "..."
             raise EmptySummaryError(

@@ -9,6 +9,8 @@ summary store          ``POPI_STORE`` (path or URL)        ``$POPI_HOME/summarie
 summarizer backend     ``POPI_SUMMARIZER``                 ``hf`` (embedded SmolLM2-135M)
 generator backend      ``POPI_GENERATOR``                  ``hf`` (embedded SmolLM2-135M)
 longest signal text    ``POPI_MAX_SIGNAL_CHARS``           32,000 characters
+longest summary        ``POPI_MAX_SUMMARY_CHARS``          4,000 characters
+largest request body   ``POPI_MAX_BODY_BYTES``             1 MiB (``popi serve``)
 API request timeout    ``POPI_API_TIMEOUT``                15 s per attempt
 API retries            ``POPI_API_MAX_RETRIES``            2 (3 attempts in all)
 local model threads    ``POPI_THREADS``                    ``OMP_NUM_THREADS``, else half
@@ -32,6 +34,9 @@ DEFAULT_BACKEND = "hf"
 #: (popi_sdk.backends.adapters); ``hf`` names the untrained one.
 DEFAULT_SUMMARIZER = "hf:popi"
 DEFAULT_MAX_SIGNAL_CHARS = 32_000
+#: A summary is sent with every personalized request: a few sentences, not a document.
+DEFAULT_MAX_SUMMARY_CHARS = 4_000
+DEFAULT_MAX_BODY_BYTES = 1 << 20
 #: A server backend's defaults: 3 attempts of at most 15 s, so a hung server fails within about
 #: 47 s (see :func:`api_total_bound`), under the 60 s most load balancers and gateways allow.
 DEFAULT_API_TIMEOUT = 15.0
@@ -79,6 +84,28 @@ def max_signal_chars() -> int:
     if not raw:
         return DEFAULT_MAX_SIGNAL_CHARS
     return int(_number(raw, "POPI_MAX_SIGNAL_CHARS", int, 1, "a whole number of characters"))
+
+
+def max_summary_chars(explicit: int | None = None) -> int:
+    """Longest summary text a user (or app) may store: argument, ``POPI_MAX_SUMMARY_CHARS``,
+    4,000 characters."""
+    if explicit is not None:
+        return int(explicit)
+    raw = os.environ.get("POPI_MAX_SUMMARY_CHARS")
+    if not raw:
+        return DEFAULT_MAX_SUMMARY_CHARS
+    return int(_number(raw, "POPI_MAX_SUMMARY_CHARS", int, 1, "a whole number of characters"))
+
+
+def max_body_bytes(explicit: int | None = None) -> int:
+    """Largest request body ``popi serve`` reads: argument (``--max-body-bytes``),
+    ``POPI_MAX_BODY_BYTES``, 1 MiB."""
+    if explicit is not None:
+        return int(explicit)
+    raw = os.environ.get("POPI_MAX_BODY_BYTES")
+    if not raw:
+        return DEFAULT_MAX_BODY_BYTES
+    return int(_number(raw, "POPI_MAX_BODY_BYTES", int, 1, "a whole number of bytes"))
 
 
 def api_timeout(explicit: float | None = None) -> float:

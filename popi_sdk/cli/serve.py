@@ -31,6 +31,9 @@ def serve(
         help="File of scoped keys, one NAME:SECRET:PREFIX a line (env POPI_SERVE_KEYS_FILE)."),
     timeout: float = typer.Option(600.0, help="Seconds per upstream attempt."),
     max_retries: int = typer.Option(2, min=0, help="Upstream retries on connection errors, 429 and 5xx."),
+    max_body_bytes: Optional[int] = typer.Option(
+        None, "--max-body-bytes", min=1,
+        help="Largest request body read, in bytes (env POPI_MAX_BODY_BYTES; default 1 MiB)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(True, help="Log one line per request (method, path, status)."),
 ) -> None:
@@ -48,7 +51,8 @@ def serve(
     values = list(generator or []) or ([os.environ["POPI_GENERATOR"]]
                                        if os.environ.get("POPI_GENERATOR") else [])
     config = ServeConfig(generators=parse_generators(values), api_keys=resolve_keys(api_key),
-                         scoped_keys=resolve_scoped_keys(key, keys_file), host=host, timeout=timeout, max_retries=max_retries)
+                         scoped_keys=resolve_scoped_keys(key, keys_file), host=host, timeout=timeout, max_retries=max_retries,
+                         max_body_bytes=max_body_bytes)
     from popi_sdk import Personalizer
 
     personalizer = Personalizer(summarizer=summarizer, store=store)

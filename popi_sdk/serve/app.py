@@ -37,7 +37,8 @@ from popi_sdk.serve.auth import (
     authorize_user,
 )
 from popi_sdk.serve.config import ServeConfig
-from popi_sdk.serve.guard import check_request
+from popi_sdk.serve.guard import check_request, limit_body
+from popi_sdk.settings import max_body_bytes
 from popi_sdk.serve.errors import (
     APIErrorBody,
     Redactor,
@@ -90,6 +91,9 @@ def resolve_user(field: Any, header: str | list[str] | None) -> str | None:
 def check_chat_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
+    except RecursionError:  # a body nested deeper than the parser's stack: refused, not a 500
+        raise InputError("the request body is nested too deeply to be a chat completion "
+                         "request") from None
     except ValueError:
         raise InputError("the request body must be a JSON object (an OpenAI chat completion "
                          "request)") from None
@@ -123,8 +127,9 @@ class SignalsUpdate(BaseModel):
     examples: list[PreferencePair] = Field(
         default_factory=list, description="Labeled pairs kept for scoring, never summarized.")
     with_current: bool = Field(
-        default=True, description="Let the summarizer read the current summary (an incremental "
-        "refresh); false writes a fresh summary from the merged signals.")
+        default=False, description="Let the summarizer read the current summary (an incremental "
+        "refresh); false (the default, as in the SDK) writes a fresh summary from the merged "
+        "signals.")
     replace_user_edit: bool = Field(
         default=False, description="Replace a summary the user wrote; by default it is kept.")
 
@@ -207,7 +212,9 @@ def create_app(personalizer: Any, config: ServeConfig, *,
     redact = Redactor.from_environment([s for u in built for s in u.secrets()])
     store_url = getattr(personalizer.store, "url", None)  # a PostgreSQL URL may hold a password
     if isinstance(store_url, str):
-        redact.add(urlsplit(store_url).password or "")
+        from popi_sdk.store.postgres import url_secrets
+
+        redact.add(*url_secrets(store_url))
     install_log_redaction(redact)
     keys = KeyRing.of(config.api_keys, getattr(config, "scoped_keys", []))
 
@@ -223,7 +230,8 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         version="1",
         description="An OpenAI-compatible proxy that personalizes every chat completion with the "
                     "requesting user's preference summary, and manages those summaries.",
-        docs_url="/docs", redoc_url=None,
+        # /openapi.json and /docs are served below, behind the proxy key like every endpoint.
+        openapi_url=None, docs_url=None, redoc_url=None,
     )
     bearer = HTTPBearer(auto_error=False, description="A proxy API key (the OpenAI client's "
                         "api_key). Required unless the server is bound to loopback without keys.")
@@ -430,6 +438,16 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         deleted = await run_in_threadpool(personalizer.forget, user_id)
         return Forgotten(user_id=user_id, deleted=deleted)
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=users)
+    async def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=users)
+    async def docs() -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="popi serve")
+
     @app.get("/health", tags=["server"])
     async def health() -> dict[str, str]:
         """Liveness, without a key."""
@@ -437,6 +455,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
 
     app.state.upstreams = built
     app.state.keyless = not keys
+    app.state.max_body = max_body_bytes(getattr(config, "max_body_bytes", None))
     app.state.redact = redact
 
     async def answer_error(exc: Exception, request: Request) -> JSONResponse:
@@ -472,19 +491,22 @@ class PopiProxy:
         return self.api.openapi()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        state = self.api.state
         if scope["type"] == "http" and (
-            refused := check_request(scope, keyless=self.api.state.keyless)
-        ) is not None:  # before any route: a forged Host, Origin or content type (guard.py)
+            refused := check_request(scope, keyless=state.keyless, max_body=state.max_body)
+        ) is not None:  # before any route: a forged Host or Origin, a body too big or not JSON
             log.warning("%s %s -> %d %s", scope["method"], one_line(scope["path"]),
                         refused.status, refused.message)
             await JSONResponse(refused.body(), status_code=refused.status)(scope, receive, send)
             return
         if scope["type"] == "http" and scope["path"] == self.CHAT and scope["method"] == "POST":
-            request = Request(scope, receive)
+            request = Request(scope, limit_body(receive, state.max_body))
             try:
                 response = await self._chat(request)
             except Exception as exc:
                 response = await self._on_error(exc, request)
             await response(scope, receive, send)
             return
+        if scope["type"] == "http":
+            receive = limit_body(receive, state.max_body)
         await self.api(scope, receive, send)

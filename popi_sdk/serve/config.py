@@ -172,6 +172,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     timeout: float = 600.0
     max_retries: int = 2
+    #: Largest request body read (``None``: ``POPI_MAX_BODY_BYTES``, else 1 MiB).
+    max_body_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not self.api_keys and not self.scoped_keys and not is_loopback(self.host):

@@ -26,6 +26,7 @@ from popi_sdk.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     NotFoundError,
+    PayloadTooLargeError,
     PopiError,
     RateLimitError,
     StoreError,
@@ -132,6 +133,8 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
         return APIErrorBody(409, msg, "invalid_request_error", "user_forgotten")
     if isinstance(exc, NotFoundError):
         return APIErrorBody(404, msg, "invalid_request_error", "not_found")
+    if isinstance(exc, PayloadTooLargeError):
+        return APIErrorBody(413, msg, "invalid_request_error", "payload_too_large")
     if isinstance(exc, InputError):
         return APIErrorBody(400, msg, "invalid_request_error", "invalid_value")
     if isinstance(exc, StoreError):

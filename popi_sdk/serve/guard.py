@@ -6,6 +6,9 @@
   ``Host``, so a keyless server answers only requests addressed to a loopback name
   (``localhost``, ``127.0.0.1``, ``[::1]``, any port), and refuses an ``Origin`` that is not
   loopback either.
+- **Size**: a body over ``max_body`` bytes (``--max-body-bytes``, ``POPI_MAX_BODY_BYTES``, 1 MiB)
+  is refused with 413 before it is read (its ``Content-Length``) or as soon as it passes the limit
+  (a chunked body, through :func:`limit_body`).
 - **Content type**: a body must be JSON (``application/json`` or ``…+json``). A browser sends a
   cross-origin ``text/plain`` POST without asking first (a "simple request"); a JSON one needs a
   preflight this server never grants. So refusing any other type closes that door in every mode.
@@ -16,8 +19,10 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from popi_sdk.errors import PayloadTooLargeError
 from popi_sdk.serve.errors import APIErrorBody
 
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH", b"DELETE"}
@@ -40,7 +45,7 @@ def _host_of(value: str) -> str:
     return urlsplit(f"//{value}").hostname or ""
 
 
-def check_request(scope: dict, *, keyless: bool) -> APIErrorBody | None:
+def check_request(scope: dict, *, keyless: bool, max_body: int | None = None) -> APIErrorBody | None:
     """The error to answer instead of routing ``scope``, or ``None`` to let it through."""
     if scope.get("path") in EXEMPT:
         return None
@@ -62,6 +67,12 @@ def check_request(scope: dict, *, keyless: bool) -> APIErrorBody | None:
                     403, "cross-origin requests are refused by a server without proxy keys (the "
                     "Origin header names another site); start it with --api-key to serve "
                     "browsers elsewhere", "invalid_request_error", "origin_not_allowed")
+    length = (headers.get(b"content-length") or [b""])[0].strip()
+    if max_body is not None and length.isdigit() and int(length) > max_body:
+        return APIErrorBody(
+            413, f"the request body is {int(length)} bytes; this server reads at most {max_body} "
+            "(--max-body-bytes, POPI_MAX_BODY_BYTES)", "invalid_request_error",
+            "payload_too_large")
     if scope.get("method", "").encode() in _BODY_METHODS and _has_body(headers):
         media = (headers.get(b"content-type") or [b""])[0].decode("latin-1")
         media = media.split(";", 1)[0].strip().lower()
@@ -78,3 +89,22 @@ def _has_body(headers: dict[bytes, list[bytes]]) -> bool:
         return True
     length = (headers.get(b"content-length") or [b"0"])[0]
     return length.strip() not in (b"", b"0")
+
+
+def limit_body(receive: Callable[[], Awaitable[dict]], max_body: int):
+    """``receive`` that raises :class:`~popi_sdk.errors.PayloadTooLargeError` once the body read
+    so far passes ``max_body`` bytes (a chunked body has no length to check up front)."""
+    seen = 0
+
+    async def limited() -> dict:
+        nonlocal seen
+        message = await receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_body:
+                raise PayloadTooLargeError(
+                    f"the request body passed {max_body} bytes, the most this server reads "
+                    "(--max-body-bytes, POPI_MAX_BODY_BYTES)")
+        return message
+
+    return limited

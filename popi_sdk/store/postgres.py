@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from popi_sdk.errors import MissingDependencyError, StoreError, UserForgottenError
+from popi_sdk.redact import redact_url as _redact_url
 from popi_sdk.signals import Summary, SummaryScore
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,21 @@ _TABLES = [
 _COLUMNS = "user_id, version, source, summarizer, signals_hash, text, n_tokens, created_at, score"
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+# Every URL shown goes through the one redactor: it masks the userinfo and the query string's
+# "password=" (libpq takes a password there too) and other secret-looking parameters.
+redact_url = _redact_url
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords a PostgreSQL URL holds, for a redactor."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    found = [unquote(parts.password)] if parts.password else []
+    for name, values in parse_qs(parts.query).items():
+        if name.lower() in ("password", "sslpassword"):
+            found.extend(v for v in values if v)
+    return found
 
 
 def _psycopg():
@@ -125,13 +137,32 @@ class PostgresStore:
             self._local.pid = os.getpid()
         return conn
 
+    def _begin(self):
+        """This thread's connection with a transaction begun. A kept connection the server has
+        dropped since (a restart, an idle timeout, a failover) fails on ``BEGIN``, before any
+        statement ran: it is replaced and the transaction begun once more on a new one."""
+        psycopg = _psycopg()
+        for attempt in (0, 1):
+            conn = self._connect()
+            stack = ExitStack()
+            try:
+                stack.enter_context(conn.transaction())
+                return conn, stack
+            except psycopg.OperationalError:
+                if attempt or not (conn.broken or conn.closed):
+                    raise
+                log.info("the summary store's connection was closed by the server; reconnecting")
+                conn.close()
+                self._local.conn = None
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _transaction(self, user_id: str | None = None):
         """A transaction; with ``user_id``, holding that user's advisory lock until it ends."""
         psycopg = _psycopg()
         try:
-            conn = self._connect()
-            with conn.transaction():
+            conn, begun = self._begin()
+            with begun:
                 if user_id is not None:
                     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (user_id,))
                 yield conn
