@@ -138,3 +138,31 @@ def test_a_thousand_forgets_racing_writes_leave_nothing(kind, tmp_path, request)
     users = [f"u{i}" for i in range(10)]
     with ThreadPoolExecutor(max_workers=3 * len(users)) as pool:
         assert race(p, users, rounds=100, pool=pool) == 1000
+
+
+def test_over_http_a_write_in_flight_when_forgotten_is_a_409(tmp_path):
+    """``POST /signals`` held at the summarizer while ``DELETE`` runs: the client gets 409
+    ``user_forgotten``, and the next chat is not personalized with the forgotten signals."""
+    pytest.importorskip("fastapi")
+    import httpx2
+
+    from popi_sdk.serve import ServeConfig, create_app, parse_generators
+    from popi_sdk.serve.background import running
+
+    p = Personalizer(summarizer="gated", generator="gated", store=str(tmp_path / "s.sqlite"))
+    config = ServeConfig(generators=parse_generators(["gated"]), max_retries=0)
+    with running(create_app(p, config)) as base, ThreadPoolExecutor(1) as pool:
+        http = httpx2.Client(base_url=base + "/v1", timeout=60)
+        GATE.arm()
+        try:
+            posted = pool.submit(http.post, "/users/u1/signals", json={"signals": _signals("u1", 1)})
+            GATE.wait_entered(1)
+            assert http.delete("/users/u1").json() == {"user_id": "u1", "deleted": 0}
+        finally:
+            GATE.disarm()
+        answer = posted.result(timeout=60)
+        assert answer.status_code == 409 and answer.json()["error"]["code"] == "user_forgotten"
+        chat = http.post("/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                    "user": "u1"})
+        assert chat.headers["x-popi-personalized"] == "false"
+    assert p.history("u1") == [] and p.store.signals("u1") is None

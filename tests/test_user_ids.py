@@ -94,7 +94,7 @@ def _raw(base: str, method: str, path: str, body: dict | None = None,
     """One request with exactly these headers, repeats included (clients merge repeats)."""
     url = urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    conn.putrequest(method, url.path + path)
+    conn.putrequest(method, url.path + path)  # the path as given, already percent-encoded
     data = json.dumps(body).encode() if body is not None else b""
     for name, value in [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                         *headers]:
@@ -157,3 +157,35 @@ def test_an_id_cannot_forge_a_log_line(server, caplog):
     assert status == 400
     lines = [line for r in caplog.records for line in r.getMessage().splitlines()]
     assert lines and not any(line.startswith("INFO:popi:forged") for line in lines)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_server(request, tmp_path, upstream):
+    store = (str(tmp_path / "s.sqlite") if request.param == "sqlite"
+             else request.getfixturevalue("postgres_url"))
+    p = Personalizer(summarizer=OpenAIBackend("s", base_url=upstream.url, max_retries=0),
+                     store=store)
+    config = ServeConfig(generators=parse_generators([f"stub=openai:echo-1@{upstream.url}"]),
+                         max_retries=0)
+    with running(create_app(p, config)) as base:
+        yield base + "/v1", p
+
+
+def test_every_endpoint_refuses_a_bad_id_on_both_stores(any_store_server):
+    from urllib.parse import quote
+
+    base, p = any_store_server
+    p.edit_summary("alice", "Alice likes short answers.")
+    for bad in (" alice", "al\nice", "a\x00b", "x" * 300):
+        path = f"/users/{quote(bad, safe='')}"
+        for method, suffix, body in (("GET", "/summary", None), ("GET", "/summaries", None),
+                                     ("PUT", "/summary", {"text": "x"}),
+                                     ("POST", "/signals", {"signals": {"persona": "x"}}),
+                                     ("POST", "/score", {}), ("DELETE", "", None)):
+            status, payload = _raw(base, method, path + suffix, body)
+            assert status == 400, (method, suffix, repr(bad), status, payload)
+        status, _ = _raw(base, "POST", "/chat/completions",
+                         {"model": "stub", "messages": HI, "user": bad})
+        assert status == 400
+    assert p.store.user_ids() == ["alice"]
+    assert [s.text for s in p.history("alice")] == ["Alice likes short answers."]

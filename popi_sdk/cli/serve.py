@@ -24,11 +24,12 @@ def serve(
              "keeps keys out of the process list."),
     key: Optional[list[str]] = typer.Option(
         None, "--key",
-        help="A key scoped to one tenant, NAME:SECRET:PREFIX: it may act only for user ids "
-             "starting with PREFIX (* for all). Repeatable; see --keys-file."),
+        help="A key scoped to one tenant, NAME:TOKEN:PREFIX (TOKEN is the secret clients send): "
+             "it may act only for user ids starting with PREFIX (* for all). Repeatable; see "
+             "--keys-file."),
     keys_file: Optional[str] = typer.Option(
         None, "--keys-file",
-        help="File of scoped keys, one NAME:SECRET:PREFIX a line (env POPI_SERVE_KEYS_FILE)."),
+        help="File of scoped keys, one NAME:TOKEN:PREFIX a line (env POPI_SERVE_KEYS_FILE)."),
     timeout: float = typer.Option(600.0, help="Seconds per upstream attempt."),
     max_retries: int = typer.Option(2, min=0, help="Upstream retries on connection errors, 429 and 5xx."),
     max_body_bytes: Optional[int] = typer.Option(
