@@ -7,6 +7,10 @@ next request, in every process sharing the store) and enters the conversation th
 :func:`popi_sdk.templates.personalize_messages`, the function ``Personalizer.generate`` uses too.
 A request without a user, or for a user with no summary, is answered unpersonalized; the
 ``X-Popi-Personalized`` response header says which happened, ``X-Popi-Reason`` why not.
+
+Who may act for which user is :mod:`popi_sdk.serve.auth` (every route that names a user calls
+``authorize_user`` with the resolved id); what every request must pass before routing (Host and
+Origin on a keyless server, body size, JSON content type) is :mod:`popi_sdk.serve.guard`.
 """
 
 from __future__ import annotations
