@@ -28,6 +28,10 @@ class InputError(PopiError, ValueError):
         self.param = param
 
 
+class PayloadTooLargeError(InputError):
+    """A request body over the server's limit (HTTP 413)."""
+
+
 class DataFileError(InputError):
     """One or more rows of a data file are invalid; ``problems`` lists every one of them."""
 
@@ -120,6 +124,18 @@ class ForgetIncompleteError(StoreError):
         self.user_id = user_id
         self.deleted = deleted
         super().__init__(message)
+
+
+class UserForgottenError(PopiError):
+    """The user was forgotten while this write was in flight; nothing of it was stored. ``forget``
+    wins over every write that began before it: send the data again to start afresh."""
+
+    def __init__(self, user_id: str):
+        self.user_id = user_id
+        super().__init__(
+            f"user {user_id!r} was forgotten while this write was in flight, so nothing of it was "
+            "stored; send the signals or summary again to start the user afresh"
+        )
 
 
 class LaunchError(PopiError):

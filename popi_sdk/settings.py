@@ -9,7 +9,11 @@ summary store          ``POPI_STORE`` (path or URL)        ``$POPI_HOME/summarie
 summarizer backend     ``POPI_SUMMARIZER``                 ``hf`` (embedded SmolLM2-135M)
 generator backend      ``POPI_GENERATOR``                  ``hf`` (embedded SmolLM2-135M)
 longest signal text    ``POPI_MAX_SIGNAL_CHARS``           32,000 characters
-API request timeout    ``POPI_API_TIMEOUT``                15 s per attempt
+longest summary        ``POPI_MAX_SUMMARY_CHARS``          4,000 characters
+largest request body   ``POPI_MAX_BODY_BYTES``             1 MiB (``popi serve``)
+API answer timeout     ``POPI_API_TIMEOUT``                600 s per attempt (between chunks
+                                                           when streaming)
+API connect timeout    ``POPI_API_CONNECT_TIMEOUT``        5 s per attempt
 API retries            ``POPI_API_MAX_RETRIES``            2 (3 attempts in all)
 local model threads    ``POPI_THREADS``                    ``OMP_NUM_THREADS``, else half
                                                            the cores, at most 4 (1 on 2 cores)
@@ -32,9 +36,16 @@ DEFAULT_BACKEND = "hf"
 #: (popi_sdk.backends.adapters); ``hf`` names the untrained one.
 DEFAULT_SUMMARIZER = "hf:popi"
 DEFAULT_MAX_SIGNAL_CHARS = 32_000
-#: A server backend's defaults: 3 attempts of at most 15 s, so a hung server fails within about
-#: 47 s (see :func:`api_total_bound`), under the 60 s most load balancers and gateways allow.
-DEFAULT_API_TIMEOUT = 15.0
+#: A summary is sent with every personalized request: a few sentences, not a document.
+DEFAULT_MAX_SUMMARY_CHARS = 4_000
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: A server backend's defaults. Connecting is quick or the server is down: 5 s, so a dead server
+#: fails within about 17 s over 3 attempts (:func:`api_connect_bound`). An answer takes as long as
+#: the model writes: a non-streamed GPT-4o or Claude answer of a few thousand tokens, or any answer
+#: from a busy self-hosted server, runs past a minute, so an attempt may wait 600 s for it (the
+#: official clients' default); when streaming, that is the longest wait between two chunks.
+DEFAULT_API_TIMEOUT = 600.0
+DEFAULT_API_CONNECT_TIMEOUT = 5.0
 DEFAULT_API_MAX_RETRIES = 2
 
 
@@ -81,14 +92,54 @@ def max_signal_chars() -> int:
     return int(_number(raw, "POPI_MAX_SIGNAL_CHARS", int, 1, "a whole number of characters"))
 
 
+def max_summary_chars(explicit: int | None = None) -> int:
+    """Longest summary text a user (or app) may store: argument, ``POPI_MAX_SUMMARY_CHARS``,
+    4,000 characters."""
+    if explicit is not None:
+        return int(explicit)
+    raw = os.environ.get("POPI_MAX_SUMMARY_CHARS")
+    if not raw:
+        return DEFAULT_MAX_SUMMARY_CHARS
+    return int(_number(raw, "POPI_MAX_SUMMARY_CHARS", int, 1, "a whole number of characters"))
+
+
+def max_body_bytes(explicit: int | None = None) -> int:
+    """Largest request body ``popi serve`` reads: argument (``--max-body-bytes``),
+    ``POPI_MAX_BODY_BYTES``, 1 MiB."""
+    if explicit is not None:
+        return int(explicit)
+    raw = os.environ.get("POPI_MAX_BODY_BYTES")
+    if not raw:
+        return DEFAULT_MAX_BODY_BYTES
+    return int(_number(raw, "POPI_MAX_BODY_BYTES", int, 1, "a whole number of bytes"))
+
+
 def api_timeout(explicit: float | None = None) -> float:
-    """Seconds one API request attempt may take: argument, ``POPI_API_TIMEOUT``, 15."""
+    """Seconds one API request attempt may wait for the answer (when streaming: for each next
+    chunk): argument, ``POPI_API_TIMEOUT``, 600."""
     if explicit is not None:
         return float(explicit)
     raw = os.environ.get("POPI_API_TIMEOUT")
     if not raw:
         return DEFAULT_API_TIMEOUT
     return float(_number(raw, "POPI_API_TIMEOUT", float, 0.001, "a number of seconds"))
+
+
+def api_connect_timeout(explicit: float | None = None) -> float:
+    """Seconds one API request attempt may take to connect: argument,
+    ``POPI_API_CONNECT_TIMEOUT``, 5."""
+    if explicit is not None:
+        return float(explicit)
+    raw = os.environ.get("POPI_API_CONNECT_TIMEOUT")
+    if not raw:
+        return DEFAULT_API_CONNECT_TIMEOUT
+    return float(_number(raw, "POPI_API_CONNECT_TIMEOUT", float, 0.001, "a number of seconds"))
+
+
+def api_connect_bound(connect_timeout: float, max_retries: int) -> float:
+    """The longest a call to a server that does not accept connections takes before its error is
+    raised: every attempt's connect timing out, plus the clients' backoff."""
+    return api_total_bound(connect_timeout, max_retries)
 
 
 def api_max_retries(explicit: int | None = None) -> int:

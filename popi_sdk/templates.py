@@ -123,6 +123,28 @@ def prompt_only_messages(prompt: str) -> list[Message]:
     return [{"role": "user", "content": prompt}]
 
 
+# Chat-template control tokens of the common model families (ChatML and Llama 3 "<|...|>",
+# DeepSeek's full-width "<｜...｜>", Llama 2's [INST] and <<SYS>>, Gemma's turns, BOS/EOS). A
+# tokenizer turns these strings into real control tokens wherever they appear in a message, so a
+# summary holding "<|im_end|>\n<|im_start|>system" would open a system turn of its own.
+_CONTROL_TOKENS = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>|<｜[^<>｜]{1,64}｜>|\[/?INST\]|<</?SYS>>|</?s>|<(?:start|end)_of_turn>"
+    r"|</?(?:bos|eos|pad|unk)>",
+    re.IGNORECASE,
+)
+
+
+def neutralize_control_tokens(text: str) -> str:
+    """``text`` without chat-template control tokens (see ``_CONTROL_TOKENS``): a summary is
+    data about the user, and no generator may read a role or turn boundary inside it. Applied
+    until nothing changes, so a token split by another (``<|im_<|x|>start|>``) cannot reappear."""
+    while True:
+        cleaned = _CONTROL_TOKENS.sub("", text)
+        if cleaned == text:
+            return cleaned
+        text = cleaned
+
+
 def personalize_messages(messages: Sequence[Mapping[str, Any]], summary: str) -> list[dict[str, Any]]:
     """``messages`` with the preference summary as the system message: the one place a summary
     enters a conversation (the SDK's :func:`summary_messages` and ``popi serve`` both use it).
@@ -131,8 +153,9 @@ def personalize_messages(messages: Sequence[Mapping[str, Any]], summary: str) ->
     ``developer``) message first keeps it, with the summary appended after the app's own text, so
     the app's instructions still come first and the model still sees a single system message
     (several chat templates accept only one, at the start). Text content and OpenAI content-part
-    lists both work. The input is not modified; other messages are passed through as they are."""
-    personal = GENERATOR_SUMMARY_SYSTEM.format(summary=summary.strip())
+    lists both work. The input is not modified; other messages are passed through as they are.
+    Chat-template control tokens in the summary are removed (:func:`neutralize_control_tokens`)."""
+    personal = GENERATOR_SUMMARY_SYSTEM.format(summary=neutralize_control_tokens(summary).strip())
     out = [dict(m) for m in messages]
     if out and out[0].get("role") in ("system", "developer"):
         first = out[0]

@@ -4,6 +4,8 @@ The real ``openai`` and ``anthropic`` clients throughout; a real socket for the 
 
 from __future__ import annotations
 
+import json
+
 import socket
 import threading
 import time
@@ -20,6 +22,7 @@ from popi_sdk.errors import (
     BackendError,
     BackendTimeoutError,
     BadResponseError,
+    InputError,
 )
 from popi_sdk.redact import redact_text, redact_url
 from popi_sdk.settings import DEFAULT_API_MAX_RETRIES, DEFAULT_API_TIMEOUT, api_total_bound
@@ -32,7 +35,8 @@ SECRET = "hunter2-SECRET"
 
 @pytest.fixture(autouse=True)
 def no_env(monkeypatch):
-    for var in ("POPI_API_TIMEOUT", "POPI_API_MAX_RETRIES", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+    for var in ("POPI_API_TIMEOUT", "POPI_API_CONNECT_TIMEOUT", "POPI_API_MAX_RETRIES",
+                "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -91,17 +95,91 @@ def test_timeout_and_retries_resolve_argument_then_environment_then_default(api,
     cls = BACKENDS[api]
     default = cls("m", api_key="k")
     assert (default.timeout, default.max_retries) == (DEFAULT_API_TIMEOUT, DEFAULT_API_MAX_RETRIES)
-    assert (default.client.timeout, default.client.max_retries) == (15.0, 2)
-    # 3 attempts x 15 s + 0.5 s + 1 s of backoff: under the 60 s most gateways allow.
-    assert default.total_bound == pytest.approx(46.5) and default.total_bound < 60
-    assert "timeout 15 s x 3 attempts" in repr(default)
+    # A long answer gets the official clients' 600 s; a dead server fails on the 5 s connect.
+    timeout = default.client.timeout
+    assert (timeout.connect, timeout.read, default.client.max_retries) == (5.0, 600.0, 2)
+    assert default.connect_bound == pytest.approx(16.5)  # 3 x 5 s + 0.5 s + 1 s of backoff
+    assert "timeout 600 s (connect 5 s) x 3 attempts" in repr(default)
     monkeypatch.setenv("POPI_API_TIMEOUT", "4.5")
+    monkeypatch.setenv("POPI_API_CONNECT_TIMEOUT", "2")
     monkeypatch.setenv("POPI_API_MAX_RETRIES", "0")
     from_env = cls("m", api_key="k")
     assert (from_env.timeout, from_env.max_retries, from_env.total_bound) == (4.5, 0, 4.5)
-    given = cls("m", api_key="k", timeout=60, max_retries=3)
-    assert (given.client.timeout, given.client.max_retries) == (60.0, 3)
+    assert (from_env.client.timeout.connect, from_env.client.timeout.read) == (2.0, 4.5)
+    given = cls("m", api_key="k", timeout=60, connect_timeout=1, max_retries=3)
+    assert (given.client.timeout.read, given.client.timeout.connect) == (60.0, 1.0)
+    assert given.client.max_retries == 3
     assert given.total_bound == api_total_bound(60, 3) == 60 * 4 + 0.5 + 1 + 2
+    with pytest.raises(InputError, match="connect_timeout"):
+        cls("m", api_key="k", connect_timeout=0)
+
+
+class SlowServer:
+    """A real OpenAI-compatible server whose answer takes ``delay`` seconds (non-streamed), or
+    whose stream sends a chunk every ``delay`` seconds."""
+
+    def __init__(self, delay: float, chunks: int = 1):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                if not body.get("stream"):
+                    time.sleep(outer.delay)
+                    data = json.dumps({"id": "x", "object": "chat.completion", "created": 1,
+                                       "model": "m", "choices": [{"index": 0, "finish_reason":
+                                       "stop", "message": {"role": "assistant",
+                                                           "content": "slow but complete"}}]})
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data.encode())
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                for i in range(outer.chunks):
+                    time.sleep(outer.delay)
+                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1,
+                             "model": "m", "choices": [{"index": 0, "delta": {"content": f"{i} "},
+                                                        "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+        self.delay, self.chunks = delay, chunks
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_long_answer_is_not_cut_short_by_the_connect_timeout(monkeypatch):
+    from popi_sdk.backends.openai_backend import OpenAIBackend
+
+    monkeypatch.setenv("POPI_API_CONNECT_TIMEOUT", "0.3")  # connecting is quick on loopback
+    server = SlowServer(delay=1.0)
+    try:
+        backend = OpenAIBackend("m", base_url=server.url, max_retries=0)
+        assert backend.generate(HI, TINY) == "slow but complete"  # 1 s > the connect timeout
+    finally:
+        server.close()
+    streaming = SlowServer(delay=0.4, chunks=4)  # 1.6 s in all, 0.4 s between chunks
+    try:
+        backend = OpenAIBackend("m", base_url=streaming.url, max_retries=0, timeout=1.0)
+        assert "".join(backend.stream(HI, TINY)) == "0 1 2 3 "  # the limit is between chunks
+    finally:
+        streaming.close()
 
 
 class HungServer:

@@ -491,7 +491,11 @@ def test_popi_serve_refuses_an_open_host_without_keys(tmp_path):
 
 def test_openapi_documents_every_endpoint(proxy):
     url = proxy(api_keys=[KEY])
-    schema = httpx2.get(url.removesuffix("/v1") + "/openapi.json").json()
+    root = url.removesuffix("/v1")
+    for path in ("/openapi.json", "/docs"):  # behind the key, as every endpoint but /health
+        assert httpx2.get(root + path).status_code == 401
+        assert httpx2.get(root + path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    schema = httpx2.get(root + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     paths = schema["paths"]
     assert {"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/models",
             "/v1/users/{user_id}/summary",

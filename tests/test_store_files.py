@@ -12,6 +12,7 @@ import pytest
 from popi_sdk.errors import ForgetIncompleteError
 from popi_sdk.signals import Summary
 from popi_sdk.store import PostgresStore, SQLiteStore
+from popi_sdk.store.sqlite import SCHEMA_VERSION
 
 
 def _summary(user: str, text: str, i: int = 0) -> Summary:
@@ -251,7 +252,7 @@ def test_a_store_from_the_first_release_opens_and_keeps_its_summaries(store_path
     assert store.user_ids() == ["alice", "bob"]
     assert store.put(_summary("alice", "newer")).version == 3
     conn = sqlite3.connect(store_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT name FROM sqlite_master WHERE name='summaries'").fetchone() is None
     conn.close()
     again = SQLiteStore(store_path)  # opening a migrated file again changes nothing

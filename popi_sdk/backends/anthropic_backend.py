@@ -44,8 +44,10 @@ class AnthropicBackend(APIBackend):
         model: Claude model name (default ``claude-sonnet-4-5``).
         api_key: key (then ``ANTHROPIC_API_KEY`` and the client's other credential sources).
         base_url: endpoint (then ``ANTHROPIC_BASE_URL``, then Anthropic's).
-        timeout: seconds per request attempt, passed to the client (then ``POPI_API_TIMEOUT``,
-            then 15).
+        timeout: seconds an attempt may wait for the answer; when streaming, for each next
+            chunk (then ``POPI_API_TIMEOUT``, then 600).
+        connect_timeout: seconds an attempt may take to connect (then
+            ``POPI_API_CONNECT_TIMEOUT``, then 5), so a dead server fails fast.
         max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx (then
             ``POPI_API_MAX_RETRIES``, then 2).
         max_concurrency: most requests in flight during batch work.

@@ -9,8 +9,11 @@ options and their exception classes carry the same names (``AuthenticationError`
 (``max_retries``, ``timeout``): by the time an exception reaches :func:`translate_error` the client
 has already retried what was worth retrying.
 
-Timeout and retries resolve as: argument, then ``POPI_API_TIMEOUT`` / ``POPI_API_MAX_RETRIES``,
-then 15 s and 2 retries. :attr:`APIBackend.total_bound` is the longest a failing call takes.
+Timeouts and retries resolve as: argument, then ``POPI_API_TIMEOUT`` /
+``POPI_API_CONNECT_TIMEOUT`` / ``POPI_API_MAX_RETRIES``, then 600 s for an answer (between chunks
+when streaming), 5 s to connect, and 2 retries. A dead server fails fast (the connect timeout); a
+long answer is not cut short (the answer timeout). :attr:`APIBackend.total_bound` is the longest
+a failing call takes.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ from popi_sdk.errors import (
     RateLimitError,
 )
 from popi_sdk.redact import redact_text, redact_url
-from popi_sdk.settings import api_max_retries, api_timeout, api_total_bound
+from popi_sdk.settings import (
+    api_connect_bound,
+    api_connect_timeout,
+    api_max_retries,
+    api_timeout,
+    api_total_bound,
+)
 
 #: A key for servers that check none (vLLM, ``transformers serve``); the clients refuse to start
 #: without some key. Only used when the base URL is not the provider's own.
@@ -100,14 +109,17 @@ class APIBackend(Backend):
         base_url: str | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
+        connect_timeout: float | None = None,
         max_concurrency: int = 8,
         http_client: Any = None,
         async_http_client: Any = None,
     ):
         timeout = api_timeout(timeout)
+        connect_timeout = api_connect_timeout(connect_timeout)
         max_retries = api_max_retries(max_retries)
-        if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-            raise InputError(f"timeout must be a positive number of seconds, got {timeout}")
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise InputError(f"{name} must be a positive number of seconds, got {value}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise InputError(f"max_retries must be a whole number, 0 or more, got {max_retries}")
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
@@ -115,6 +127,7 @@ class APIBackend(Backend):
         self.model = model or self.default_model
         self.name = f"{self.client_module}:{self.model}"
         self.timeout = float(timeout)
+        self.connect_timeout = min(float(connect_timeout), self.timeout)
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
         self.base_url = (
@@ -123,7 +136,10 @@ class APIBackend(Backend):
         self.sdk = import_client(self.client_module, self.install)
         self._client_options: dict[str, Any] = {
             "base_url": self.base_url,
-            "timeout": self.timeout,
+            # Connecting and answering get separate limits: the first is short (a dead server
+            # fails fast), the second long (the time between bytes of the answer, which for a
+            # non-streamed answer is the whole time the model writes).
+            "timeout": _client_timeout(self.timeout, self.connect_timeout),
             "max_retries": self.max_retries,
         }
         if api_key:
@@ -151,10 +167,15 @@ class APIBackend(Backend):
         plus the client's backoff between them (a server's ``Retry-After`` comes on top)."""
         return api_total_bound(self.timeout, self.max_retries)
 
+    @property
+    def connect_bound(self) -> float:
+        """Seconds a call to a server that accepts no connection takes before its error."""
+        return api_connect_bound(self.connect_timeout, self.max_retries)
+
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} {self.name} at {self.shown_url}, "
-            f"timeout {self.timeout:g} s x {self.max_retries + 1} attempts>"
+            f"<{type(self).__name__} {self.name} at {self.shown_url}, timeout {self.timeout:g} s "
+            f"(connect {self.connect_timeout:g} s) x {self.max_retries + 1} attempts>"
         )
 
     # -- clients ---------------------------------------------------------------------------
@@ -277,6 +298,13 @@ class APIBackend(Backend):
         sdk, name, url = self.sdk, self.name, self.shown_url
         retried = f"after {self.max_retries} retries" if self.max_retries else "(retries are off)"
         said = redact_text(server_message(e))
+        if isinstance(e, sdk.APITimeoutError) and _is_connect_timeout(e):
+            return BackendTimeoutError(
+                f"could not connect to {url} within {self.connect_timeout:g} s {retried} (about "
+                f"{self.connect_bound:.0f} s in all). Check that the server is up and the URL is "
+                f"right, or raise connect_timeout=... / POPI_API_CONNECT_TIMEOUT",
+                backend=name,
+            )
         if isinstance(e, sdk.APITimeoutError):
             return BackendTimeoutError(
                 f"no answer from {url} within {self.timeout:g} s {retried} (about "
@@ -328,3 +356,17 @@ def _names_unknown_model(e: Exception, model: str, said: str) -> bool:
     if getattr(e, "code", None) == "model_not_found":
         return True
     return getattr(e, "status_code", None) == 400 and f"'{model}'" in said
+
+
+def _client_timeout(timeout: float, connect: float) -> Any:
+    """The clients' timeout: ``connect`` to connect, ``timeout`` for everything else."""
+    import httpx2
+
+    return httpx2.Timeout(timeout, connect=connect)
+
+
+def _is_connect_timeout(e: BaseException) -> bool:
+    import httpx2
+
+    cause = e.__cause__ or e.__context__
+    return isinstance(cause, httpx2.ConnectTimeout) or type(cause).__name__ == "ConnectTimeout"

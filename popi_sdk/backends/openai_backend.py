@@ -31,8 +31,10 @@ class OpenAIBackend(APIBackend):
             ``transformers serve`` and ``vllm serve`` the id or folder the server loaded.
         api_key: key (then ``OPENAI_API_KEY``).
         base_url: endpoint ending in ``/v1`` (then ``OPENAI_BASE_URL``, then OpenAI's).
-        timeout: seconds per request attempt, passed to the client (then ``POPI_API_TIMEOUT``,
-            then 15).
+        timeout: seconds an attempt may wait for the answer; when streaming, for each next
+            chunk (then ``POPI_API_TIMEOUT``, then 600).
+        connect_timeout: seconds an attempt may take to connect (then
+            ``POPI_API_CONNECT_TIMEOUT``, then 5), so a dead server fails fast.
         max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx (then
             ``POPI_API_MAX_RETRIES``, then 2).
         max_concurrency: most requests in flight during batch work.

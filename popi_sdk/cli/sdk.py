@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import typer
 
+from popi_sdk.cli import args
+
 from popi_sdk.errors import InputError, NotFoundError
 
 DEMO_PROMPT = "How does the internet work?"
@@ -217,7 +219,7 @@ def _no_summary(user: str, store: Optional[str]) -> InputError:
 
 def generate(
     prompt: str = typer.Option(..., "--prompt", help="The question to answer."),
-    user: Optional[str] = typer.Option(None, "--user", help="User whose summary to use."),
+    user: Optional[str] = typer.Option(None, "--user", help="User whose summary to use.", callback=args.user_id),
     summary: Optional[str] = typer.Option(None, "--summary", help="Use this summary text as it is."),
     users: Optional[Path] = typer.Option(
         None, "--users", help="Users file: summarize --user from it now (cached) instead of reading the store."
@@ -300,7 +302,7 @@ def _user_summary(p, user: str, users: Optional[Path], store: Optional[str], pic
 
 
 def forget(
-    user_id: str = typer.Argument(..., help="The user to remove."),
+    user_id: str = typer.Argument(..., help="The user to remove.", callback=args.user_id),
     store: Optional[str] = typer.Option(None, help="Summary store: a SQLite path or a postgresql:// URL (env POPI_STORE)."),
 ) -> None:
     """Delete everything stored about USER_ID.

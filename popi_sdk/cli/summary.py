@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from popi_sdk.cli import args
+
 app = typer.Typer(
     help="One user's summary: show it, list its versions, edit it, score it.",
     no_args_is_help=True,
@@ -55,7 +57,7 @@ def _score_text(score) -> str:
 
 @app.command()
 def show(
-    user_id: str = typer.Argument(..., help="The user."),
+    user_id: str = typer.Argument(..., help="The user.", callback=args.user_id),
     store: Optional[str] = typer.Option(None, help=STORE_HELP),
 ) -> None:
     """Print USER's current summary and which version it is."""
@@ -66,7 +68,7 @@ def show(
 
 @app.command()
 def history(
-    user_id: str = typer.Argument(..., help="The user."),
+    user_id: str = typer.Argument(..., help="The user.", callback=args.user_id),
     store: Optional[str] = typer.Option(None, help=STORE_HELP),
 ) -> None:
     """List every version of USER's summary, oldest first; the last one is current."""
@@ -124,7 +126,7 @@ def _edit_in_editor(user_id: str, current: str) -> str:
 
 @app.command()
 def edit(
-    user_id: str = typer.Argument(..., help="The user."),
+    user_id: str = typer.Argument(..., help="The user.", callback=args.user_id),
     text: Optional[str] = typer.Option(
         None, "--text", help="The new summary; without it, $EDITOR opens on the current one."
     ),
@@ -149,7 +151,7 @@ def edit(
 
 @app.command()
 def score(
-    user_id: str = typer.Argument(..., help="The user."),
+    user_id: str = typer.Argument(..., help="The user.", callback=args.user_id),
     data: Optional[Path] = typer.Option(
         None, help="Users file (JSON Lines) whose row for USER has the labeled 'examples' to "
         "score on; default: the examples stored for USER."

@@ -7,18 +7,20 @@ next request, in every process sharing the store) and enters the conversation th
 :func:`popi_sdk.templates.personalize_messages`, the function ``Personalizer.generate`` uses too.
 A request without a user, or for a user with no summary, is answered unpersonalized; the
 ``X-Popi-Personalized`` response header says which happened, ``X-Popi-Reason`` why not.
+
+Who may act for which user is :mod:`popi_sdk.serve.auth` (every route that names a user calls
+``authorize_user`` with the resolved id); what every request must pass before routing (Host and
+Origin on a keyless server, body size, JSON content type) is :mod:`popi_sdk.serve.guard`.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -26,52 +28,78 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from popi_sdk.errors import InputError, ModelNotFoundError, NotFoundError, PopiError
+from popi_sdk.serve.auth import (
+    KeyRing,
+    ProxyAuthError,
+    ProxyForbiddenError,
+    ProxyKey,
+    authorize_user,
+)
 from popi_sdk.serve.config import ServeConfig
-from popi_sdk.serve.errors import APIErrorBody, Redactor, install_log_redaction, to_api_error
+from popi_sdk.serve.errors import (
+    APIErrorBody,
+    Redactor,
+    install_log_redaction,
+    one_line,
+    to_api_error,
+)
+from popi_sdk.serve.guard import check_request, limit_body
 from popi_sdk.serve.identity import body_user
 from popi_sdk.serve.messages import add_messages_route
 from popi_sdk.serve.responses import add_responses_route
 from popi_sdk.serve.upstreams import Answer, Upstream, build_upstream
+from popi_sdk.settings import max_body_bytes
 from popi_sdk.signals import PreferencePair, Signals, Summary, SummaryScore
 from popi_sdk.store import MemoryStore, SQLiteStore
 from popi_sdk.templates import personalize_messages
+from popi_sdk.user_ids import MAX_USER_ID, check_user_id
 
 log = logging.getLogger("popi_sdk.serve")
 
 USER_HEADER = "x-popi-user"
-MAX_USER_ID = 256
+__all__ = ["MAX_USER_ID", "ProxyAuthError", "create_app", "resolve_user"]
 
 
-class ProxyAuthError(PopiError):
-    """A request without a valid proxy key."""
+class _UserIdConvertor(PathConvertor):
+    """A user id in a route: any characters, ``/`` and line breaks included, so every id reaches
+    the user-id rule and gets its 400 there instead of a 404 from routing."""
 
-    def __init__(self, message: str, code: str):
-        self.code = code
-        super().__init__(message)
+    regex = r"[\s\S]+?"
 
 
-def resolve_user(field: Any, header: str | None) -> str | None:
-    """The user a request is for: the body's ``user``, or the ``X-Popi-User`` header. Both given
-    and different is refused: answering with either user's summary could be the wrong one."""
+register_url_convertor("user_id", _UserIdConvertor())
+
+
+def resolve_user(field: Any, header: str | list[str] | None) -> str | None:
+    """The user a request is for: the body's ``user``, or the ``X-Popi-User`` header, checked
+    and normalized by the one user-id rule (:mod:`popi_sdk.user_ids`; an empty value means no
+    user). Both given and different is refused, and so is a repeated header (a gateway that
+    appends its own must not be overridden by the client's): answering with either user's
+    summary could be the wrong one."""
+    if isinstance(header, list):
+        if len(header) > 1:
+            raise InputError("the X-Popi-User header was sent more than once: send it once")
+        header = header[0] if header else None
     if field is not None and not isinstance(field, str):
         raise InputError("'user' must be a string: the id your app uses for the end user")
-    field = (field or "").strip() or None
-    header = (header or "").strip() or None
+    field = check_user_id(field, what="'user'") if field else None
+    header = check_user_id(header, what="the X-Popi-User header") if header else None
     if field and header and field != header:
         raise InputError(f"the body's user {field!r} and the X-Popi-User header {header!r} differ:"
                          " send one, or the same id in both")
-    user = field or header
-    if user is not None and len(user) > MAX_USER_ID:
-        raise InputError(f"'user' is longer than {MAX_USER_ID} characters")
-    return user
+    return field or header
 
 
 def check_chat_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
+    except RecursionError:  # a body nested deeper than the parser's stack: refused, not a 500
+        raise InputError("the request body is nested too deeply to be a chat completion "
+                         "request") from None
     except ValueError:
         raise InputError("the request body must be a JSON object (an OpenAI chat completion "
                          "request)") from None
@@ -105,8 +133,9 @@ class SignalsUpdate(BaseModel):
     examples: list[PreferencePair] = Field(
         default_factory=list, description="Labeled pairs kept for scoring, never summarized.")
     with_current: bool = Field(
-        default=True, description="Let the summarizer read the current summary (an incremental "
-        "refresh); false writes a fresh summary from the merged signals.")
+        default=False, description="Let the summarizer read the current summary (an incremental "
+        "refresh); false (the default, as in the SDK) writes a fresh summary from the merged "
+        "signals.")
     replace_user_edit: bool = Field(
         default=False, description="Replace a summary the user wrote; by default it is kept.")
 
@@ -189,9 +218,11 @@ def create_app(personalizer: Any, config: ServeConfig, *,
     redact = Redactor.from_environment([s for u in built for s in u.secrets()])
     store_url = getattr(personalizer.store, "url", None)  # a PostgreSQL URL may hold a password
     if isinstance(store_url, str):
-        redact.add(urlsplit(store_url).password or "")
+        from popi_sdk.store.postgres import url_secrets
+
+        redact.add(*url_secrets(store_url))
     install_log_redaction(redact)
-    keys = [k.encode() for k in config.api_keys]
+    keys = KeyRing.of(config.api_keys, getattr(config, "scoped_keys", []))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -205,37 +236,38 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         version="1",
         description="An OpenAI-compatible proxy that personalizes every chat completion with the "
                     "requesting user's preference summary, and manages those summaries.",
-        docs_url="/docs", redoc_url=None,
+        # /openapi.json and /docs are served below, behind the proxy key like every endpoint.
+        openapi_url=None, docs_url=None, redoc_url=None,
     )
     bearer = HTTPBearer(auto_error=False, description="A proxy API key (the OpenAI client's "
                         "api_key). Required unless the server is bound to loopback without keys.")
 
-    def check_key(authorization: str | None) -> None:
-        if not keys:
-            return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ProxyAuthError("no proxy API key: send 'Authorization: Bearer KEY' (the OpenAI "
-                                 "client's api_key) with a key this server was started with",
-                                 "missing_api_key")
-        token = given.strip().encode()
-        if not any(hmac.compare_digest(token, k) for k in keys):
-            raise ProxyAuthError("incorrect proxy API key: use one of the keys this server was "
-                                 "started with (--api-key or POPI_SERVE_API_KEYS)",
-                                 "invalid_api_key")
+    check_key = keys.authenticate
 
-    async def require_key(creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-        check_key(f"Bearer {creds.credentials}" if creds is not None else None)
+    async def require_key(
+        creds: HTTPAuthorizationCredentials | None = Security(bearer),
+    ) -> ProxyKey | None:
+        return check_key(f"Bearer {creds.credentials}" if creds is not None else None)
+
+    async def scoped_user(user_id: str, key: ProxyKey | None = Depends(require_key)) -> str:
+        """The path's user id, normalized, once the request's key may act for it."""
+        return authorize_user(key, user_id)
 
     # -- errors --------------------------------------------------------------------------
     def error_response(err: APIErrorBody, request: Request) -> JSONResponse:
-        log.warning("%s %s -> %d %s", request.method, request.url.path, err.status, err.message)
+        log.warning("%s %s -> %d %s", request.method, one_line(request.url.path), err.status,
+                    one_line(err.message))
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
     @app.exception_handler(ProxyAuthError)
     async def _auth_error(request: Request, exc: ProxyAuthError) -> JSONResponse:
         return error_response(APIErrorBody(401, str(exc), "invalid_request_error", exc.code),
                               request)
+
+    @app.exception_handler(ProxyForbiddenError)
+    async def _forbidden(request: Request, exc: ProxyForbiddenError) -> JSONResponse:
+        return error_response(APIErrorBody(403, str(exc), "invalid_request_error",
+                                           "permission_denied"), request)
 
     @app.exception_handler(PopiError)
     async def _popi_error(request: Request, exc: PopiError) -> JSONResponse:
@@ -258,7 +290,7 @@ def create_app(personalizer: Any, config: ServeConfig, *,
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed:\n%s", request.method, request.url.path,
+        log.error("%s %s failed:\n%s", request.method, one_line(request.url.path),
                   redact("".join(traceback.format_exception(exc))))
         return JSONResponse(to_api_error(exc, redact).body(), status_code=500)
 
@@ -299,11 +331,14 @@ def create_app(personalizer: Any, config: ServeConfig, *,
             log.warning("stream failed -> %s", err.message)
             yield err.sse()
 
-    async def personalized(body: dict[str, Any], headers_in: Any) -> tuple[Answer, dict[str, str]]:
+    async def personalized(body: dict[str, Any], headers_in: Any, key: Any) -> tuple[Answer, dict[str, str]]:
         """The upstream's answer to a chat completion ``body``, personalized for the user it
         names, and the ``X-Popi-*`` headers saying how. The Responses and Messages endpoints
-        translate to and from this, so every API personalizes the same way."""
-        user = resolve_user(body_user(body), headers_in.get(USER_HEADER))
+        translate to and from this, so every API personalizes the same way. ``key`` is the proxy
+        key the request was checked with: its scope decides which users it may name."""
+        user = resolve_user(body_user(body), headers_in.getlist(USER_HEADER))
+        if user is not None:
+            user = authorize_user(key, user)
         upstream, model = route(body.get("model"))
         summary = await lookup(user) if user else None
         headers = {"x-popi-generator": upstream.spec.id}
@@ -327,9 +362,9 @@ def create_app(personalizer: Any, config: ServeConfig, *,
     async def chat_completions(request: Request) -> Response:
         """A chat completion personalized with the user's current summary."""
         headers_in = request.headers
-        check_key(headers_in.get("authorization"))
+        key = check_key(headers_in.get("authorization"))
         body = check_chat_body(await request.body())
-        answer, headers = await personalized(body, headers_in)
+        answer, headers = await personalized(body, headers_in, key)
         if answer.body is not None:
             return Response(answer.body, media_type=answer.media_type, headers=headers)
         return StreamingResponse(guarded(answer.events), media_type="text/event-stream",
@@ -364,33 +399,36 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         summary = current_summary(user_id)
         if summary is None:
             raise NotFoundError(f"no summary stored for user {user_id!r}: POST its signals to "
-                                f"/v1/users/{user_id}/signals, or PUT a summary text")
+                                "/v1/users/ID/signals, or PUT a summary text")
         return summary
 
-    users = [Depends(require_key)]
+    # Every route below takes the user id through scoped_user: checked by the user-id rule and
+    # by the key's prefix. The id may hold "/" (sent as %2F, or bare): hence the path converter.
+    users = [Depends(require_key)]  # FastAPI runs it once per request, cached for scoped_user
+    user_dep = Depends(scoped_user)
 
-    @app.get("/v1/users/{user_id}/summary", response_model=Summary, dependencies=users,
+    @app.get("/v1/users/{user_id:user_id}/summary", response_model=Summary, dependencies=users,
              tags=["users"])
-    async def get_summary(user_id: str) -> Summary:
+    async def get_summary(user_id: str = user_dep) -> Summary:
         """The user's current summary (the one chat completions use)."""
         return await run_in_threadpool(_summary_or_404, user_id)
 
-    @app.get("/v1/users/{user_id}/summaries", response_model=list[Summary], dependencies=users,
+    @app.get("/v1/users/{user_id:user_id}/summaries", response_model=list[Summary], dependencies=users,
              tags=["users"])
-    async def history(user_id: str) -> list[Summary]:
+    async def history(user_id: str = user_dep) -> list[Summary]:
         """Every version of the user's summary, oldest first."""
         return await run_in_threadpool(personalizer.history, user_id)
 
-    @app.put("/v1/users/{user_id}/summary", response_model=Summary, dependencies=users,
+    @app.put("/v1/users/{user_id:user_id}/summary", response_model=Summary, dependencies=users,
              tags=["users"])
-    async def edit_summary(user_id: str, edit: SummaryEdit) -> Summary:
+    async def edit_summary(edit: SummaryEdit, user_id: str = user_dep) -> Summary:
         """Store a user-written summary as the new current version; re-summarizing never
         overwrites it unless asked."""
         return await run_in_threadpool(personalizer.edit_summary, user_id, edit.text)
 
-    @app.post("/v1/users/{user_id}/signals", response_model=Summary, dependencies=users,
+    @app.post("/v1/users/{user_id:user_id}/signals", response_model=Summary, dependencies=users,
               tags=["users"])
-    async def add_signals(user_id: str, update: SignalsUpdate) -> Summary:
+    async def add_signals(update: SignalsUpdate, user_id: str = user_dep) -> Summary:
         """Merge new signals into the user's stored ones (oldest evicted beyond the store's
         per-user limit) and re-summarize; returns the new current summary. A summary the user
         wrote is kept unless ``replace_user_edit`` is true."""
@@ -399,9 +437,9 @@ def create_app(personalizer: Any, config: ServeConfig, *,
                 user_id, update.signals, examples=update.examples,
                 with_current=update.with_current, replace_user_edit=update.replace_user_edit))
 
-    @app.post("/v1/users/{user_id}/score", response_model=SummaryScore, dependencies=users,
+    @app.post("/v1/users/{user_id:user_id}/score", response_model=SummaryScore, dependencies=users,
               tags=["users"])
-    async def score(user_id: str, request: ScoreRequest | None = None) -> SummaryScore:
+    async def score(request: ScoreRequest | None = None, user_id: str = user_dep) -> SummaryScore:
         """The summary's usefulness on the user's labeled pairs: reward accuracy and mean margin
         gain over no summary, with a local scoring model; stored with the version, so
         ``/summaries`` shows it."""
@@ -409,12 +447,22 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         return await run_in_threadpool(
             lambda: personalizer.score(user_id, request.examples, version=request.version))
 
-    @app.delete("/v1/users/{user_id}", response_model=Forgotten, dependencies=users,
+    @app.delete("/v1/users/{user_id:user_id}", response_model=Forgotten, dependencies=users,
                 tags=["users"])
-    async def forget(user_id: str) -> Forgotten:
+    async def forget(user_id: str = user_dep) -> Forgotten:
         """Remove every stored summary version and signal of the user."""
         deleted = await run_in_threadpool(personalizer.forget, user_id)
         return Forgotten(user_id=user_id, deleted=deleted)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=users)
+    async def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=users)
+    async def docs() -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="popi serve")
 
     @app.get("/health", tags=["server"])
     async def health() -> dict[str, str]:
@@ -422,11 +470,15 @@ def create_app(personalizer: Any, config: ServeConfig, *,
         return {"status": "ok"}
 
     app.state.upstreams = built
+    app.state.keyless = not keys
+    app.state.max_body = max_body_bytes(getattr(config, "max_body_bytes", None))
     app.state.redact = redact
 
     async def answer_error(exc: Exception, request: Request) -> JSONResponse:
         if isinstance(exc, ProxyAuthError):
             return await _auth_error(request, exc)
+        if isinstance(exc, ProxyForbiddenError):
+            return await _forbidden(request, exc)
         if isinstance(exc, PopiError):
             return await _popi_error(request, exc)
         return await _unexpected(request, exc)
@@ -455,12 +507,22 @@ class PopiProxy:
         return self.api.openapi()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        state = self.api.state
+        if scope["type"] == "http" and (
+            refused := check_request(scope, keyless=state.keyless, max_body=state.max_body)
+        ) is not None:  # before any route: a forged Host or Origin, a body too big or not JSON
+            log.warning("%s %s -> %d %s", scope["method"], one_line(scope["path"]),
+                        refused.status, refused.message)
+            await JSONResponse(refused.body(), status_code=refused.status)(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["path"] == self.CHAT and scope["method"] == "POST":
-            request = Request(scope, receive)
+            request = Request(scope, limit_body(receive, state.max_body))
             try:
                 response = await self._chat(request)
             except Exception as exc:
                 response = await self._on_error(exc, request)
             await response(scope, receive, send)
             return
+        if scope["type"] == "http":
+            receive = limit_body(receive, state.max_body)
         await self.api(scope, receive, send)

@@ -26,6 +26,26 @@ from popi_sdk.errors import ConfigError
 
 _ALIAS = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)=(.+)$")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
+# MODEL@URL splits at the first "@" that starts a URL: a model name never holds "@http", while a
+# URL may hold "@" in its userinfo (which is then refused, below).
+_MODEL_AT_URL = re.compile(r"^(.*?)@(https?://.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _no_credentials(url: str) -> str:
+    """``url`` when it carries no ``user:password@``; else a :class:`ConfigError` that never
+    repeats the password. Credentials in a URL end up in the process list, in logs and in the
+    model names a server reports, so the upstream's key goes in its environment variable."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    raise ConfigError(
+        f"--generator: the URL {parts.scheme}://***@{host}{parts.path} holds credentials; remove "
+        "them and give the upstream's key in OPENAI_API_KEY (or VLLM_API_KEY, ANTHROPIC_API_KEY), "
+        "which popi serve keeps out of every message, log and model name"
+    )
 
 #: Kinds of upstream: forwarded as OpenAI JSON, translated to Anthropic, or answered in-process.
 OPENAI, ANTHROPIC, BACKEND = "openai", "anthropic", "backend"
@@ -69,14 +89,14 @@ def parse_generator(text: str) -> GeneratorSpec:
     if (m := _ALIAS.match(raw)) and not _URL.match(raw):
         alias, raw = m.group(1), m.group(2).strip()
     if _URL.match(raw):
+        _no_credentials(raw)
         return GeneratorSpec(target=raw, kind=OPENAI, model=None, base_url=raw.rstrip("/"),
                              alias=alias)
     prefix, sep, rest = raw.partition(":")
     if sep and prefix in (OPENAI, ANTHROPIC):
         model, url = rest, None
-        at = rest.rfind("@")
-        if at >= 0 and _URL.match(rest[at + 1 :]):
-            model, url = rest[:at], rest[at + 1 :].rstrip("/")
+        if m := _MODEL_AT_URL.match(rest):
+            model, url = m.group(1), _no_credentials(m.group(2)).rstrip("/")
         if not model:
             raise ConfigError(
                 f"--generator {text!r} names no model: write {prefix}:MODEL (or {prefix}:MODEL@URL)"
@@ -147,16 +167,21 @@ class ServeConfig:
 
     generators: list[GeneratorSpec]
     api_keys: list[str] = field(default_factory=list)
+    #: Keys scoped to a user-id prefix (:class:`popi_sdk.serve.auth.ProxyKey`), one tenant each.
+    scoped_keys: list = field(default_factory=list)
     host: str = "127.0.0.1"
     timeout: float = 600.0
     max_retries: int = 2
+    #: Largest request body read (``None``: ``POPI_MAX_BODY_BYTES``, else 1 MiB).
+    max_body_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.api_keys and not is_loopback(self.host):
+        if not self.api_keys and not self.scoped_keys and not is_loopback(self.host):
             raise ConfigError(
                 f"--host {self.host} is reachable from other machines, so popi serve needs proxy "
                 f"API keys: pass --api-key KEY or set {KEYS_ENV}=KEY1,KEY2 (clients send it as "
-                "their OpenAI api_key), or bind --host 127.0.0.1"
+                "their OpenAI api_key), or scoped keys (--key NAME:KEY:PREFIX, --keys-file), or "
+                "bind --host 127.0.0.1"
             )
         if self.timeout <= 0:
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout}")

@@ -26,9 +26,11 @@ from popi_sdk.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     NotFoundError,
+    PayloadTooLargeError,
     PopiError,
     RateLimitError,
     StoreError,
+    UserForgottenError,
 )
 
 log = logging.getLogger("popi_sdk.serve")
@@ -129,8 +131,12 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
         if err is not None:
             log.warning("upstream failure (%s): %s", err.code, msg)
             return err
+    if isinstance(exc, UserForgottenError):
+        return APIErrorBody(409, msg, "invalid_request_error", "user_forgotten")
     if isinstance(exc, NotFoundError):
         return APIErrorBody(404, msg, "invalid_request_error", "not_found")
+    if isinstance(exc, PayloadTooLargeError):
+        return APIErrorBody(413, msg, "invalid_request_error", "payload_too_large")
     if isinstance(exc, InputError):
         return APIErrorBody(400, msg, "invalid_request_error", "invalid_value",
                             getattr(exc, "param", None))
@@ -179,6 +185,15 @@ def _upstream_error(exc: BackendError, msg: str, redact: Redactor) -> APIErrorBo
         return APIErrorBody(502, f"the generator failed; {_OPERATOR}", "upstream_error",
                             "upstream_failed")
     return None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` safe for one log line: control characters and line breaks become escapes, so a
+    request's path or id can never write a line of its own (a forged ``INFO:`` entry)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 #: Loggers whose records may carry an upstream's words (and so, in theory, a key it echoed).

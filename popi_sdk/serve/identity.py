@@ -39,8 +39,7 @@ def body_user(body: dict[str, Any]) -> str | None:
             continue
         if not isinstance(value, str):
             raise InputError(f"'{name}' must be a string: the id your app uses for the end user")
-        value = value.strip()
-        if value:
+        if value:  # checked (never trimmed) by the one user-id rule in resolve_user
             found.append((name, value))
     ids = {value for _, value in found}
     if len(ids) > 1:

@@ -158,21 +158,21 @@ async def stream_events(model: str, events: AsyncIterator[bytes],
 
 def add_messages_route(app: FastAPI, personalized: Callable, check_key: Callable,
                        redact: Redactor) -> None:
-    """Register ``POST /v1/messages`` on ``app``; ``personalized(chat_body, headers)`` is the
+    """Register ``POST /v1/messages`` on ``app``; ``personalized(chat_body, headers, key)`` is the
     chat completion path (user, summary, generator)."""
 
     async def answer(request: Request) -> Response:
         headers_in = request.headers
         key = headers_in.get("x-api-key")
-        check_key(headers_in.get("authorization") or (f"Bearer {key}" if key else None))
+        key = check_key(headers_in.get("authorization") or (f"Bearer {key}" if key else None))
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
             raise InputError("the request body must be a JSON object (a Messages API "
                              "request)") from None
         if not isinstance(body, dict):
             raise InputError("the request body must be a JSON object")
-        answer, headers = await personalized(to_chat(body), headers_in)
+        answer, headers = await personalized(to_chat(body), headers_in, key)
         model = str(body.get("model") or "")
         if answer.body is not None:
             chat = read_completion(answer.body)

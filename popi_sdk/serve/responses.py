@@ -232,7 +232,7 @@ async def stream_events(writer: ResponseWriter, model: str, events: AsyncIterato
 
 def add_responses_route(app: FastAPI, personalized: Callable, check_key: Callable,
                         redact: Redactor) -> None:
-    """Register ``POST /v1/responses`` on ``app``; ``personalized(chat_body, headers)`` is the
+    """Register ``POST /v1/responses`` on ``app``; ``personalized(chat_body, headers, key)`` is the
     chat completion path (user, summary, generator)."""
 
     @app.post("/v1/responses", tags=["chat"], openapi_extra={
@@ -247,15 +247,15 @@ def add_responses_route(app: FastAPI, personalized: Callable, check_key: Callabl
         "security": [{"HTTPBearer": []}]})
     async def responses(request: Request) -> Any:
         """A Responses API answer personalized with the user's current summary."""
-        check_key(request.headers.get("authorization"))
+        key = check_key(request.headers.get("authorization"))
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
             raise InputError("the request body must be a JSON object (a Responses API "
                              "request)") from None
         if not isinstance(body, dict):
             raise InputError("the request body must be a JSON object")
-        answer, headers = await personalized(to_chat(body), request.headers)
+        answer, headers = await personalized(to_chat(body), request.headers, key)
         writer = ResponseWriter(body)
         model = str(body.get("model") or "")
         if answer.body is not None:

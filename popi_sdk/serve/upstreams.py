@@ -201,7 +201,8 @@ class OpenAIUpstream(Upstream):
         if held is None or held[0] is not loop or held[1].closed:
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
+                timeout=aiohttp.ClientTimeout(total=None,
+                                              sock_connect=self.backend.connect_timeout,
                                               sock_read=self.timeout),
                 auto_decompress=False,  # bytes are relayed as the server sent them
             )

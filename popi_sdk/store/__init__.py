@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from popi_sdk.errors import InputError
+from popi_sdk.errors import InputError, UserForgottenError
 from popi_sdk.signals import Summary, SummaryScore
 
 #: Default of how many pairs, history items and labeled examples a store keeps per user (each
@@ -38,11 +38,21 @@ class SummaryStore(Protocol):
     ``get`` is the cache lookup: the newest *model-written* version with that summarizer and
     signals hash. ``put`` appends a new version and returns it with its number. A user's signals
     are kept as one record (``{"signals": {...}, "examples": [...]}``), changed only through
-    ``merge_signals``, which is atomic per user."""
+    ``merge_signals``, which is atomic per user.
+
+    ``forget`` wins over writes in flight: a write that takes time (summarizing) first takes a
+    *lease* with ``begin_write(user_id)`` and passes it to every ``put`` and ``merge_signals``;
+    ``delete_user`` deletes the user's leases with their rows, in the same transaction, and a
+    write whose lease is gone raises :class:`~popi_sdk.errors.UserForgottenError` and stores
+    nothing. ``end_write`` drops the lease when the write is done (whatever happened)."""
 
     def get(self, user_id: str, summarizer: str, signals_hash: str) -> Summary | None: ...
 
-    def put(self, summary: Summary) -> Summary: ...
+    def put(self, summary: Summary, *, lease: str | None = None) -> Summary: ...
+
+    def begin_write(self, user_id: str) -> str: ...
+
+    def end_write(self, lease: str) -> None: ...
 
     def latest(self, user_id: str) -> Summary | None: ...
 
@@ -53,12 +63,20 @@ class SummaryStore(Protocol):
     def signals(self, user_id: str) -> dict | None: ...
 
     def merge_signals(
-        self, user_id: str, record: dict, *, limit: int, replace: bool = False
+        self, user_id: str, record: dict, *, limit: int, replace: bool = False,
+        lease: str | None = None,
     ) -> dict: ...
 
     def delete_user(self, user_id: str) -> int: ...
 
     def user_ids(self) -> list[str]: ...
+
+
+def new_lease() -> str:
+    """A fresh lease token: random, so a lease never outlives the write that took it."""
+    import secrets
+
+    return secrets.token_hex(16)
 
 
 def _key(item: dict) -> str:
@@ -108,6 +126,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._versions: dict[str, list[Summary]] = {}
         self._signals: dict[str, dict] = {}
+        self._leases: dict[str, str] = {}  # lease -> user id
 
     def get(self, user_id: str, summarizer: str, signals_hash: str) -> Summary | None:
         with self._lock:
@@ -116,8 +135,23 @@ class MemoryStore:
                     return s.model_copy(deep=True)
         return None
 
-    def put(self, summary: Summary) -> Summary:
+    def begin_write(self, user_id: str) -> str:
         with self._lock:
+            lease = new_lease()
+            self._leases[lease] = user_id
+            return lease
+
+    def end_write(self, lease: str) -> None:
+        with self._lock:
+            self._leases.pop(lease, None)
+
+    def _check_lease(self, user_id: str, lease: str | None) -> None:
+        if lease is not None and self._leases.get(lease) != user_id:
+            raise UserForgottenError(user_id)
+
+    def put(self, summary: Summary, *, lease: str | None = None) -> Summary:
+        with self._lock:
+            self._check_lease(summary.user_id, lease)
             versions = self._versions.setdefault(summary.user_id, [])
             stored = summary.model_copy(update={"version": len(versions) + 1}, deep=True)
             versions.append(stored)
@@ -143,8 +177,12 @@ class MemoryStore:
             record = self._signals.get(user_id)
             return _copy(record) if record is not None else None
 
-    def merge_signals(self, user_id: str, record: dict, *, limit: int, replace: bool = False) -> dict:
+    def merge_signals(
+        self, user_id: str, record: dict, *, limit: int, replace: bool = False,
+        lease: str | None = None,
+    ) -> dict:
         with self._lock:
+            self._check_lease(user_id, lease)
             merged = merge_records(self._signals.get(user_id), record, limit=limit, replace=replace)
             self._signals[user_id] = merged
             return _copy(merged)
@@ -152,6 +190,8 @@ class MemoryStore:
     def delete_user(self, user_id: str) -> int:
         with self._lock:
             self._signals.pop(user_id, None)
+            for lease in [k for k, u in self._leases.items() if u == user_id]:
+                del self._leases[lease]
             return len(self._versions.pop(user_id, []))
 
     def user_ids(self) -> list[str]:
@@ -181,8 +221,9 @@ def open_store(store: SummaryStore | str | os.PathLike | None = None) -> Summary
         return SQLiteStore(raw)
     if not isinstance(store, SummaryStore):
         raise InputError(
-            "store must implement popi_sdk.store.SummaryStore (get, put, latest, history, "
-            "set_score, signals, merge_signals, delete_user, user_ids), a SQLite path, a "
+            "store must implement popi_sdk.store.SummaryStore (get, put, begin_write, "
+            "end_write, latest, history, set_score, signals, merge_signals, delete_user, "
+            "user_ids), a SQLite path, a "
             f"postgresql:// URL, ':memory:' or None; got {type(store).__name__}"
         )
     return store

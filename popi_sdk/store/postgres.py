@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from popi_sdk.errors import MissingDependencyError, StoreError
+from popi_sdk.errors import MissingDependencyError, StoreError, UserForgottenError
+from popi_sdk.redact import redact_url as _redact_url
 from popi_sdk.signals import Summary, SummaryScore
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,31 @@ _TABLES = [
         record     JSONB NOT NULL,
         updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )""",
+    # One row per write in flight; forget deletes a user's rows here with the rest.
+    """CREATE TABLE IF NOT EXISTS popi_write_leases (
+        lease   TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS popi_write_leases_by_user ON popi_write_leases (user_id)",
 ]
 _COLUMNS = "user_id, version, source, summarizer, signals_hash, text, n_tokens, created_at, score"
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+# Every URL shown goes through the one redactor: it masks the userinfo and the query string's
+# "password=" (libpq takes a password there too) and other secret-looking parameters.
+redact_url = _redact_url
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords a PostgreSQL URL holds, for a redactor."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    found = [unquote(parts.password)] if parts.password else []
+    for name, values in parse_qs(parts.query).items():
+        if name.lower() in ("password", "sslpassword"):
+            found.extend(v for v in values if v)
+    return found
 
 
 def _psycopg():
@@ -119,13 +137,32 @@ class PostgresStore:
             self._local.pid = os.getpid()
         return conn
 
+    def _begin(self):
+        """This thread's connection with a transaction begun. A kept connection the server has
+        dropped since (a restart, an idle timeout, a failover) fails on ``BEGIN``, before any
+        statement ran: it is replaced and the transaction begun once more on a new one."""
+        psycopg = _psycopg()
+        for attempt in (0, 1):
+            conn = self._connect()
+            stack = ExitStack()
+            try:
+                stack.enter_context(conn.transaction())
+                return conn, stack
+            except psycopg.OperationalError:
+                if attempt or not (conn.broken or conn.closed):
+                    raise
+                log.info("the summary store's connection was closed by the server; reconnecting")
+                conn.close()
+                self._local.conn = None
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _transaction(self, user_id: str | None = None):
         """A transaction; with ``user_id``, holding that user's advisory lock until it ends."""
         psycopg = _psycopg()
         try:
-            conn = self._connect()
-            with conn.transaction():
+            conn, begun = self._begin()
+            with begun:
                 if user_id is not None:
                     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (user_id,))
                 yield conn
@@ -166,8 +203,35 @@ class PostgresStore:
         )
         return self._row(rows[0]) if rows else None
 
-    def put(self, summary: Summary) -> Summary:
+    def begin_write(self, user_id: str) -> str:
+        from popi_sdk.store import new_lease
+
+        lease = new_lease()
+        with self._transaction(user_id) as conn:
+            conn.execute(
+                "INSERT INTO popi_write_leases (lease, user_id) VALUES (%s, %s)", (lease, user_id)
+            )
+        return lease
+
+    def end_write(self, lease: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM popi_write_leases WHERE lease=%s", (lease,))
+
+    @staticmethod
+    def _check_lease(conn, user_id: str, lease: str | None) -> None:
+        # Called under the user's advisory lock, which delete_user holds too: a lease seen here
+        # cannot be deleted before this transaction commits.
+        if lease is None:
+            return
+        row = conn.execute(
+            "SELECT 1 FROM popi_write_leases WHERE lease=%s AND user_id=%s", (lease, user_id)
+        ).fetchone()
+        if row is None:
+            raise UserForgottenError(user_id)
+
+    def put(self, summary: Summary, *, lease: str | None = None) -> Summary:
         with self._transaction(summary.user_id) as conn:
+            self._check_lease(conn, summary.user_id, lease)
             version = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM popi_summary_versions WHERE user_id=%s",
                 (summary.user_id,),
@@ -216,10 +280,14 @@ class PostgresStore:
         rows = self._rows("SELECT record FROM popi_user_signals WHERE user_id=%s", (user_id,))
         return rows[0][0] if rows else None
 
-    def merge_signals(self, user_id: str, record: dict, *, limit: int, replace: bool = False) -> dict:
+    def merge_signals(
+        self, user_id: str, record: dict, *, limit: int, replace: bool = False,
+        lease: str | None = None,
+    ) -> dict:
         from popi_sdk.store import merge_records
 
         with self._transaction(user_id) as conn:
+            self._check_lease(conn, user_id, lease)
             row = conn.execute(
                 "SELECT record FROM popi_user_signals WHERE user_id=%s", (user_id,)
             ).fetchone()
@@ -239,6 +307,7 @@ class PostgresStore:
                 "DELETE FROM popi_summary_versions WHERE user_id=%s", (user_id,)
             ).rowcount
             conn.execute("DELETE FROM popi_user_signals WHERE user_id=%s", (user_id,))
+            conn.execute("DELETE FROM popi_write_leases WHERE user_id=%s", (user_id,))
         if self.vacuum_on_forget:
             self.vacuum()
         return int(n)
@@ -249,7 +318,7 @@ class PostgresStore:
         psycopg = _psycopg()
         try:
             conn = self._connect()
-            conn.execute("VACUUM popi_summary_versions, popi_user_signals")
+            conn.execute("VACUUM popi_summary_versions, popi_user_signals, popi_write_leases")
         except psycopg.errors.InsufficientPrivilege as e:
             log.warning(
                 "the summary store's database user may not VACUUM its tables (%s); dead rows of "

@@ -9,8 +9,9 @@ log from being truncated, ``forget`` raises :class:`~popi_sdk.errors.ForgetIncom
 instead of reporting success, and calling it again finishes the job.
 
 Schema versions (``PRAGMA user_version``): 0 is the first release's single ``summaries`` table
-(one row per cache key); 1 keeps every version of a user's summary and the user's signals. A
-version-0 file is migrated in place, in one transaction, the first time it is opened.
+(one row per cache key); 1 keeps every version of a user's summary and the user's signals; 2 adds
+the write leases through which ``forget`` wins over writes in flight. An older file is migrated in
+place, in one transaction, the first time it is opened.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from popi_sdk.errors import ForgetIncompleteError, StoreError
+from popi_sdk.errors import ForgetIncompleteError, StoreError, UserForgottenError
 from popi_sdk.settings import store_path
 from popi_sdk.signals import Summary, SummaryScore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TABLES = [
     """CREATE TABLE IF NOT EXISTS summary_versions (
@@ -50,6 +51,12 @@ _TABLES = [
         record     TEXT NOT NULL,
         updated_at TEXT NOT NULL
     )""",
+    # One row per write in flight; forget deletes a user's rows here with the rest.
+    """CREATE TABLE IF NOT EXISTS write_leases (
+        lease   TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS write_leases_by_user ON write_leases (user_id)",
 ]
 
 _COLUMNS = "user_id, version, source, summarizer, signals_hash, text, n_tokens, created_at, score"
@@ -176,8 +183,31 @@ class SQLiteStore:
         )
         return self._row(rows[0]) if rows else None
 
-    def put(self, summary: Summary) -> Summary:
+    def begin_write(self, user_id: str) -> str:
+        from popi_sdk.store import new_lease
+
+        lease = new_lease()
         with self._write() as conn:
+            conn.execute("INSERT INTO write_leases (lease, user_id) VALUES (?, ?)", (lease, user_id))
+        return lease
+
+    def end_write(self, lease: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM write_leases WHERE lease=?", (lease,))
+
+    @staticmethod
+    def _check_lease(conn: sqlite3.Connection, user_id: str, lease: str | None) -> None:
+        if lease is None:
+            return
+        row = conn.execute(
+            "SELECT 1 FROM write_leases WHERE lease=? AND user_id=?", (lease, user_id)
+        ).fetchone()
+        if row is None:
+            raise UserForgottenError(user_id)
+
+    def put(self, summary: Summary, *, lease: str | None = None) -> Summary:
+        with self._write() as conn:
+            self._check_lease(conn, summary.user_id, lease)
             version = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM summary_versions WHERE user_id=?",
                 (summary.user_id,),
@@ -222,10 +252,14 @@ class SQLiteStore:
         rows = self._run("SELECT record FROM user_signals WHERE user_id=?", (user_id,))
         return json.loads(rows[0][0]) if rows else None
 
-    def merge_signals(self, user_id: str, record: dict, *, limit: int, replace: bool = False) -> dict:
+    def merge_signals(
+        self, user_id: str, record: dict, *, limit: int, replace: bool = False,
+        lease: str | None = None,
+    ) -> dict:
         from popi_sdk.store import merge_records
 
         with self._write() as conn:
+            self._check_lease(conn, user_id, lease)
             row = conn.execute("SELECT record FROM user_signals WHERE user_id=?", (user_id,)).fetchone()
             merged = merge_records(json.loads(row[0]) if row else None, record, limit=limit, replace=replace)
             conn.execute(
@@ -252,6 +286,7 @@ class SQLiteStore:
             ).fetchone()[0]
             conn.execute("DELETE FROM summary_versions WHERE user_id=?", (user_id,))
             conn.execute("DELETE FROM user_signals WHERE user_id=?", (user_id,))
+            conn.execute("DELETE FROM write_leases WHERE user_id=?", (user_id,))
         self._truncate_log(user_id, int(n))
         return int(n)
 
