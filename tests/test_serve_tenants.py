@@ -70,7 +70,26 @@ def _actions(client: openai.OpenAI, user: str):
         ("chat", lambda: client.chat.completions.create(model="stub", messages=HI, user=user)),
         ("chat-header", lambda: client.chat.completions.create(
             model="stub", messages=HI, extra_headers={"X-Popi-User": user})),
+        ("chat-safety-identifier", lambda: client.chat.completions.create(
+            model="stub", messages=HI, extra_body={"safety_identifier": user})),
+        ("responses", lambda: client.responses.create(model="stub", input="Hello", user=user)),
+        ("responses-safety-identifier", lambda: client.responses.create(
+            model="stub", input="Hello", extra_body={"safety_identifier": user})),
     ]
+
+
+def test_messages_api_keys_are_scoped_too(server):
+    """The Anthropic Messages endpoint checks ``x-api-key`` scopes like every other endpoint."""
+    import anthropic
+
+    base, p = server
+    _client(base, GLOBEX).put("/users/globex%2Fbob/summary", body={"text": "Bob likes long answers."},
+                              cast_to=object)
+    acme = anthropic.Anthropic(base_url=base.removesuffix("/v1"), api_key=ACME, max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        acme.messages.create(model="stub", max_tokens=8, messages=HI,
+                             metadata={"user_id": "globex/bob"})
+    assert [s.text for s in p.history("globex/bob")] == ["Bob likes long answers."]
 
 
 def test_two_tenants_cannot_touch_each_others_users(server):

@@ -125,7 +125,13 @@ def to_api_error(exc: BaseException, redact: Redactor) -> APIErrorBody:
     their details stay in the server log. So do an upstream failure's: the client learns what
     happened (unreachable, timed out, rate limited, rejected the operator's key) but not the
     server's setup (upstream URLs, key variables, settings), which are logged here."""
+    from popi_sdk.serve.auth import ProxyAuthError, ProxyForbiddenError
+
     msg = redact(str(exc))
+    if isinstance(exc, ProxyAuthError):
+        return APIErrorBody(401, msg, "invalid_request_error", exc.code)
+    if isinstance(exc, ProxyForbiddenError):  # every API's route, not only chat's
+        return APIErrorBody(403, msg, "invalid_request_error", "permission_denied")
     if isinstance(exc, BackendError) and not isinstance(exc, InputError):
         err = _upstream_error(exc, msg, redact)
         if err is not None:
