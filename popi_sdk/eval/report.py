@@ -27,7 +27,7 @@ def main_table(results: dict) -> list[list[str]]:
         rows.append([
             m["title"],
             _pct(m["reward_accuracy"], m.get("reward_accuracy_se")),
-            _num(m["context_overhead"]),
+            _num(m["context_overhead"]) + m.get("overhead_mark", ""),
             _pct(m["win_rate"], m.get("win_rate_se")),
         ])
     return rows
@@ -82,6 +82,10 @@ def render_markdown(results: dict) -> str:
         "in the generator's tokenizer. Win rate: judge's verdict on the method's answer against the "
         "base model's (ties half; an LLM judge sees the two in a seeded random order). ± is one standard error.",
     ]
+    if any(m.get("overhead_mark") for m in results["methods"].values()):
+        from popi_sdk.eval.latent import OVERHEAD_NOTE
+
+        parts += ["", OVERHEAD_NOTE]
     if stats.get("judge_unparsed"):
         parts += [
             "",
