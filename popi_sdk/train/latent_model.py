@@ -233,14 +233,15 @@ def infer_weights(
     encoder frozen, starting from the uniform mixture (the population's centre). ``ref`` is a
     :class:`~popi_sdk.scoring.ReferenceCache` of the model the training reference came from.
     Users without pairs keep the uniform mixture. Nothing but the returned logits changes."""
-    logits = torch.zeros(len(pairs), encoder.rank, requires_grad=True)
+    device = model.get_input_embeddings().weight.device
+    logits = torch.zeros(len(pairs), encoder.rank, device=device, requires_grad=True)
     flat = [(u, p) for u, ps in enumerate(pairs) for p in ps]
     if not flat or steps < 1:
         return logits.detach()
     chosen = [codec.items(p.prompt, [p.chosen])[0] for _, p in flat]
     rejected = [codec.items(p.prompt, [p.rejected])[0] for _, p in flat]
-    ref_c, ref_r = ref.pairs([p for _, p in flat])
-    owner = torch.tensor([u for u, _ in flat])
+    ref_c, ref_r = (t.to(device) for t in ref.pairs([p for _, p in flat]))
+    owner = torch.tensor([u for u, _ in flat], device=device)
     count = torch.bincount(owner, minlength=len(pairs)).clamp(min=1).float()
     frozen = [(p, p.requires_grad) for p in [*model.parameters(), *encoder.parameters()]]
     for p, _ in frozen:
