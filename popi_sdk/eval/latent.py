@@ -13,6 +13,7 @@ transfer table (``--generators``) cannot include these methods (:func:`check_lat
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,10 @@ from typing import Any
 
 from popi_sdk.errors import InputError
 from popi_sdk.eval import metrics as M
+from popi_sdk.progress import progress_bar
 from popi_sdk.signals import UserRow
+
+log = logging.getLogger(__name__)
 
 LATENT_METHODS = ("lore", "pal-a", "pal-b")
 OVERHEAD_MARK = "†"
@@ -105,11 +109,15 @@ class LatentRun:
         key = tuple(u.user_id for u in users)
         if key not in self._logits:
             started = time.perf_counter()
-            self._logits[key] = infer_weights(
-                self.model, self.encoder, self.codec, [u.signals.pairs for u in users], self.reference,
-                steps=self.meta["infer_steps"], learning_rate=self.meta["infer_learning_rate"],
-                beta=self.meta["beta"], loss_type=self.meta["loss_type"], batch_size=self.batch_size,
-            )
+            steps = self.meta["infer_steps"]
+            with progress_bar(f"Fitting {len(users)} users' {self.meta['method']} weights", steps,
+                              enabled=self.progress, unit="steps") as advance:
+                self._logits[key] = infer_weights(
+                    self.model, self.encoder, self.codec, [u.signals.pairs for u in users],
+                    self.reference, steps=steps, learning_rate=self.meta["infer_learning_rate"],
+                    beta=self.meta["beta"], loss_type=self.meta["loss_type"],
+                    batch_size=self.batch_size, advance=advance,
+                )
             self.seconds["inference"] += time.perf_counter() - started
         return self._logits[key]
 
@@ -132,13 +140,15 @@ class LatentRun:
         logits = self.logits(users)
         flat = [(u, p) for u, row in enumerate(users) for p in row.examples]
         out: list[float] = []
-        with torch.no_grad():
+        with torch.no_grad(), progress_bar(f"Scoring {self.meta['method']}", len(flat),
+                                           enabled=self.progress) as advance:
             for start in range(0, len(flat), self.batch_size):
                 chunk = flat[start : start + self.batch_size]
                 items = [it for _, p in chunk for it in self.codec.items(p.prompt, [p.chosen, p.rejected])]
                 owners = torch.tensor([u for u, _ in chunk for _ in (0, 1)])
                 lp = response_logprobs(self.model, items, self._vectors(logits[owners], items), self.codec.slot_id)
                 out.extend(M.margins(lp[0::2].tolist(), lp[1::2].tolist()))
+                advance(len(chunk))
         self.margins[key] = out
         return out
 
@@ -147,41 +157,60 @@ class LatentRun:
 
     def responses_for(self, users: Sequence[UserRow], judged: Sequence[tuple[int, Any]], max_new_tokens: int) -> list[str]:
         """Greedy answers to the judged prompts, each user's vector in the slot."""
-        import torch
-
         key = (tuple(u.user_id for u in users), tuple((u, p.prompt) for u, p in judged), max_new_tokens)
         if key in self.responses:
             return self.responses[key]
         logits = self.logits(users)
-        model, tok = self.model, self.tokenizer
-        device = model.get_input_embeddings().weight.device
         out: list[str] = []
-        for start in range(0, len(judged), self.batch_size):
-            chunk = judged[start : start + self.batch_size]
-            items = [self.codec.items(p.prompt, ["."])[0] for _, p in chunk]
-            width = max(len(it.context) for it in items)
-            ids = torch.full((len(items), width), self.codec.slot_id, dtype=torch.long)
-            mask = torch.zeros((len(items), width), dtype=torch.long)
-            slot = torch.zeros((len(items), width, 1), dtype=torch.bool)
-            for row, it in enumerate(items):
-                ids[row, width - len(it.context):] = torch.tensor(it.context)
-                mask[row, width - len(it.context):] = 1
-                slot[row, width - len(it.context) + it.slot] = True
-            with torch.inference_mode():
-                vectors = self._vectors(logits[torch.tensor([u for u, _ in chunk])], items)
-                embeds = model.get_input_embeddings()(ids.to(device))
-                embeds = torch.where(slot.to(device), vectors.to(embeds.dtype).unsqueeze(1), embeds)
-                new = model.generate(
-                    inputs_embeds=embeds, attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                    do_sample=False, temperature=None, top_p=None, top_k=None,
-                    pad_token_id=tok.pad_token_id,
-                )
-            # With inputs_embeds only, generate returns the new tokens alone.
-            out.extend(tok.decode(row, skip_special_tokens=True).strip() for row in new)
+        bar = progress_bar(f"Generating {self.meta['method']}", len(judged), enabled=self.progress)
+        with bar as advance:
+            for start in range(0, len(judged), self.batch_size):
+                out.extend(self._generate(logits, judged[start : start + self.batch_size], max_new_tokens))
+                advance(min(self.batch_size, len(judged) - start))
         self.responses[key] = out
         return out
 
+    def _generate(self, logits: Any, chunk: Sequence[tuple[int, Any]], max_new_tokens: int) -> list[str]:
+        """One left-padded batch of greedy answers from ``inputs_embeds``."""
+        import torch
 
-def load_latent_runs(folders: dict[str, Path], reference: Any, *, batch_size: int, progress: bool) -> dict[str, LatentRun]:
-    return {name: LatentRun(folder, reference, batch_size=batch_size, progress=progress)
-            for name, folder in folders.items()}
+        model, tok = self.model, self.tokenizer
+        device = model.get_input_embeddings().weight.device
+        items = [self.codec.items(p.prompt, ["."])[0] for _, p in chunk]
+        width = max(len(it.context) for it in items)
+        ids = torch.full((len(items), width), self.codec.slot_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        slot = torch.zeros((len(items), width, 1), dtype=torch.bool)
+        for row, it in enumerate(items):
+            ids[row, width - len(it.context):] = torch.tensor(it.context)
+            mask[row, width - len(it.context):] = 1
+            slot[row, width - len(it.context) + it.slot] = True
+        with torch.inference_mode():
+            vectors = self._vectors(logits[torch.tensor([u for u, _ in chunk])], items)
+            embeds = model.get_input_embeddings()(ids.to(device))
+            embeds = torch.where(slot.to(device), vectors.to(embeds.dtype).unsqueeze(1), embeds)
+            new = model.generate(
+                inputs_embeds=embeds, attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                pad_token_id=tok.pad_token_id,
+            )
+        # With inputs_embeds only, generate returns the new tokens alone.
+        return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+def load_latent_runs(folders: dict[str, Path], base_run: Any, *, batch_size: int, progress: bool) -> dict[str, LatentRun]:
+    """A :class:`LatentRun` per method, with ``base_run``'s reference cache. Warns when the base
+    model is not the one the run started from: the fit's reference and reward accuracy's
+    baseline are then another model's."""
+    import os
+
+    runs = {}
+    for name, folder in folders.items():
+        run = runs[name] = LatentRun(folder, base_run.ref, batch_size=batch_size, progress=progress)
+        start, base = run.meta.get("base_model"), getattr(base_run.backend, "path", None)
+        if start and base and os.path.realpath(start) != os.path.realpath(base):
+            log.warning(
+                "%s was trained from %s, but --base is %s: pass --base %s so the reference and the "
+                "baseline are the model it started from", folder, start, base, start,
+            )
+    return runs

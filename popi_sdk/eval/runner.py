@@ -366,13 +366,14 @@ def evaluate(
 
     base_run = load(base)
     trained_run = load(generator) if generator and any(m.generator == "trained" for m in methods) else None
-    latent_runs = load_latent_runs(latent_folders, base_run.ref, batch_size=batch_size, progress=progress)
+    latent_runs = load_latent_runs(latent_folders, base_run, batch_size=batch_size, progress=progress)
     results: dict[str, Any] = {"methods": {}, "transfer": {}, "summaries": summary_stats}
     for m in methods:
         run = latent_runs.get(m.name) or (trained_run if m.generator == "trained" else base_run)
         results["methods"][m.name] = ev.evaluate_method(m, run, base_run, table="main")
         if m.name in latent_runs:
             results["methods"][m.name]["overhead_mark"] = OVERHEAD_MARK
+            results["methods"][m.name]["user_fit_seconds"] = round(latent_runs[m.name].seconds["inference"], 1)
     for spec in generators:
         run = load(spec)
         results["transfer"][run.name] = {

@@ -226,13 +226,14 @@ def pair_loss(
 def infer_weights(
     model: Any, encoder: UserEncoder, codec: Codec, pairs: Sequence[Sequence[Any]],
     ref: Any, *, steps: int, learning_rate: float, beta: float, loss_type: LossType = "dpo",
-    batch_size: int = 8,
+    batch_size: int = 8, advance: Any = None,
 ) -> torch.Tensor:
     """Mixture logits ``[n_users, K]`` for new users from their preference ``pairs`` (each a list
     of :class:`~popi_sdk.signals.PreferencePair`): Adam on the loss with the generator and the
     encoder frozen, starting from the uniform mixture (the population's centre). ``ref`` is a
     :class:`~popi_sdk.scoring.ReferenceCache` of the model the training reference came from.
-    Users without pairs keep the uniform mixture. Nothing but the returned logits changes."""
+    Users without pairs keep the uniform mixture. Nothing but the returned logits changes.
+    ``advance()`` is called after each step (a progress bar's)."""
     device = model.get_input_embeddings().weight.device
     logits = torch.zeros(len(pairs), encoder.rank, device=device, requires_grad=True)
     flat = [(u, p) for u, ps in enumerate(pairs) for p in ps]
@@ -260,6 +261,8 @@ def infer_weights(
                 # Each user's mean loss: users are independent, and Adam is per coordinate.
                 (loss / count[owner[idx]]).sum().backward()
             opt.step()
+            if advance is not None:
+                advance()
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
