@@ -109,9 +109,41 @@ def test_a_held_out_users_embedding_is_inferred_without_touching_the_generator(m
                              steps=6, learning_rate=0.5, beta=meta["beta"])
     assert logits.shape == (2, 3) and logits.abs().sum() > 0  # moved off the uniform start
     assert loss(logits) < loss(torch.zeros(2, 3))  # fitted to the user's own pairs
+    assert not torch.allclose(logits[0], logits[1])  # two users, two fits
     after = dict([*model.named_parameters(), *encoder.named_parameters()])
     assert all(torch.equal(before[n], after[n]) for n in before)  # nothing else changed
     assert all(p.grad is None for p in after.values())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_evaluation_scores_each_user_with_their_own_vector(method, latent_run, tiny_dir, data_dir):
+    """popi eval's margins are the generator's with the user's fitted vector in the slot, the
+    same one sequence at a time as in padded batches, and another user's vector scores otherwise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.data import read_users
+    from popi_sdk.eval.latent import LatentRun
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.train import latent_model as L
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    ref = ReferenceCache(SequenceScorer(base, AutoTokenizer.from_pretrained(tiny_dir)), "tiny")
+    run = LatentRun(latent_run / method, ref, batch_size=4, progress=False)
+    users = read_users(data_dir / "test.jsonl")
+    margins = run.margins_for(users)
+    assert len(margins) == sum(len(u.examples) for u in users)
+    logits = run.logits(users)
+
+    def margin(pair, user):
+        items = run.codec.items(pair.prompt, [pair.chosen, pair.rejected])
+        with torch.no_grad():
+            lp = [L.response_logprobs(run.model, [it], run._vectors(logits[[user]], [it]), run.codec.slot_id)
+                  for it in items]  # one sequence per call: no padding at all
+        return float(lp[0] - lp[1])
+
+    last = users[-1].examples[-1]
+    assert margins[-1] == pytest.approx(margin(last, len(users) - 1), abs=1e-3)
+    assert margins[-1] != pytest.approx(margin(last, 0), abs=1e-4)  # the vector matters
 
 
 @pytest.mark.model
