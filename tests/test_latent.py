@@ -246,3 +246,22 @@ def test_raw_aligned_runs_end_to_end_on_a_tiny_model(tiny_dir, data_dir, tmp_pat
     assert mine == pytest.approx(want, abs=1e-3)
     assert got["raw-aligned"]["mean_margin"] != pytest.approx(got["raw"]["mean_margin"], abs=1e-3)
     assert got["raw-aligned"]["n_judged"] == got["raw"]["n_judged"] > 0
+
+
+def test_train_latent_bad_paths_fail_before_any_model_loads(data_dir, tmp_path):
+    from popi_sdk.cli import app
+
+    afile = tmp_path / "file.txt"
+    afile.write_text("keep me")
+    cases = [
+        (["--data", str(data_dir), "--out", str(afile)], "is a file; the run folder must be a folder"),
+        (["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")], "does not exist"),
+        (["--data", str(data_dir), "--out", str(tmp_path / "run"), "--set", "beta=-1"],
+         "field beta: Input should be greater than 0"),
+    ]
+    for argv, message in cases:
+        result = CliRunner().invoke(app, ["train", "latent", "--method", "lore", *argv,
+                                          "--set", "model=no/such/model"])
+        assert isinstance(result.exception, ConfigError), result.output
+        assert message in str(result.exception)
+    assert afile.read_text() == "keep me" and not (tmp_path / "run").exists()
