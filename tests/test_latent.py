@@ -265,3 +265,18 @@ def test_train_latent_bad_paths_fail_before_any_model_loads(data_dir, tmp_path):
         assert isinstance(result.exception, ConfigError), result.output
         assert message in str(result.exception)
     assert afile.read_text() == "keep me" and not (tmp_path / "run").exists()
+
+
+def test_a_base_model_other_than_the_runs_start_is_warned(latent_run, tiny_dir, caplog):
+    from types import SimpleNamespace
+
+    from popi_sdk.eval.latent import load_latent_runs
+
+    folders = {"lore": latent_run / "lore"}
+    for path, warned in ((str(tiny_dir), False), ("/elsewhere/model", True)):
+        caplog.clear()
+        base = SimpleNamespace(ref=None, backend=SimpleNamespace(path=path))
+        with caplog.at_level("WARNING"):
+            runs = load_latent_runs(folders, base, batch_size=2, progress=False)
+        assert runs["lore"].meta["method"] == "lore"
+        assert (f"pass --base {tiny_dir}" in caplog.text) is warned
