@@ -20,6 +20,7 @@ from popi_sdk.templates import prompt_only_messages, raw_signals_messages
 
 POSITIVE = "This user prefers positive reviews."
 REFERENCES = ("oracle", "shuffled", "user-edit")  # need users with at least two personas
+LATENT = ("lore", "pal-a", "pal-b")  # need a `popi train latent` run (tests/test_latent.py)
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -270,14 +271,14 @@ def test_every_method_with_checkpoints(smollm2, smollm2_dir, tmp_path):
     store = tmp_path / "s.sqlite"
     _stored_summary(store, users[0], "hf", "The user likes upbeat reviews.")
     _stored_summary(store, users[0], f"hf:{smollm2_dir}", users[0].persona)
-    methods = parse_methods([m for m in METHODS if m not in REFERENCES],
+    methods = parse_methods([m for m in METHODS if m not in REFERENCES + LATENT],
                             summarizer=str(smollm2_dir), generator=str(smollm2_dir))
     results, _ = evaluate(
         users, methods, OracleJudge(), summarizer=str(smollm2_dir), generator=str(smollm2_dir),
         store=str(store), max_new_tokens=4, progress=False,
     )
     got = results["methods"]
-    assert list(got) == [m for m in METHODS if m not in REFERENCES]
+    assert list(got) == [m for m in METHODS if m not in REFERENCES + LATENT]
     # the "trained" generator is the same weights: aligned methods equal their unaligned twins
     assert got["raw-aligned"]["mean_margin"] == pytest.approx(got["raw"]["mean_margin"], abs=1e-4)
     assert got["popi-full"]["mean_margin"] == pytest.approx(got["popi"]["mean_margin"], abs=1e-4)

@@ -13,9 +13,10 @@ def eval_command(
     methods: str = typer.Option(
         "base,raw,inference",
         help="Comma-separated: base, raw, inference, popi, popi-full, raw-aligned, inference-aligned, "
-        "and the references oracle (the true persona as the summary), user-edit (the persona read "
-        "by --generator), exemplar / exemplar-aligned (the copy rule: the first preferred response "
-        "quoted, read by the base / trained generator) and shuffled (another user's summary).",
+        "lore, pal-a, pal-b (latent-embedding baselines, --latent), and the references oracle (the "
+        "true persona as the summary), user-edit (the persona read by --generator), exemplar / "
+        "exemplar-aligned (the copy rule: the first preferred response quoted, read by the base / "
+        "trained generator) and shuffled (another user's summary).",
     ),
     judge: str = typer.Option(
         "oracle", help="'oracle' (synthetic personas) or a backend name, e.g. openai:gpt-4o."
@@ -24,6 +25,10 @@ def eval_command(
     base: str = typer.Option("hf", help="Base model: generator of the unaligned methods, default summarizer."),
     summarizer: Optional[str] = typer.Option(None, help="Trained summarizer checkpoint (popi, popi-full)."),
     generator: Optional[str] = typer.Option(None, help="Trained generator checkpoint (*-aligned, popi-full)."),
+    latent: Optional[str] = typer.Option(
+        None, help="Run folder of `popi train latent` (holding lore/, pal-a/, pal-b/) for the "
+        "latent-embedding methods."
+    ),
     generators: Optional[str] = typer.Option(
         None, help="Comma-separated generators for a transfer table (the same summaries, other models)."
     ),
@@ -91,6 +96,7 @@ def eval_command(
         summary_tokens=summary_tokens,
         summary_words=summary_words,
         shuffle_seed=seed,
+        latent=latent,
     )
     results["config"] = {
         "data": str(data), "methods": [m.name for m in chosen], "judge": judge, "base": base,
@@ -98,7 +104,7 @@ def eval_command(
         "prompts_per_user": prompts_per_user, "max_new_tokens": max_new_tokens, "seed": seed,
         "summary_tokens": summary_tokens, "summary_words": summary_words,
         "summary_spec": next(iter(results["summaries"].values()), {}).get("spec"),
-        "bf16": bf16,
+        "bf16": bf16, "latent": latent,
     }
     paths = write_results(out, results, records)
 

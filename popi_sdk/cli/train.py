@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 app = typer.Typer(
-    help="Train POPI: stage1 (summarizer, GRPO), stage2 (generator, DPO), or all.",
+    help="Train POPI: stage1 (summarizer, GRPO), stage2 (generator, DPO), or all; latent: the "
+    "LoRe / PAL baselines.",
     no_args_is_help=True,
 )
 
@@ -85,6 +86,32 @@ def all_(
         typer.echo(f"Stage 1 checkpoint: {a}\nStage 2 checkpoint: {b}")
     s1, s2 = done[-1]
     typer.echo(f'Load them with Personalizer(summarizer="{s1}", generator="{s2}")')
+
+
+@app.command()
+def latent(
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="lore, pal-a or pal-b (default: the config's, else lore)."
+    ),
+    config: Optional[Path] = _CONFIG,
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Shipped latent preset: cpu-small."),
+    data: Optional[Path] = _DATA, out: Optional[Path] = _OUT,
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap the optimizer steps."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a field: --set rank=8 (repeatable; see popi_sdk/train/latent.py)."
+    ),
+) -> None:
+    """Train a latent-embedding baseline (LoRe, PAL-A, PAL-B); writes RUN/<method>."""
+    from popi_sdk.train.latent import load_latent_config, main
+
+    cfg = load_latent_config(config, preset=preset, overrides=set_ or [], method=method,
+                             max_steps=max_steps, data=data, out=out)
+    cfg.train_file()  # fail now, before any model loads, when the data is missing
+    cfg.run_dir()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    folder = main(cfg)
+    typer.echo(f"{cfg.method} checkpoint: {folder}\nEvaluate it with popi eval --methods {cfg.method} "
+               f"--latent {cfg.run_dir()} --data TEST.jsonl --out DIR")
 
 
 @app.command()

@@ -16,6 +16,7 @@ method                        context            summaries from         generato
 ``exemplar`` (reference)      a summary          the copy rule          base
 ``exemplar-aligned``          a summary          the copy rule          ``--generator``
 ``shuffled`` (control)        a summary          another user's         base
+LoRe, PAL-A, PAL-B            one user token     - (a learned vector)   ``--latent RUN``
 ============================  =================  =====================  ===================
 
 ``oracle`` and ``shuffled`` are references for data with ground-truth personas: ``oracle`` puts
@@ -31,6 +32,9 @@ trained generator. A trained summarizer has learned something beyond copying onl
 beats ``exemplar`` (and ``popi-full`` beats ``exemplar-aligned``). Together with ``inference`` and ``popi`` they say whether the generator reads
 summaries at all and how much of the way a summarizer has come.
 
+``lore``, ``pal-a`` and ``pal-b`` are the latent-embedding baselines (:mod:`popi_sdk.eval.latent`):
+a learned per-user vector in one input slot of a generator trained with it.
+
 The contexts come only from :mod:`popi_sdk.templates`, the same functions training uses.
 """
 
@@ -45,8 +49,8 @@ from popi_sdk.errors import InputError
 from popi_sdk.signals import Signals
 from popi_sdk.templates import prompt_only_messages, raw_signals_messages, summary_messages
 
-Context = Literal["prompt", "raw", "summary"]
-Source = Literal["base", "trained", "oracle", "shuffled", "exemplar"]
+Context = Literal["prompt", "raw", "summary", "latent"]
+Source = Literal["base", "trained", "oracle", "shuffled", "exemplar", "latent"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Method:
 
     def messages(self, prompt: str, signals: Signals, summary: str | None) -> list[Message]:
         """The generator's messages for one prompt of one user."""
-        if self.context == "prompt":
+        if self.context in ("prompt", "latent"):  # latent: the text around the user's slot
             return prompt_only_messages(prompt)
         if self.context == "raw":
             return raw_signals_messages(prompt, signals)
@@ -89,6 +93,9 @@ METHODS: dict[str, Method] = {
         Method("exemplar", "Copy rule (exemplar)", "summary", "exemplar", "base"),
         Method("exemplar-aligned", "Copy rule, trained generator", "summary", "exemplar", "trained"),
         Method("shuffled", "Shuffled summaries", "summary", "shuffled", "base"),
+        Method("lore", "LoRe", "latent", None, "latent"),
+        Method("pal-a", "PAL-A", "latent", None, "latent"),
+        Method("pal-b", "PAL-B", "latent", None, "latent"),
     )
 }
 

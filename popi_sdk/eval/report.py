@@ -28,7 +28,7 @@ def main_table(results: dict) -> list[list[str]]:
         rows.append([
             m["title"],
             _pct(m["reward_accuracy"], m.get("reward_accuracy_se")),
-            _num(m["context_overhead"]),
+            _num(m["context_overhead"]) + m.get("overhead_mark", ""),
             _pct(m["win_rate"], m.get("win_rate_se")),
             _pct(m.get("echo_rate")),
         ])
@@ -86,6 +86,10 @@ def render_markdown(results: dict) -> str:
         "of the judged answers that repeat 8 or more consecutive words of the conditioning text. "
         "± is one standard error.",
     ]
+    if any(m.get("overhead_mark") for m in results["methods"].values()):
+        from popi_sdk.eval.latent import OVERHEAD_NOTE
+
+        parts += ["", OVERHEAD_NOTE]
     if stats.get("judge_unparsed"):
         parts += [
             "",

@@ -94,6 +94,8 @@ class Evaluation:
     # -- the three measurements ----------------------------------------------------------------
     def margins(self, run: GeneratorRun, method: Method) -> list[float]:
         """Margin on every example of every user, in order (cached per generator and context)."""
+        if method.context == "latent":  # a learned vector, not text (popi_sdk.eval.latent)
+            return run.margins_for(self.users)
         key = _key(method)
         if key in run.margins:
             return run.margins[key]
@@ -123,6 +125,8 @@ class Evaluation:
         return out
 
     def overheads(self, run: GeneratorRun, method: Method) -> list[int]:
+        if method.context == "latent":
+            return run.overheads_for(self.users)
         tok = run.backend.tokenizer
         return [
             M.context_overhead(tok, method.messages(p.prompt, row.signals, self._summary(method, u)), p.prompt)
@@ -135,6 +139,8 @@ class Evaluation:
         from popi_sdk.backends import GenerateOptions
         from popi_sdk.personalizer import answer_all
 
+        if method.context == "latent":
+            return run.responses_for(self.users, self._judged_pairs(), self.max_new_tokens)
         key = _key(method)
         if key in run.responses:
             return run.responses[key]
@@ -206,7 +212,7 @@ class Evaluation:
             )
         echoes = [
             M.echoes(self._conditioning_text(method, u), a) for (u, _), a in zip(judged, answers)
-        ] if method.context != "prompt" else []
+        ] if method.context not in ("prompt", "latent") else []
         return {
             "title": method.title,
             "generator": run.name,
@@ -312,6 +318,7 @@ def evaluate(
     summary_tokens: int | None = None,
     summary_words: int | None = None,
     shuffle_seed: int = 0,
+    latent: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Evaluate ``methods`` on ``users``; returns ``(results, per-example records)``.
 
@@ -320,7 +327,8 @@ def evaluate(
     ``generator`` are trained checkpoints; ``generators`` adds a transfer table: the same
     summaries conditioning each of those generators, scored against that generator's own base.
     Every summary is written under :func:`summary_spec_for` (the trained summarizer's saved spec;
-    ``summary_tokens`` / ``summary_words`` override it).
+    ``summary_tokens`` / ``summary_words`` override it). ``latent`` is the run folder of
+    ``popi train latent`` that the methods lore, pal-a and pal-b read.
     """
     started = time.perf_counter()
     users = list(users)
@@ -335,6 +343,9 @@ def evaluate(
     if "shuffled" in sources:
         check_personas(users, "method 'shuffled' gives each user a summary of a user with another persona")
         sources.add("trained" if summarizer else "base")
+    from popi_sdk.eval.latent import OVERHEAD_MARK, check_latent, load_latent_runs
+
+    latent_folders = check_latent(methods, latent, generators)
     judge.check({row.user_id: row.persona for row in users})
     summaries: dict[str, list[str]] = {}
     summary_stats: dict[str, dict] = {}
@@ -368,10 +379,14 @@ def evaluate(
 
     base_run = load(base)
     trained_run = load(generator) if generator and any(m.generator == "trained" for m in methods) else None
+    latent_runs = load_latent_runs(latent_folders, base_run, batch_size=batch_size, progress=progress)
     results: dict[str, Any] = {"methods": {}, "transfer": {}, "summaries": summary_stats}
     for m in methods:
-        run = trained_run if m.generator == "trained" else base_run
+        run = latent_runs.get(m.name) or (trained_run if m.generator == "trained" else base_run)
         results["methods"][m.name] = ev.evaluate_method(m, run, base_run, table="main")
+        if m.name in latent_runs:
+            results["methods"][m.name]["overhead_mark"] = OVERHEAD_MARK
+            results["methods"][m.name]["user_fit_seconds"] = round(latent_runs[m.name].seconds["inference"], 1)
     for spec in generators:
         run = load(spec)
         results["transfer"][run.name] = {
