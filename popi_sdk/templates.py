@@ -178,10 +178,12 @@ def summary_messages(prompt: str, summary: str) -> list[Message]:
     return personalize_messages(prompt_only_messages(prompt), summary)
 
 
-def raw_signals_messages(prompt: str, signals: Signals) -> list[Message]:
-    """Raw-Prompting baseline: every raw signal in context, then the prompt."""
+def raw_signals_messages(prompt: str, signals: Signals | str) -> list[Message]:
+    """Raw-Prompting baseline: every raw signal in context (``signals``, or their
+    :func:`render_signals` text), then the prompt."""
+    rendered = signals if isinstance(signals, str) else render_signals(signals)
     return [
-        {"role": "system", "content": GENERATOR_RAW_SYSTEM.format(signals=render_signals(signals))},
+        {"role": "system", "content": GENERATOR_RAW_SYSTEM.format(signals=rendered)},
         {"role": "user", "content": prompt},
     ]
 

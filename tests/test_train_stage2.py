@@ -255,6 +255,26 @@ def test_conditioning_mix_draws_every_form_a_user_can_have(tiny_dir, data_dir, t
     assert len(conditioning_texts(users, {"u0": "x"}, only)) == 2
 
 
+def test_raw_form_trains_raw_aligned_on_the_raw_signals_context(tiny_dir, data_dir, tmp_path):
+    """``{raw: 1}``: every row's context is the raw signals exactly as eval's ``raw-aligned``
+    method shows them (the paper's Raw-Aligned baseline)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.scoring import ReferenceCache, SequenceScorer
+    from popi_sdk.templates import raw_signals_messages
+    from popi_sdk.train.stage2 import build_rows
+
+    cfg = _cfg(tiny_dir, data_dir, tmp_path / "run", **{"stage2.conditioning": {"raw": 1}})
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    scorer = SequenceScorer(model, AutoTokenizer.from_pretrained(tiny_dir))
+    users = [UserRow.model_validate(_user(i)) for i in range(2)]
+    rows = build_rows(users, {}, scorer, ReferenceCache(scorer, "tiny"), cfg)
+    assert len(rows) == 4
+    pair = users[1].examples[0]
+    prompt_ids, chosen_ids = scorer.encode_pair(raw_signals_messages(pair.prompt, users[1].signals), pair.chosen)
+    assert rows[2]["prompt_ids"] == prompt_ids and rows[2]["chosen_ids"] == chosen_ids
+
+
 def test_conditioning_without_summaries_needs_no_summarizer(tiny_dir, data_dir, tmp_path):
     """Descriptions, exemplars and no summary only: stage 2 runs with no stage-1 checkpoint."""
     from popi_sdk.errors import ConfigError

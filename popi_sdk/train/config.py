@@ -182,7 +182,7 @@ class Stage2Options(_Section):
         description="Model writing the training summaries: None is RUN/stage1; the base model "
         "here gives the Inference-Aligned baseline.",
     )
-    conditioning: dict[Literal["summary", "description", "exemplar", "profile", "none"], float] = Field(
+    conditioning: dict[Literal["summary", "description", "exemplar", "profile", "raw", "none"], float] = Field(
         default_factory=lambda: {"summary": 1.0},
         description="What each training example's system context is, drawn per example with "
         "these weights: 'summary' (the summarizer's, the paper's stage 2), 'description' (the "

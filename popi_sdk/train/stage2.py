@@ -39,7 +39,14 @@ from popi_sdk.backends.hf import resolve_model
 from popi_sdk.errors import ConfigError, InputError
 from popi_sdk.signals import PreferencePair, UserRow
 from popi_sdk.summary_spec import SummarySpec
-from popi_sdk.templates import SHOW_LEAD, exemplar_summary, prompt_only_messages, summary_messages
+from popi_sdk.templates import (
+    SHOW_LEAD,
+    exemplar_summary,
+    prompt_only_messages,
+    raw_signals_messages,
+    render_signals,
+    summary_messages,
+)
 from popi_sdk.train import common
 from popi_sdk.train.config import TrainConfig
 
@@ -143,7 +150,9 @@ def conditioning_texts(
     prompt_dependent: bool = False,
 ) -> list[tuple[PreferencePair, str | None, str]]:
     """``(example, system text or None, form)`` per training draw (``profile`` is a description
-    then one preferred response, the shape the ``describe`` template asks a summarizer for):
+    then one preferred response, the shape the ``describe`` template asks a summarizer for;
+    ``raw`` is every raw signal, rendered as Raw-Prompting shows them, which trains the paper's
+    Raw-Aligned baseline):
     ``stage2.conditioning_copies``
     draws per example, each form drawn with ``stage2.conditioning``'s weights (seeded by
     ``cfg.seed``). A form a user cannot have (no summary, no description, no pairs to quote) is
@@ -164,6 +173,7 @@ def conditioning_texts(
                 "description": described,
                 "exemplar": [exemplar] if exemplar else [],
                 "profile": [f"{d} {SHOW_LEAD} {shown}" for d in described] if shown else [],
+                "raw": [render_signals(user.signals)],
                 "none": [None],
             }
             usable = {f: w for f, w in mix.items() if options[f]}
@@ -188,13 +198,19 @@ def build_rows(
     drawn = conditioning_texts(users, summaries, cfg, prompt_dependent=prompt_dependent)
     pairs = [pair for pair, _, _ in drawn]
     texts = [text for _, text, _ in drawn]
+    forms = [form for _, _, form in drawn]
     if not pairs:
         raise InputError("no training examples: rows of train.jsonl need non-empty 'examples'")
     ref_chosen, ref_rejected = reference.pairs(pairs)
     rows = []
     limit = cfg.stage2.max_length
-    for pair, summary, rc, rr in zip(pairs, texts, ref_chosen.tolist(), ref_rejected.tolist()):
-        context = prompt_only_messages(pair.prompt) if summary is None else summary_messages(pair.prompt, summary)
+    for pair, summary, form, rc, rr in zip(pairs, texts, forms, ref_chosen.tolist(), ref_rejected.tolist()):
+        if summary is None:
+            context = prompt_only_messages(pair.prompt)
+        elif form == "raw":  # Raw-Aligned: the raw signals as eval's raw methods show them
+            context = raw_signals_messages(pair.prompt, summary)
+        else:
+            context = summary_messages(pair.prompt, summary)
         prompt_ids, chosen_ids = scorer.encode_pair(context, pair.chosen)
         _, rejected_ids = scorer.encode_pair(context, pair.rejected)
         if limit is not None and len(prompt_ids) >= limit:
