@@ -93,6 +93,20 @@ def test_greedy_lora_samples_equal_generate_with_one_prefill_per_prompt(policy):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert isinstance(decoder, FastDecoder) and decoder.weights == "float32"
 
+    # Rows that end early leave the batch; the others go on with their own cache rows.
+    stop = expected[0][0]
+    from popi_sdk.train.sampling import continue_prompts
+
+    prefills.clear()
+    ended = continue_prompts(decoder, prompts, rows, pad_id=tok.pad_token_id, eos_ids=[stop],
+                             max_new_tokens=12, temperature=0.0, keep_stop=True)
+    for row, tokens in zip(rows, ended):
+        want = expected[row]
+        want = want[: want.index(stop) + 1] if stop in want else want
+        assert tokens == want[: len(tokens)] and (len(tokens) == 12 or tokens[-1] == stop)
+    assert ended[1] == [stop] and any(len(t) > 1 for t in ended)
+    assert min(shape[0] for shape in prefills[1:]) < 5  # the ended rows were dropped
+
 
 def test_a_decoder_built_after_an_update_samples_the_updated_policy(policy):
     """The decoder copies the weights as they are when it is built: one built after the adapter

@@ -433,17 +433,23 @@ class FastDecoder:
             stops: list[int | None] = [None] * b
             first = 0.0
             steps = 0
+            # The rows still decoded (``hidden``, ``cache``, ``next_pos``, ``keys``, ``seen`` and
+            # ``ngrams`` hold these rows only): once a quarter of them have ended, they are dropped,
+            # so finished samples stop costing a row of every product and of the LM head.
+            live = torch.arange(b)
             for step in range(max_new_tokens):
                 banned = ngrams.mask(self.lm_weight.shape[0]) if ngrams is not None else None
                 if temperature <= 0 and self.lm_shortlist is not None:
-                    token = self._greedy(hidden, seen, repetition_penalty, banned)
+                    picked = self._greedy(hidden, seen, repetition_penalty, banned)
                 else:
                     logits = self.logits(hidden)
                     if seen is not None:
                         logits = _penalize(logits, seen, repetition_penalty)
                     if banned is not None:
                         logits = logits.masked_fill(banned, float("-inf"))
-                    token = _pick(logits, temperature, top_p, top_k, generator)
+                    picked = _pick(logits, temperature, top_p, top_k, generator)
+                token = torch.full((b,), pad_id, dtype=torch.long)
+                token[live] = picked
                 token = torch.where(done, torch.full_like(token, pad_id), token)
                 out[:, step] = token
                 if streamer is not None:
@@ -461,10 +467,20 @@ class FastDecoder:
                         on_row_done(int(ended.sum()))
                 if bool(done.all()) or step == max_new_tokens - 1:
                     break
+                token = token[live]
                 if seen is not None:
                     seen = torch.cat([seen, token[:, None]], 1)
                 if ngrams is not None:
                     ngrams.append(token.tolist())
+                finished = done[live]
+                if 4 * int(finished.sum()) >= len(live):
+                    keep = (~finished).nonzero().flatten()
+                    live, token, hidden = live[keep], token[keep], hidden[keep]
+                    cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
+                    next_pos, keys = next_pos[keep], keys[keep]
+                    seen = seen[keep] if seen is not None else None
+                    if ngrams is not None:
+                        ngrams.select(keep.tolist())
                 slot = t + step
                 step_mask = keys[:, None, None, : slot + 1] if padded else None
                 hidden = self._forward(token[:, None], next_pos, cache, slot, step_mask)
@@ -501,6 +517,11 @@ class _NgramBan:
             row.append(token)
             if len(row) >= self.n:
                 table.setdefault(tuple(row[len(row) - self.n : -1]), set()).add(token)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (in that order)."""
+        self.rows = [self.rows[i] for i in rows]
+        self.seen = [self.seen[i] for i in rows]
 
     def mask(self, vocab: int) -> Any:
         import torch
