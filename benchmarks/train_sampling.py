@@ -53,8 +53,9 @@ def main() -> None:
     tokenizer = common.load_tokenizer(path)
     model = get_peft_model(policy, common.lora_config(cfg))
     messages = [row["prompt"] for row in rows]
-    prompt_tokens = [len(tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True))
-                     for m in messages]
+    prompt_tokens = [len(tokenizer(tokenizer.apply_chat_template(m, tokenize=False,
+                                                                add_generation_prompt=True),
+                                   add_special_tokens=False)["input_ids"]) for m in messages]
     sample = dict(max_tokens=spec.max_tokens, clean=spec.clean, temperature=spec.train_temperature,
                   top_p=spec.train_top_p)
 
