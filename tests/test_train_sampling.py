@@ -201,3 +201,42 @@ def test_unsupported_adapters_are_named(tiny_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     dora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
     assert "DoRA" in unsupported_reason(dora.get_base_model())
+
+
+def test_grpo_samples_through_the_fast_decoder_with_the_current_adapter(tiny_dir, tmp_path):
+    """PopiGRPOTrainer's roll-outs go through the fast decoder built from the adapter as it is at
+    that step: greedy completions (end token kept) equal the stock trainer's generate, and the
+    prompts are prefilled once, not once per sample."""
+    import json
+
+    from trl import GRPOTrainer
+
+    from popi_sdk.backends.fast_decode import FastDecoder
+    from popi_sdk.train.config import load_config
+    from popi_sdk.train.stage1 import build_trainer
+
+    data = tmp_path / "data"
+    data.mkdir()
+    user = lambda i: {"user_id": f"u{i}", "signals": {"pairs": [  # noqa: E731
+        {"prompt": f"Review lamp number {i}.", "chosen": "Lovely.", "rejected": "Awful."}]},
+        "examples": [{"prompt": "Review a mug.", "chosen": "Lovely.", "rejected": "Awful."}]}
+    (data / "train.jsonl").write_text("".join(json.dumps(user(i)) + "\n" for i in range(4)))
+    cfg = load_config(preset="cpu-small", data=data, out=tmp_path / "run", overrides={
+        "model": str(tiny_dir), "precision": "fp32", "lora.enabled": True, "lora.r": 4,
+        "stage1.kl_weight": 0, "stage1.batch_size": 2, "stage1.num_generations": 3,
+        "stage1.gradient_accumulation_steps": 1, "summary.max_tokens": 8})
+    trainer = build_trainer(cfg).trainer
+    _perturb(trainer.model, seed=3)
+    trainer.generation_config.do_sample = False
+    prompts = [trainer.train_dataset[i]["prompt"] for i in (0, 1) for _ in range(3)]
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    calls = []
+    inner = FastDecoder.generate
+    FastDecoder.generate = lambda self, ids, *a, **kw: calls.append(ids.shape[0]) or inner(self, ids, *a, **kw)
+    try:
+        fast, _ = trainer._generate_single_turn(prompt_ids, None, {}, 3)
+    finally:
+        FastDecoder.generate = inner
+    stock, _ = GRPOTrainer._generate_single_turn(trainer, prompt_ids, None, {}, 3)
+    assert calls == [2]  # one call, two distinct prompts
+    assert fast == stock and all(fast)

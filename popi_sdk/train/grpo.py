@@ -127,19 +127,21 @@ def popi_grpo_trainer_class() -> type:
             method returns them) sampled through the fast decoder, or None where it does not
             apply. The decoder is built from the weights as they are now, so each step samples
             from the policy it updates."""
+            from popi_sdk.backends.fast_decode import unsupported_reason
             from popi_sdk.train import sampling
 
+            if getattr(self, "_fast_unsupported", False):
+                return None
             config = self.generation_config
-            reason = sampling.unsupported_setting(config)
-            if reason is not None:
-                if not getattr(self, "_fast_noted", False):
-                    self._fast_noted = True
-                    logger.info("sampling with transformers' generate: the fast decoder does not "
-                                "implement %s", reason)
+            model = self.accelerator.unwrap_model(self.model)
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            reason = sampling.unsupported_setting(config) or unsupported_reason(inner)
+            if reason is not None:  # neither changes during training: said once, then generate
+                self._fast_unsupported = True
+                logger.info("sampling with transformers' generate: the fast decoder does not "
+                            "support %s", reason)
                 return None
-            decoder = sampling.policy_decoder(self.accelerator.unwrap_model(self.model))
-            if decoder is None:
-                return None
+            decoder = sampling.policy_decoder(model)
             greedy = not config.do_sample
             return sampling.continue_prompts(
                 decoder, [list(p) for p in distinct],

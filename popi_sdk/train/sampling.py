@@ -57,7 +57,7 @@ def policy_decoder(model: Any) -> Any:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     reason = unsupported_reason(inner)
     if reason is not None:
-        log.info("sampling with transformers' generate: the fast decoder does not support %s", reason)
+        log.debug("sampling with transformers' generate: the fast decoder does not support %s", reason)
         return None
     return FastDecoder(inner, "float32")
 
@@ -106,11 +106,13 @@ def continue_prompts(
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
         mask[i, width - len(p):] = 1
-    result = decoder.generate(
-        ids, mask, rows=list(rows), max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-    )
+    # Float32 even inside a trainer's bf16 autocast: the products must not change what is sampled.
+    with torch.autocast("cpu", enabled=False):
+        result = decoder.generate(
+            ids, mask, rows=list(rows), max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+            pad_id=pad_id, temperature=temperature, top_p=top_p, top_k=top_k,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        )
     if not keep_stop:
         return result.tokens
     return [t + [s] if s is not None else t for t, s in zip(result.tokens, result.stops)]
