@@ -4,6 +4,12 @@ before) against the fast decoder with one prefill per user (``popi_sdk.train.sam
 
     popi data synth elix --users 160 --pairs 2 --examples 3 --test-fraction 0.4 --seed 1 --out data/elix
     OMP_NUM_THREADS=1 python benchmarks/train_sampling.py --data data/elix --users 16
+    OMP_NUM_THREADS=1 python benchmarks/train_sampling.py --data data/review --grpo
+
+``--grpo`` times GRPO's roll-outs instead: ``PopiGRPOTrainer._generate_single_turn`` of the
+``cpu-small`` preset on one step's prompts (``stage1.batch_size`` users x ``num_generations``),
+through ``generate`` from the shared prefill (old) and through the fast decoder (new), in
+alternating rounds, then the greedy completions of both.
 
 The policy is the ``cpu-learn`` preset's (the embedded SmolLM2-135M-Instruct with a fresh LoRA
 adapter, as the warm start samples it), its prompts the preset's summary prompts of the first
@@ -33,7 +39,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="Rounds of (old, new) timings.")
     ap.add_argument("--set", action="append", default=[], help="Config override key=value.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grpo", action="store_true", help="Time GRPO's roll-outs (cpu-small).")
     args = ap.parse_args()
+    if args.grpo:
+        grpo(args)
+        return
 
     import torch
     from peft import get_peft_model
@@ -109,6 +119,53 @@ def main() -> None:
     print(f"\nnew vs old: {wall['old'] / wall['new']:.2f}x less wall time, "
           f"{cpu['old'] / cpu['new']:.2f}x less CPU time; greedy summaries identical: "
           f"{same} of {len(greedy['old'])}")
+
+
+def grpo(args) -> None:
+    """Old and new roll-outs of one GRPO step's prompts by the cpu-small trainer."""
+    import torch
+
+    from popi_sdk.train.config import load_config
+    from popi_sdk.train.stage1 import build_trainer
+
+    preset = "cpu-small" if args.preset == "cpu-learn" else args.preset
+    cfg = load_config(preset=preset, overrides=args.set, data=args.data,
+                      out=Path("/tmp/popi-train-sampling"))
+    trainer = build_trainer(cfg).trainer
+    g = cfg.stage1.num_generations
+    prompts = [trainer.train_dataset[i]["prompt"] for i in range(cfg.stage1.batch_size)
+               for _ in range(g)]
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    config = trainer.generation_config
+    print(f"{cfg.stage1.batch_size} users x {g} samples, prompts "
+          f"{min(map(len, prompt_ids))}-{max(map(len, prompt_ids))} tokens, up to "
+          f"{config.max_new_tokens} new tokens, temperature {config.temperature}, top_p "
+          f"{config.top_p}, top_k {config.top_k}, {torch.get_num_threads()} torch thread(s)\n")
+
+    def roll(name):
+        trainer._fast_unsupported = name == "old"  # the trainer's own fallback: generate
+        return trainer._generate_single_turn(prompt_ids, None, {}, g)[0]
+
+    times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+    print("| round | way | completions | tokens | wall s | CPU s |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for r in range(args.rounds):
+        for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            torch.manual_seed(args.seed + r)
+            w, c = time.perf_counter(), time.process_time()
+            out = roll(name)
+            w, c = time.perf_counter() - w, time.process_time() - c
+            times[name].append((w, c))
+            print(f"| {r + 1} | {name} | {len(out)} | {sum(map(len, out))} | {w:.1f} | {c:.1f} |",
+                  flush=True)
+    config.do_sample = False
+    greedy = {name: roll(name) for name in times}
+    same = sum(a == b for a, b in zip(greedy["old"], greedy["new"]))
+    wall = {k: sum(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: sum(c for _, c in v) for k, v in times.items()}
+    print(f"\nnew vs old: {wall['old'] / wall['new']:.2f}x less wall time, "
+          f"{cpu['old'] / cpu['new']:.2f}x less CPU time (old {cpu['old']:.1f}, new "
+          f"{cpu['new']:.1f} CPU s); greedy completions identical: {same} of {len(greedy['old'])}")
 
 
 def _reward(cfg, model, tokenizer, examples):
