@@ -21,6 +21,14 @@ Weights for the projections (the LM head stays dense):
   entering each product.
 
 Everything else (embeddings, norms, attention, the residual stream) stays float32.
+
+A model with PEFT LoRA layers (a policy being trained) decodes with each layer's weight as its
+forward applies it: the base weight plus the active adapters' low-rank deltas, merged into the
+decoder's own copy (:func:`effective_weight`), so the model itself is left as it is and a decoder
+built after an optimizer step samples from the updated policy.
+
+``generate(..., rows=...)`` runs each distinct prompt once and continues each of ``rows`` (indices
+into the prompts) from its prompt's KV cache: a group of samples of one prompt costs one prefill.
 """
 
 from __future__ import annotations
@@ -50,7 +58,34 @@ def unsupported_reason(model: Any) -> str | None:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
         return "an unexpected module layout"
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A"):  # a PEFT adapter layer: only plain LoRA on a linear layer
+            if not hasattr(getattr(module, "base_layer", None), "weight") or not hasattr(
+                    module, "get_delta_weight") or type(module.base_layer).__name__ != "Linear":
+                return f"an adapter on {name} that is not LoRA on a linear layer"
+            if any(getattr(module, "use_dora", {}).values()) or any(
+                    getattr(module, "lora_bias", {}).values()):
+                return f"a DoRA or LoRA-bias adapter on {name}"
     return None
+
+
+def effective_weight(module: Any) -> Any:
+    """``module``'s weight as its forward applies it: a PEFT LoRA layer's base weight plus the
+    delta (``B @ A * scaling``) of each active adapter, unless merged in already or switched off;
+    a plain layer's own weight. Detached: the decoder only reads it."""
+    import torch
+
+    base = getattr(module, "base_layer", None)
+    if base is None or not hasattr(module, "lora_A"):
+        return module.weight.detach()
+    weight = base.weight.detach()
+    if getattr(module, "merged", False) or getattr(module, "disable_adapters", False):
+        return weight
+    with torch.no_grad():
+        for name in module.active_adapters:
+            if name in module.lora_A:
+                weight = weight + module.get_delta_weight(name).to(weight.dtype)
+    return weight
 
 
 def on_int4_grid(model: Any) -> bool:
@@ -164,6 +199,8 @@ class DecodeResult:
     total_s: float
     steps: int = 0
     per_row_done: list[int] = field(default_factory=list)
+    #: The end-of-sequence token that ended each row (``None``: it reached ``max_new_tokens``).
+    stops: list[int | None] = field(default_factory=list)
 
 
 class FastDecoder:
@@ -191,26 +228,28 @@ class FastDecoder:
         # The LM head stays float32: its weights have no 4-bit grid to fall on (the embedded
         # model's are 8-bit), and greedy decoding turns on the argmax over its 49k logits. With
         # int4 weights a 4-bit copy of it only shortlists candidates (see _greedy).
-        self.lm_weight = model.lm_head.weight.detach().float().contiguous()
+        self.lm_weight = effective_weight(model.lm_head).float().contiguous()
         self.lm_head = _Dense(self.lm_weight, torch.float32)
         self.lm_shortlist = _Int4(self.lm_weight) if weights == "int4" else None
         self.layers = []
         for block in model.model.layers:
             att, mlp = block.self_attn, block.mlp
-            qkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach()
-            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+            w = effective_weight
+            qkv = torch.cat([w(att.q_proj), w(att.k_proj), w(att.v_proj)])
+            gate_up = torch.cat([w(mlp.gate_proj), w(mlp.up_proj)])
+            o_weight, down_weight = w(att.o_proj), w(mlp.down_proj)
             prompt = None
             if weights == "int4":
                 prompt = tuple(_Dense(w, torch.bfloat16)
-                               for w in (qkv, att.o_proj.weight, gate_up, mlp.down_proj.weight))
+                               for w in (qkv, o_weight, gate_up, down_weight))
             self.layers.append(
                 _Layer(
                     ln1=block.input_layernorm.weight.detach(),
                     qkv=_linear(qkv, weights),
-                    o=_linear(att.o_proj.weight, weights),
+                    o=_linear(o_weight, weights),
                     ln2=block.post_attention_layernorm.weight.detach(),
                     gate_up=_linear(gate_up, weights),
-                    down=_linear(mlp.down_proj.weight, weights),
+                    down=_linear(down_weight, weights),
                     prompt=prompt,
                 )
             )
@@ -333,13 +372,22 @@ class FastDecoder:
         generator: Any = None,
         on_row_done: Callable[[int], object] | None = None,
         streamer: Any = None,
+        rows: Any = None,
     ) -> DecodeResult:
         """Decode up to ``max_new_tokens`` after each left-padded row of ``input_ids``.
         ``streamer`` (one row only) receives the tokens as ``transformers``' ``generate`` hands
-        them to a streamer: ``put(prompt ids)``, then ``put`` per new token, then ``end()``."""
+        them to a streamer: ``put(prompt ids)``, then ``put`` per new token, then ``end()``.
+
+        ``rows`` (a sequence of indices into ``input_ids``' rows): each prompt is run once, and
+        one continuation is decoded per entry of ``rows``, from its prompt's KV cache, each
+        sampled on its own (the result has one row per entry). Without it, one per prompt."""
         import torch
 
         t0 = time.perf_counter()
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.long)
+            if streamer is not None and len(rows) != 1:
+                raise ValueError("a streamer takes one row at a time")
         b, t = input_ids.shape
         total = t + max_new_tokens
         if total > self.max_positions:
@@ -371,23 +419,37 @@ class FastDecoder:
             streamer.put(input_ids.cpu())
         with torch.inference_mode():
             hidden = self._forward(input_ids, positions, cache, 0, mask)
+            if rows is not None:  # the prompts ran once; from here on, one row per continuation
+                cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache]
+                hidden, positions, keys = hidden[rows], positions[rows], keys[rows]
+                seen = seen[rows] if seen is not None else None
+                if ngrams is not None:
+                    ngrams = _NgramBan(no_repeat_ngram_size, input_ids[rows].tolist())
+                b = len(rows)
             next_pos = positions[:, -1:] + 1
             out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long)
             done = torch.zeros(b, dtype=torch.bool)
             lengths = [max_new_tokens] * b
+            stops: list[int | None] = [None] * b
             first = 0.0
             steps = 0
+            # The rows still decoded (``hidden``, ``cache``, ``next_pos``, ``keys``, ``seen`` and
+            # ``ngrams`` hold these rows only): once a quarter of them have ended, they are dropped,
+            # so finished samples stop costing a row of every product and of the LM head.
+            live = torch.arange(b)
             for step in range(max_new_tokens):
                 banned = ngrams.mask(self.lm_weight.shape[0]) if ngrams is not None else None
                 if temperature <= 0 and self.lm_shortlist is not None:
-                    token = self._greedy(hidden, seen, repetition_penalty, banned)
+                    picked = self._greedy(hidden, seen, repetition_penalty, banned)
                 else:
                     logits = self.logits(hidden)
                     if seen is not None:
                         logits = _penalize(logits, seen, repetition_penalty)
                     if banned is not None:
                         logits = logits.masked_fill(banned, float("-inf"))
-                    token = _pick(logits, temperature, top_p, top_k, generator)
+                    picked = _pick(logits, temperature, top_p, top_k, generator)
+                token = torch.full((b,), pad_id, dtype=torch.long)
+                token[live] = picked
                 token = torch.where(done, torch.full_like(token, pad_id), token)
                 out[:, step] = token
                 if streamer is not None:
@@ -399,15 +461,26 @@ class FastDecoder:
                 if bool(ended.any()):
                     for row in ended.nonzero().flatten().tolist():
                         lengths[row] = step
+                        stops[row] = int(token[row])
                     done |= ended
                     if on_row_done is not None:
                         on_row_done(int(ended.sum()))
                 if bool(done.all()) or step == max_new_tokens - 1:
                     break
+                token = token[live]
                 if seen is not None:
                     seen = torch.cat([seen, token[:, None]], 1)
                 if ngrams is not None:
                     ngrams.append(token.tolist())
+                finished = done[live]
+                if 4 * int(finished.sum()) >= len(live):
+                    keep = (~finished).nonzero().flatten()
+                    live, token, hidden = live[keep], token[keep], hidden[keep]
+                    cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
+                    next_pos, keys = next_pos[keep], keys[keep]
+                    seen = seen[keep] if seen is not None else None
+                    if ngrams is not None:
+                        ngrams.select(keep.tolist())
                 slot = t + step
                 step_mask = keys[:, None, None, : slot + 1] if padded else None
                 hidden = self._forward(token[:, None], next_pos, cache, slot, step_mask)
@@ -423,6 +496,7 @@ class FastDecoder:
             first_token_s=first,
             total_s=time.perf_counter() - t0,
             steps=steps,
+            stops=stops,
         )
 
 
@@ -443,6 +517,11 @@ class _NgramBan:
             row.append(token)
             if len(row) >= self.n:
                 table.setdefault(tuple(row[len(row) - self.n : -1]), set()).add(token)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (in that order)."""
+        self.rows = [self.rows[i] for i in rows]
+        self.seen = [self.seen[i] for i in rows]
 
     def mask(self, vocab: int) -> Any:
         import torch

@@ -14,9 +14,11 @@ unrelated sequences, so per optimizer step it
 
 :class:`PopiGRPOTrainer` overrides two hooks and nothing else:
 
-- ``_generate_single_turn``: the distinct prompts of the batch are prefilled once, their KV cache
-  is repeated for the ``G`` rows, and ``generate`` samples the completions from that cache (same
-  sampling, same generation config);
+- ``_generate_single_turn``: the distinct prompts of the batch are prefilled once and the ``G``
+  completions of each are sampled from its KV cache, through the fast decoder with the policy's
+  current float32 weights (:mod:`popi_sdk.train.sampling`; same temperature, top-k and top-p),
+  or, where the fast decoder does not support the model or a generation setting, through
+  ``generate`` from the repeated cache;
 - ``_get_per_token_logps_and_entropies``: the distinct prompts run once (with gradients when the
   caller needs them), their KV cache is repeated for the rows, and the completions run after it
   through TRL's own fused LM head, which now sees the completion positions only.
@@ -30,7 +32,10 @@ models whose LM head scales or soft-caps its logits) falls back to the stock met
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def popi_grpo_trainer_class() -> type:
@@ -78,8 +83,12 @@ def popi_grpo_trainer_class() -> type:
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
                                   has_tool_images=False):
             distinct = list(dict.fromkeys(tuple(p) for p in prompt_ids))
-            if (images is not None or multimodal_fields or not self._sharing_supported()
-                    or len(distinct) == len(prompt_ids) or min(len(p) for p in distinct) < 2):
+            plain = images is None and not multimodal_fields and self._sharing_supported()
+            if plain and min(len(p) for p in distinct) >= 1:
+                fast = self._fast_completions(distinct, prompt_ids)
+                if fast is not None:
+                    return fast, None
+            if not plain or len(distinct) == len(prompt_ids) or min(len(p) for p in distinct) < 2:
                 return super()._generate_single_turn(
                     prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
             device = self.accelerator.device
@@ -112,6 +121,40 @@ def popi_grpo_trainer_class() -> type:
             is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=device))
             ends = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1))
             return [c[: int(e) + 1].tolist() for c, e in zip(completion_ids.cpu(), ends.cpu())], None
+
+        def _fast_completions(self, distinct, prompt_ids):
+            """The completions (each with the end-of-sequence token that ended it, as the stock
+            method returns them) sampled through the fast decoder, or None where it does not
+            apply. The decoder is built from the weights as they are now, so each step samples
+            from the policy it updates."""
+            from popi_sdk.backends.fast_decode import unsupported_reason
+            from popi_sdk.train import sampling
+
+            if getattr(self, "_fast_unsupported", False):
+                return None
+            config = self.generation_config
+            model = self.accelerator.unwrap_model(self.model)
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            reason = sampling.unsupported_setting(config) or unsupported_reason(inner)
+            if reason is not None:  # neither changes during training: said once, then generate
+                self._fast_unsupported = True
+                logger.info("sampling with transformers' generate: the fast decoder does not "
+                            "support %s", reason)
+                return None
+            decoder = sampling.policy_decoder(model)
+            greedy = not config.do_sample
+            return sampling.continue_prompts(
+                decoder, [list(p) for p in distinct],
+                [distinct.index(tuple(p)) for p in prompt_ids],
+                pad_id=self._tokenizer.pad_token_id, eos_ids=list(self.eos_token_ids),
+                max_new_tokens=config.max_new_tokens,
+                temperature=0.0 if greedy else (config.temperature or 1.0),
+                top_p=1.0 if greedy or config.top_p is None else config.top_p,
+                top_k=0 if greedy else (config.top_k or 0),
+                repetition_penalty=config.repetition_penalty or 1.0,
+                no_repeat_ngram_size=config.no_repeat_ngram_size or 0,
+                keep_stop=True,
+            )
 
         # -- log-probs ---------------------------------------------------------------------
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask,

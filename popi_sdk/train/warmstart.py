@@ -32,7 +32,7 @@ from typing import Any
 from popi_sdk.backends.base import Message
 from popi_sdk.eval import metrics as M
 from popi_sdk.templates import EXEMPLAR_LEAD, SHOW_LEAD
-from popi_sdk.train.validation import write_summaries
+from popi_sdk.train.sampling import sample_groups
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ def best_of_n(
     summaries and the row's ``extra`` candidates (by ``example_key``: ``(text, source)`` pairs,
     or bare texts meaning "extractive"), with its reward, its ``source`` ("sampled",
     "extractive", "persona") and the mean reward of the sampled ones."""
-    messages = [row["prompt"] for row in rows for _ in range(n)]
-    sampled = write_summaries(model, tokenizer, messages, max_tokens=max_tokens, clean=clean,
-                              temperature=temperature, top_p=top_p,
-                              progress="warm start: sampling" if messages else None)
+    # Each user's prompt prefilled once for its n samples, through the fast decoder (sampling.py).
+    sampled = sample_groups(model, tokenizer, [row["prompt"] for row in rows], n=n,
+                            max_tokens=max_tokens, clean=clean, temperature=temperature,
+                            top_p=top_p, progress="warm start: sampling" if rows and n else None)
     groups: list[list[tuple[str, str]]] = []
     for i, row in enumerate(rows):
         group = [(text, "sampled") for text in sampled[i * n : (i + 1) * n]]
