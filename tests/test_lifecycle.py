@@ -39,8 +39,11 @@ class CallCounter:
 @pytest.fixture
 def p(smollm2, store_path, monkeypatch):
     personalizer = Personalizer(summarizer="hf", store=store_path, summary_tokens=24)
-    counter = CallCounter(smollm2.generate_batch)  # every local model call goes through it
-    monkeypatch.setattr(smollm2, "generate_batch", counter)
+    # The personalizer's own summarizer object: another test may have cleared the backend cache,
+    # so it need not be the session's ``smollm2`` object. Every local model call goes through it.
+    backend = personalizer.summarizer
+    counter = CallCounter(backend.generate_batch)
+    monkeypatch.setattr(backend, "generate_batch", counter)
     personalizer.counter = counter
     return personalizer
 
