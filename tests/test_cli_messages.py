@@ -111,13 +111,15 @@ def test_summary_score_without_stored_pairs_names_its_data_option(tmp_path):
 
 
 @pytest.mark.model
-def test_summary_edit_stores_without_loading_the_model(smollm2_dir, tmp_path):
+def test_summary_edit_stores_without_loading_the_model(smollm2_dir, tmp_path, monkeypatch):
     """Counting the new summary's tokens needs the tokenizer only (it took 7 s and 427 MB to load
     the model for one sentence)."""
     from popi_sdk import Personalizer
-    from popi_sdk.backends import clear_backend_cache
+    from popi_sdk import backends
 
-    clear_backend_cache()
+    # An empty backend cache for this test only: the session's loaded model stays cached for
+    # the tests after it (they count calls on that object).
+    monkeypatch.setattr(backends, "_CACHE", {})
     p = Personalizer(summarizer="hf", store=tmp_path / "s.sqlite")
     text = "Maya is six; use toy analogies."
     edited = p.edit_summary("maya", text)
