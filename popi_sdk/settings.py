@@ -84,34 +84,31 @@ def _number(raw: str, env_var: str, kind: type, minimum: float, what: str) -> fl
     return value
 
 
+def _whole(explicit: int | None, env_var: str, default: int, unit: str) -> int:
+    """A positive whole-number setting: ``explicit``, then ``env_var``, then ``default``."""
+    if explicit is not None:
+        return int(explicit)
+    raw = os.environ.get(env_var)
+    if not raw:
+        return default
+    return int(_number(raw, env_var, int, 1, f"a whole number of {unit}"))
+
+
 def max_signal_chars() -> int:
     """Longest accepted text in one signal field: ``POPI_MAX_SIGNAL_CHARS``, default 32,000."""
-    raw = os.environ.get("POPI_MAX_SIGNAL_CHARS")
-    if not raw:
-        return DEFAULT_MAX_SIGNAL_CHARS
-    return int(_number(raw, "POPI_MAX_SIGNAL_CHARS", int, 1, "a whole number of characters"))
+    return _whole(None, "POPI_MAX_SIGNAL_CHARS", DEFAULT_MAX_SIGNAL_CHARS, "characters")
 
 
 def max_summary_chars(explicit: int | None = None) -> int:
     """Longest summary text a user (or app) may store: argument, ``POPI_MAX_SUMMARY_CHARS``,
     4,000 characters."""
-    if explicit is not None:
-        return int(explicit)
-    raw = os.environ.get("POPI_MAX_SUMMARY_CHARS")
-    if not raw:
-        return DEFAULT_MAX_SUMMARY_CHARS
-    return int(_number(raw, "POPI_MAX_SUMMARY_CHARS", int, 1, "a whole number of characters"))
+    return _whole(explicit, "POPI_MAX_SUMMARY_CHARS", DEFAULT_MAX_SUMMARY_CHARS, "characters")
 
 
 def max_body_bytes(explicit: int | None = None) -> int:
     """Largest request body ``popi serve`` reads: argument (``--max-body-bytes``),
     ``POPI_MAX_BODY_BYTES``, 1 MiB."""
-    if explicit is not None:
-        return int(explicit)
-    raw = os.environ.get("POPI_MAX_BODY_BYTES")
-    if not raw:
-        return DEFAULT_MAX_BODY_BYTES
-    return int(_number(raw, "POPI_MAX_BODY_BYTES", int, 1, "a whole number of bytes"))
+    return _whole(explicit, "POPI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, "bytes")
 
 
 def api_timeout(explicit: float | None = None) -> float:

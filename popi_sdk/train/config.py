@@ -297,27 +297,37 @@ class TrainConfig(_Section):
         return kl_weight(self.beta, self.loss_type)
 
     def run_dir(self) -> Path:
-        if not self.out:
-            raise ConfigError("no run folder: pass --out RUN (or set out: in the config file)")
-        run = Path(self.out).expanduser()
-        if run.exists() and not run.is_dir():
-            raise ConfigError(f"out: {run} is a file; the run folder must be a folder (or not exist yet)")
-        return run
+        return run_folder(self.out)
 
     def train_file(self) -> Path:
-        if not self.data:
-            raise ConfigError("no data: pass --data DIR, a folder holding train.jsonl")
-        path = Path(self.data).expanduser()
-        file = path / "train.jsonl" if path.is_dir() or not path.suffix else path
-        if not file.exists():
-            raise ConfigError(
-                f"data: {file} does not exist. Give a folder holding train.jsonl (make one with "
-                "`popi data synth review --users 64 --out DIR`)"
-            )
-        return file
+        return training_file(self.data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def run_folder(out: str | None) -> Path:
+    """The run folder ``out`` (config ``out:`` or ``--out``), checked to be a folder or absent."""
+    if not out:
+        raise ConfigError("no run folder: pass --out RUN (or set out: in the config file)")
+    run = Path(out).expanduser()
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"out: {run} is a file; the run folder must be a folder (or not exist yet)")
+    return run
+
+
+def training_file(data: str | None) -> Path:
+    """``train.jsonl`` of the data folder ``data`` (or ``data`` itself when it names a file)."""
+    if not data:
+        raise ConfigError("no data: pass --data DIR, a folder holding train.jsonl")
+    path = Path(data).expanduser()
+    file = path / "train.jsonl" if path.is_dir() or not path.suffix else path
+    if not file.exists():
+        raise ConfigError(
+            f"data: {file} does not exist. Give a folder holding train.jsonl (make one with "
+            "`popi data synth review --users 64 --out DIR`)"
+        )
+    return file
 
 
 # -- loading -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from popi_sdk.errors import ConfigError
+from popi_sdk.train.config import run_folder, training_file
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +82,13 @@ class LatentConfig(BaseModel):
         return self
 
     def run_dir(self) -> Path:
-        if not self.out:
-            raise ConfigError("no run folder: pass --out RUN (or set out: in the config file)")
-        run = Path(self.out).expanduser()
-        if run.exists() and not run.is_dir():
-            raise ConfigError(f"out: {run} is a file; the run folder must be a folder (or not exist yet)")
-        return run
+        return run_folder(self.out)
 
     def folder(self) -> Path:
         return self.run_dir() / self.method
 
     def train_file(self) -> Path:
-        if not self.data:
-            raise ConfigError("no data: pass --data DIR, a folder holding train.jsonl")
-        path = Path(self.data).expanduser()
-        file = path / "train.jsonl" if path.is_dir() or not path.suffix else path
-        if not file.exists():
-            raise ConfigError(
-                f"data: {file} does not exist. Give a folder holding train.jsonl (make one with "
-                "`popi data synth review --users 64 --out DIR`)"
-            )
-        return file
+        return training_file(self.data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -52,11 +52,11 @@ def best_of_n(
     temperature: float,
     top_p: float,
     clean: Any,
-    extra: Mapping[str, Sequence[tuple[str, str] | str]] | None = None,
+    extra: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> list[dict[str, Any]]:
     """For each GRPO row (``prompt`` messages, ``example_key``), the best of ``n`` sampled
-    summaries and the row's ``extra`` candidates (by ``example_key``: ``(text, source)`` pairs,
-    or bare texts meaning "extractive"), with its reward, its ``source`` ("sampled",
+    summaries and the row's ``extra`` candidates (by ``example_key``: ``(text, source)``
+    pairs), with its reward, its ``source`` ("sampled",
     "extractive", "persona") and the mean reward of the sampled ones."""
     # Each user's prompt prefilled once for its n samples, through the fast decoder (sampling.py).
     sampled = sample_groups(model, tokenizer, [row["prompt"] for row in rows], n=n,
@@ -65,8 +65,7 @@ def best_of_n(
     groups: list[list[tuple[str, str]]] = []
     for i, row in enumerate(rows):
         group = [(text, "sampled") for text in sampled[i * n : (i + 1) * n]]
-        group += [(c, "extractive") if isinstance(c, str) else tuple(c)
-                  for c in (extra or {}).get(row["example_key"], ())]
+        group += list((extra or {}).get(row["example_key"], ()))
         groups.append(group)
     keys = [row["example_key"] for row, group in zip(rows, groups) for _ in group]
     with reward.generator_context():
