@@ -119,7 +119,9 @@ def test_claude_as_summarizer_then_cached(tmp_path):
     assert "Rayleigh scattering" in request["messages"][0]["content"]
     assert p.summarize(USER) == summary and len(claude.requests) == 1  # from the store
     p.generate("What is entropy?", user_id="dr_chen", max_new_tokens=20)
-    assert claude.requests[-1]["system"].endswith("The user prefers rigorous, technical answers.")
+    assert claude.requests[-1]["system"] == GENERATOR_SUMMARY_SYSTEM.format(
+        summary="The user prefers rigorous, technical answers."
+    )
 
 
 def test_only_the_length_cap_of_the_options_is_sent():
@@ -251,7 +253,7 @@ def test_async_summaries_and_answers_are_bounded():
     assert state["peak"] == 3
     assert one.text == "answer to What is entropy?" and again == summaries[0]
     assert len(state["requests"]) == 8
-    assert state["requests"][-1]["system"].endswith("The user prefers depth.")
+    assert state["requests"][-1]["system"] == GENERATOR_SUMMARY_SYSTEM.format(summary="The user prefers depth.")
 
 
 def test_a_summary_written_by_openai_conditions_claude(tmp_path):

@@ -124,3 +124,12 @@ def test_example_carrying_templates_ask_for_text_in_the_preferred_style(name, ph
     assert phrase in user and "At most 33 words" in user
     assert "Light bounces! Cool, right?" in user  # the signals are rendered as for app-i
     assert spec.cache_key() != SummarySpec(template="app-i", max_words=33).cache_key()
+
+
+def test_docs_show_the_fence_the_generator_reads():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "serve.md").read_text(encoding="utf-8")
+    block = doc.split("```text\nPersonalize", 1)[1].split("```", 1)[0]
+    shown = " ".join(("Personalize" + block).split())
+    assert shown == " ".join(GENERATOR_SUMMARY_SYSTEM.split())
