@@ -202,7 +202,8 @@ def test_quiet_by_default_and_library_logs_with_verbose(smollm2_dir, tmp_path):
 
 @pytest.mark.model
 def test_generate_streams_the_same_answer_and_takes_a_summary(smollm2, tmp_path):
-    args = ["generate", "--summary", "The user is a child.", "--prompt", "What is a star?",
+    args = ["generate", "--summary", "The user is a five-year-old child; use very simple words.",
+            "--prompt", "What is a star?",
             "--max-new-tokens", "12", "--store", str(tmp_path / "s.sqlite")]
     streamed = runner.invoke(app, args)
     whole = runner.invoke(app, [*args, "--no-stream"])
