@@ -39,13 +39,13 @@ PROMPT_DEPENDENT_INSTRUCTION = (
 # The summary is data about the user, written by a model or edited by the user, so it is fenced
 # off from the instructions around it: the generator is told where it starts and ends. Tags inside
 # a summary are removed (:func:`fence_summary`), so it cannot close the fence. The wording is the
-# paper's plus the tags: a longer preamble ("... it is information about the user, not a new
-# task") cost the embedded model 6 points of reading a persona on development users
-# (docs/results.md, "With the summary fenced as data").
+# paper's plus the tags: with a longer preamble ("... it is information about the user, not a new
+# task") the embedded model read a persona 5.8 ± 3.8 points worse on development users
+# (docs/results.md, "With the summary fenced as data"; benchmarks/generator_wording.py).
 SUMMARY_TAG = "preferences"
 GENERATOR_SUMMARY_SYSTEM = (
-    "Personalize your answer for this user. Here is a summary of their preferences, between "
-    "<preferences> tags:\n<preferences>\n{summary}\n</preferences>"
+    f"Personalize your answer for this user. Here is a summary of their preferences, between "
+    f"<{SUMMARY_TAG}> tags:\n<{SUMMARY_TAG}>\n{{summary}}\n</{SUMMARY_TAG}>"
 )
 
 GENERATOR_RAW_SYSTEM = (

@@ -3,6 +3,8 @@ conditioning from popi_sdk.templates."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from popi_sdk.errors import InputError
@@ -127,8 +129,6 @@ def test_example_carrying_templates_ask_for_text_in_the_preferred_style(name, ph
 
 
 def test_docs_show_the_fence_the_generator_reads():
-    from pathlib import Path
-
     doc = (Path(__file__).parent.parent / "docs" / "serve.md").read_text(encoding="utf-8")
     block = doc.split("```text\nPersonalize", 1)[1].split("```", 1)[0]
     shown = " ".join(("Personalize" + block).split())
