@@ -163,6 +163,11 @@ def test_popi_eval_runs_the_latent_methods_with_a_one_token_overhead(latent_run,
         assert got["title"] == title and got["context_overhead"] == 1 and got["overhead_mark"] == "†"
         assert got["n_examples"] == results["methods"]["base"]["n_examples"] > 0
         assert got["generator"] == f"{method}:{latent_run / method}"
+    # The held-out fit is its own phase; scoring and generating with the vectors are counted too.
+    phases = results["stats"]["phase_seconds"]
+    fits = sum(results["methods"][m]["user_fit_seconds"] for m in METHODS)
+    assert phases["fitting users"] == pytest.approx(fits, abs=0.2) and fits > 0
+    assert phases["scoring"] > 0 and phases["generation"] > 0
     md = (out / "results.md").read_text()
     assert "| LoRe |" in md and " 1.0† |" in md and "† one special token" in md
     records = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]

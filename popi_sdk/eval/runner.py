@@ -95,7 +95,7 @@ class Evaluation:
     def margins(self, run: GeneratorRun, method: Method) -> list[float]:
         """Margin on every example of every user, in order (cached per generator and context)."""
         if method.context == "latent":  # a learned vector, not text (popi_sdk.eval.latent)
-            return run.margins_for(self.users)
+            return self._timed_latent("scoring", run, lambda: run.margins_for(self.users))
         key = _key(method)
         if key in run.margins:
             return run.margins[key]
@@ -140,7 +140,8 @@ class Evaluation:
         from popi_sdk.personalizer import answer_all
 
         if method.context == "latent":
-            return run.responses_for(self.users, self._judged_pairs(), self.max_new_tokens)
+            return self._timed_latent("generation", run, lambda: run.responses_for(
+                self.users, self._judged_pairs(), self.max_new_tokens))
         key = _key(method)
         if key in run.responses:
             return run.responses[key]
@@ -160,6 +161,16 @@ class Evaluation:
                        batch_size=run.scorer.batch_size)
         run.responses[key] = out
         self.seconds["generation"] += time.perf_counter() - started
+        return out
+
+    def _timed_latent(self, phase: str, run: Any, call: Any) -> Any:
+        """``call()``'s time in ``phase``, less the held-out users' fit it may trigger, which is
+        its own phase ("fitting users": a backward pass per signal pair per step)."""
+        started, fit = time.perf_counter(), run.seconds["inference"]
+        out = call()
+        fitted = run.seconds["inference"] - fit
+        self.seconds["fitting users"] = self.seconds.get("fitting users", 0.0) + fitted
+        self.seconds[phase] += time.perf_counter() - started - fitted
         return out
 
     def _conditioning_text(self, method: Method, u: int) -> str:
