@@ -185,7 +185,8 @@ def test_dpo_steps_change_weights_and_the_checkpoint_loads(tiny_dir, data_dir, t
     from popi_sdk.train import stage2
 
     run = tmp_path / "run"
-    out = stage2.main(_cfg(tiny_dir, data_dir, run))
+    cfg = _cfg(tiny_dir, data_dir, run, **{"summary.max_words": 17})
+    out = stage2.main(cfg)
     before = load_file(str(tiny_dir / "model.safetensors"))
     after = load_file(str(run / "stage2" / "model.safetensors"))
     assert any(not (before[k] == after[k]).all() for k in before)
@@ -196,6 +197,30 @@ def test_dpo_steps_change_weights_and_the_checkpoint_loads(tiny_dir, data_dir, t
     assert (run / "summaries.sqlite").exists() and (run / "rewards.png").exists()
     p = Personalizer(summarizer=str(tiny_dir), generator=out, store=":memory:")
     assert isinstance(p.generate("Review a lamp.", summary="Likes praise.", max_new_tokens=3).text, str)
+
+
+def test_stage2_saves_the_spec_of_the_summaries_it_read_and_eval_writes_with_it(tiny_dir, data_dir, tmp_path, caplog):
+    """Inference-Aligned: with no trained summarizer, ``popi eval`` writes the base summaries as
+    the trained generator read them in training, not with the default spec."""
+    import shutil
+
+    from popi_sdk.eval.runner import summary_spec_for
+    from popi_sdk.summary_spec import SummarySpec
+    from popi_sdk.train import stage2
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data_dir, run, **{"summary.max_words": 17, "stage2.max_steps": 1})
+    out = stage2.main(cfg)
+    assert cfg.summary != SummarySpec() and SummarySpec.from_checkpoint(out) == cfg.summary
+    assert summary_spec_for(None, generator=out) == cfg.summary
+    assert summary_spec_for(None, generator=out, summary_words=9).max_words == 9
+    assert summary_spec_for(None) == SummarySpec()
+    # A trained summarizer's own spec wins, and a mismatch with the generator's is said.
+    other = shutil.copytree(tiny_dir, tmp_path / "summarizer")
+    SummarySpec(max_words=23).save(other)
+    with caplog.at_level("WARNING"):
+        assert summary_spec_for(str(other), generator=out).max_words == 23
+    assert "max_words" in caplog.text and "trained on summaries written otherwise" in caplog.text
 
 
 def test_ipo_and_prompt_dependent_summaries(tiny_dir, data_dir, tmp_path):
@@ -285,5 +310,6 @@ def test_conditioning_without_summaries_needs_no_summarizer(tiny_dir, data_dir, 
                                            "stage2.conditioning": {"exemplar": 1, "none": 1}})
     stage2.main(cfg)
     assert (run / "stage2" / "config.json").exists() and not (run / "summaries.sqlite").exists()
+    assert not (run / "stage2" / "popi_summary.json").exists()  # it read no summaries
     with pytest.raises(ConfigError, match="stage2.conditioning"):
         _cfg(tiny_dir, data_dir, run, **{"stage2.conditioning": {"summary": 0}})

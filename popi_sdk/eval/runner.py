@@ -9,9 +9,11 @@ reused as the Base-Model method's own numbers, so Base-Model is exactly 50% on b
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from popi_sdk.errors import InputError
@@ -22,6 +24,8 @@ from popi_sdk.progress import progress_bar
 from popi_sdk.signals import UserRow
 from popi_sdk.summary_spec import SummarySpec, length_overrides
 from popi_sdk.templates import exemplar_summary, render_signals
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -292,16 +296,25 @@ def summarize_users(
 
 
 def summary_spec_for(
-    summarizer: str | None, *, summary_tokens: int | None = None, summary_words: int | None = None
+    summarizer: str | None, *, generator: str | None = None, summary_tokens: int | None = None,
+    summary_words: int | None = None,
 ) -> SummarySpec:
     """The spec every summarizer of an evaluation writes with: the trained ``summarizer``'s saved
     spec (so the base summarizer of Inference-Prompting gets the same instruction and budget, and
-    only the weights differ), else the defaults; then the explicit overrides."""
-    from popi_sdk.backends import get_backend
-
-    overrides = length_overrides(summary_tokens, summary_words)
-    base = SummarySpec.of_backend(get_backend(summarizer)) if summarizer else SummarySpec()
-    spec = base.replace(**overrides)
+    only the weights differ); without a summarizer, the spec of the summaries the trained
+    ``generator`` read in training (stage 2 saves it), so Inference-Aligned's summaries are
+    written as its generator learned to read them; else the defaults; then the explicit
+    overrides."""
+    trained = _saved_spec(summarizer)
+    read = _saved_spec(generator)
+    if trained is not None and read is not None and trained != read:
+        differ = [k for k, v in trained.model_dump().items() if getattr(read, k) != v]
+        log.warning(
+            "%s was trained on summaries written otherwise than %s writes them (%s differ); the "
+            "summaries follow %s", generator, summarizer, ", ".join(differ), summarizer,
+        )
+    base = trained or read or SummarySpec()
+    spec = base.replace(**length_overrides(summary_tokens, summary_words))
     if spec.prompt_dependent:
         raise InputError(
             f"{summarizer} writes prompt-dependent summaries (its popi_summary.json has "
@@ -309,6 +322,19 @@ def summary_spec_for(
             "summarizer trained with summary.prompt_dependent: false"
         )
     return spec
+
+
+def _saved_spec(name: str | None) -> SummarySpec | None:
+    """The ``popi_summary.json`` of model ``name``'s checkpoint folder, if it has one."""
+    from popi_sdk.backends import get_backend
+    from popi_sdk.summary_spec import SPEC_FILE
+
+    if not name:
+        return None
+    checkpoint = get_backend(name).checkpoint
+    if not checkpoint or not (Path(checkpoint).expanduser() / SPEC_FILE).is_file():
+        return None
+    return SummarySpec.from_checkpoint(checkpoint)
 
 
 def evaluate(
@@ -362,7 +388,8 @@ def evaluate(
     summary_stats: dict[str, dict] = {}
     runs_for = [(s, name) for s, name in (("base", base), ("trained", summarizer)) if s in sources]
     if runs_for:
-        spec = summary_spec_for(summarizer, summary_tokens=summary_tokens, summary_words=summary_words)
+        spec = summary_spec_for(summarizer, generator=generator, summary_tokens=summary_tokens,
+                                summary_words=summary_words)
     for source, name in runs_for:
         t0 = time.perf_counter()
         summaries[source], summary_stats[source] = summarize_users(

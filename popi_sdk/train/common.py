@@ -211,9 +211,12 @@ def stage_done(cfg: TrainConfig, stage: str) -> bool:
     return cfg.resume and (cfg.run_dir() / stage / DONE_FILE).exists()
 
 
-def save_final(trainer: Any, tokenizer: Any, cfg: TrainConfig, stage: str) -> Path:
+def save_final(trainer: Any, tokenizer: Any, cfg: TrainConfig, stage: str, *, spec: Any = None) -> Path:
     """Write RUN/<stage> as a plain Hugging Face checkpoint; a LoRA adapter is merged first, so
-    ``Personalizer(summarizer="RUN/stage1")`` loads it like any model folder."""
+    ``Personalizer(summarizer="RUN/stage1")`` loads it like any model folder. ``popi_summary.json``
+    says how its summaries are written: stage 1's ``cfg.summary``, or for stage 2 ``spec``, the
+    spec of the summaries the generator trained on (``popi eval`` writes Inference-Aligned's
+    summaries with it)."""
     dest = cfg.run_dir() / stage
     model = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.lora.enabled:
@@ -229,6 +232,8 @@ def save_final(trainer: Any, tokenizer: Any, cfg: TrainConfig, stage: str) -> Pa
         tokenizer.save_pretrained(dest)
         if stage == "stage1":  # how the summarizer was trained to write, read back by every user
             cfg.summary.save(dest)
+        elif spec is not None:  # how the summaries the generator read were written
+            spec.save(dest)
         done = {"stage": stage, "steps": trainer.state.global_step, "lora_merged": cfg.lora.enabled}
         (dest / DONE_FILE).write_text(json.dumps(done), encoding="utf-8")
     trainer.accelerator.wait_for_everyone()

@@ -265,7 +265,7 @@ def main(cfg: TrainConfig) -> str:
             summaries = summaries_for(users, cfg, spec)
         prompt_dependent = spec.prompt_dependent
     else:  # no summary form: no summarizer needed (descriptions, exemplars, none only)
-        summaries, prompt_dependent = {}, cfg.summary.prompt_dependent
+        spec, summaries, prompt_dependent = None, {}, cfg.summary.prompt_dependent
     from popi_sdk.backends import clear_backend_cache
 
     clear_backend_cache()  # the stage-1 model is not needed while the generator trains
@@ -292,7 +292,7 @@ def main(cfg: TrainConfig) -> str:
     )
     common.show_progress(trainer, "stage2")
     trainer.train(resume_from_checkpoint=common.last_checkpoint(cfg, "stage2"))
-    dest = common.save_final(trainer, tokenizer, cfg, "stage2")
+    dest = common.save_final(trainer, tokenizer, cfg, "stage2", spec=spec)
     if trainer.accelerator.is_main_process:
         from popi_sdk.train.plot import plot_run
 
