@@ -317,9 +317,9 @@ def summary_spec_for(
     spec = base.replace(**length_overrides(summary_tokens, summary_words))
     if spec.prompt_dependent:
         raise InputError(
-            f"{summarizer} writes prompt-dependent summaries (its popi_summary.json has "
-            "prompt_dependent: true); evaluation scores one summary per user, so evaluate a "
-            "summarizer trained with summary.prompt_dependent: false"
+            f"{summarizer if trained is not None else generator} holds a prompt-dependent summary "
+            "spec (its popi_summary.json has prompt_dependent: true); evaluation scores one "
+            "summary per user, so evaluate a model trained with summary.prompt_dependent: false"
         )
     return spec
 
