@@ -126,6 +126,17 @@ def exemplar_summary(signals: Signals) -> str:
     return f"{EXEMPLAR_LEAD} {signals.pairs[0].chosen.strip()}"
 
 
+def profile_summary(persona: str, signals: Signals) -> str:
+    """A describe-then-show summary from a user's written persona: the persona, then
+    ``SHOW_LEAD`` and the first signal pair's preferred response (the persona alone for a user
+    without pairs). The form the ``describe`` template asks a summarizer for, written from the
+    ground truth: the ``profile`` reference methods measure what such a summary can reach."""
+    persona = persona.strip()
+    if not signals.pairs:
+        return persona
+    return f"{persona} {SHOW_LEAD} {signals.pairs[0].chosen.strip()}"
+
+
 def prompt_only_messages(prompt: str) -> list[Message]:
     """Base model: the prompt alone (also the reference policy's context in the POPI loss)."""
     return [{"role": "user", "content": prompt}]

@@ -19,7 +19,7 @@ from popi_sdk.signals import PreferencePair, Signals, Summary, UserRow
 from popi_sdk.templates import prompt_only_messages, raw_signals_messages
 
 POSITIVE = "This user prefers positive reviews."
-REFERENCES = ("oracle", "shuffled", "user-edit")  # need users with at least two personas
+REFERENCES = ("oracle", "shuffled", "user-edit", "profile", "profile-aligned")  # need users with at least two personas
 LATENT = ("lore", "pal-a", "pal-b")  # need a `popi train latent` run (tests/test_latent.py)
 
 
@@ -195,6 +195,15 @@ def test_exemplar_rule_quotes_the_first_preferred_response():
     assert summary_messages("Hi?", "  ") == [{"role": "user", "content": "Hi?"}]
 
 
+def test_profile_rule_describes_then_shows_the_first_preferred_response():
+    from popi_sdk.signals import Signals
+    from popi_sdk.templates import SHOW_LEAD, profile_summary
+
+    signals = Signals(pairs=[{"prompt": "p", "chosen": " Short. ", "rejected": "Long long."}])
+    assert profile_summary(" Wants brevity. ", signals) == f"Wants brevity. {SHOW_LEAD} Short."
+    assert profile_summary("Wants brevity.", Signals(persona="I like short answers.")) == "Wants brevity."
+
+
 # -- end to end on the bundled model --------------------------------------------------------------
 def _users() -> list[UserRow]:
     from popi_sdk.data.synth import synth_users
@@ -292,15 +301,19 @@ def test_user_edit_and_exemplar_read_the_persona_and_the_copy_rule(smollm2, smol
     from popi_sdk.eval.runner import evaluate
 
     users = _two_personas()
-    methods = parse_methods("oracle,user-edit,exemplar,exemplar-aligned", generator=str(smollm2_dir))
+    methods = parse_methods("oracle,user-edit,exemplar,exemplar-aligned,profile,profile-aligned",
+                            generator=str(smollm2_dir))
     results, records = evaluate(users, methods, OracleJudge(), generator=str(smollm2_dir),
                                 max_new_tokens=4, progress=False)
     got = results["methods"]
     assert got["user-edit"]["mean_margin"] == pytest.approx(got["oracle"]["mean_margin"], abs=1e-4)
     assert got["exemplar-aligned"]["mean_margin"] == pytest.approx(got["exemplar"]["mean_margin"], abs=1e-4)
+    assert got["profile-aligned"]["mean_margin"] == pytest.approx(got["profile"]["mean_margin"], abs=1e-4)
     assert got["exemplar"]["mean_margin"] != pytest.approx(got["oracle"]["mean_margin"], abs=1e-4)
     assert got["exemplar"]["context_overhead"] > got["oracle"]["context_overhead"] > 0
-    for m in ("oracle", "user-edit", "exemplar", "exemplar-aligned"):
+    # the profile is the persona, then the copy rule's response: longer than either alone
+    assert got["profile"]["context_overhead"] > got["exemplar"]["context_overhead"]
+    for m in ("oracle", "user-edit", "exemplar", "exemplar-aligned", "profile", "profile-aligned"):
         assert got[m]["echo_rate"] in (0.0, 0.5, 1.0)
     assert got["base"]["echo_rate"] is None
 

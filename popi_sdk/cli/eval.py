@@ -16,7 +16,8 @@ def eval_command(
         "lore, pal-a, pal-b (latent-embedding baselines, --latent), and the references oracle (the "
         "true persona as the summary), user-edit (the persona read by --generator), exemplar / "
         "exemplar-aligned (the copy rule: the first preferred response quoted, read by the base / "
-        "trained generator) and shuffled (another user's summary).",
+        "trained generator), profile / profile-aligned (the true persona, then that preferred response) "
+        "and shuffled (another user's summary).",
     ),
     judge: str = typer.Option(
         "oracle", help="'oracle' (synthetic personas) or a backend name, e.g. openai:gpt-4o."

@@ -15,6 +15,8 @@ method                        context            summaries from         generato
 ``user-edit`` (reference)     a summary          the true persona       ``--generator``
 ``exemplar`` (reference)      a summary          the copy rule          base
 ``exemplar-aligned``          a summary          the copy rule          ``--generator``
+``profile`` (reference)       a summary          persona + exemplar     base
+``profile-aligned``           a summary          persona + exemplar     ``--generator``
 ``shuffled`` (control)        a summary          another user's         base
 LoRe, PAL-A, PAL-B            one user token     - (a learned vector)   ``--latent RUN``
 ============================  =================  =====================  ===================
@@ -28,7 +30,10 @@ edit of their summary gives (``edit_summary``), so it says whether the trained g
 description in the user's words. ``exemplar`` is a fixed rule, no model: "The user prefers answers
 like this one: " + the first signal pair's preferred response
 (:func:`popi_sdk.templates.exemplar_summary`); ``exemplar-aligned`` is the same text read by the
-trained generator. A trained summarizer has learned something beyond copying only where ``popi``
+trained generator. ``profile`` / ``profile-aligned`` put the persona and then the copy rule's
+response in the summary's place (:func:`popi_sdk.templates.profile_summary`): the describe-then-show
+form of the ``describe`` template written from the ground truth, so they bound what such a
+summary can give this generator. A trained summarizer has learned something beyond copying only where ``popi``
 beats ``exemplar`` (and ``popi-full`` beats ``exemplar-aligned``). Together with ``inference`` and ``popi`` they say whether the generator reads
 summaries at all and how much of the way a summarizer has come.
 
@@ -50,7 +55,7 @@ from popi_sdk.signals import Signals
 from popi_sdk.templates import prompt_only_messages, raw_signals_messages, summary_messages
 
 Context = Literal["prompt", "raw", "summary", "latent"]
-Source = Literal["base", "trained", "oracle", "shuffled", "exemplar", "latent"]
+Source = Literal["base", "trained", "oracle", "shuffled", "exemplar", "profile", "latent"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,9 @@ METHODS: dict[str, Method] = {
         Method("user-edit", "User edit (persona, trained generator)", "summary", "oracle", "trained"),
         Method("exemplar", "Copy rule (exemplar)", "summary", "exemplar", "base"),
         Method("exemplar-aligned", "Copy rule, trained generator", "summary", "exemplar", "trained"),
+        Method("profile", "Persona, then one preferred answer", "summary", "profile", "base"),
+        Method("profile-aligned", "Persona, then one preferred answer, trained generator", "summary",
+               "profile", "trained"),
         Method("shuffled", "Shuffled summaries", "summary", "shuffled", "base"),
         Method("lore", "LoRe", "latent", None, "latent"),
         Method("pal-a", "PAL-A", "latent", None, "latent"),

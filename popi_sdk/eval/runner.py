@@ -23,7 +23,7 @@ from popi_sdk.eval.methods import Method
 from popi_sdk.progress import progress_bar
 from popi_sdk.signals import UserRow
 from popi_sdk.summary_spec import SummarySpec, length_overrides
-from popi_sdk.templates import exemplar_summary, render_signals
+from popi_sdk.templates import exemplar_summary, profile_summary, render_signals
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +377,8 @@ def evaluate(
     sources = {m.summarizer for m in methods if m.summarizer}
     if "oracle" in sources:
         check_personas(users, "methods 'oracle' and 'user-edit' put each user's ground-truth persona in the summary")
+    if "profile" in sources:
+        check_personas(users, "methods 'profile' and 'profile-aligned' put each user's ground-truth persona in the summary")
     if "shuffled" in sources:
         check_personas(users, "method 'shuffled' gives each user a summary of a user with another persona")
         sources.add("trained" if summarizer else "base")
@@ -400,6 +402,8 @@ def evaluate(
         summaries["oracle"] = [row.persona or "" for row in users]
     if "exemplar" in sources:
         summaries["exemplar"] = [exemplar_summary(row.signals) for row in users]
+    if "profile" in sources:
+        summaries["profile"] = [profile_summary(row.persona or "", row.signals) for row in users]
     if "shuffled" in sources:
         donor = "trained" if summarizer else "base"
         summaries["shuffled"] = shuffled_summaries(users, summaries[donor], seed=shuffle_seed)

@@ -40,8 +40,8 @@ from popi_sdk.errors import ConfigError, InputError
 from popi_sdk.signals import PreferencePair, UserRow
 from popi_sdk.summary_spec import SummarySpec
 from popi_sdk.templates import (
-    SHOW_LEAD,
     exemplar_summary,
+    profile_summary,
     prompt_only_messages,
     raw_signals_messages,
     render_signals,
@@ -165,14 +165,13 @@ def conditioning_texts(
     for user in users:
         described = descriptions(user)
         exemplar = exemplar_summary(user.signals)
-        shown = user.signals.pairs[0].chosen.strip() if user.signals.pairs else ""
         for j, pair in enumerate(user.examples):
             key = f"{user.user_id}#{j}" if prompt_dependent else user.user_id
             options: dict[str, list[str | None]] = {
                 "summary": [summaries[key]] if key in summaries else [],
                 "description": described,
                 "exemplar": [exemplar] if exemplar else [],
-                "profile": [f"{d} {SHOW_LEAD} {shown}" for d in described] if shown else [],
+                "profile": [profile_summary(d, user.signals) for d in described] if user.signals.pairs else [],
                 "raw": [render_signals(user.signals)],
                 "none": [None],
             }

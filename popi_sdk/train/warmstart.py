@@ -31,7 +31,7 @@ from typing import Any
 
 from popi_sdk.backends.base import Message
 from popi_sdk.eval import metrics as M
-from popi_sdk.templates import EXEMPLAR_LEAD, SHOW_LEAD
+from popi_sdk.templates import EXEMPLAR_LEAD, profile_summary
 from popi_sdk.train.sampling import sample_groups
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any) ->
     (describe, then show), each within ``spec``'s word budget and token cap."""
     texts = [persona.strip()]
     if signals is not None and signals.pairs:
-        texts.append(f"{persona.strip()} {SHOW_LEAD} {signals.pairs[0].chosen.strip()}")
+        texts.append(profile_summary(persona, signals))
     return [t for t in dict.fromkeys(_within_budget(t, spec, tokenizer) for t in texts) if t]
 
 
