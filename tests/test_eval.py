@@ -152,7 +152,7 @@ def test_parse_methods_puts_base_first_and_checks_checkpoints():
     with pytest.raises(InputError, match="--generator"):
         parse_methods("raw-aligned", summarizer="s")
     assert {m.name for m in METHODS.values() if m.transferable} == {
-        "base", "raw", "inference", "popi", "oracle", "shuffled", "exemplar"}
+        "base", "raw", "inference", "popi", "oracle", "shuffled", "exemplar", "profile"}
 
 
 def test_report_tables():
