@@ -33,6 +33,25 @@ def description(summary: str) -> str:
     return summary.split(SHOW_LEAD)[0].strip().lower()
 
 
+def confusion(users: list, groups: list[list[str]]) -> str:
+    """Which persona each user's summaries describe, by true persona (a Markdown table): a
+    summarizer that infers fills the diagonal; one that guesses spreads each row like the column
+    totals; "other" is a description that is none of the data's personas."""
+    from collections import Counter
+
+    personas = sorted({u.persona.strip().lower() for u in users})
+    counts = {p: Counter() for p in personas}
+    for u, texts in zip(users, groups):
+        for t in texts:
+            d = description(t)
+            counts[u.persona.strip().lower()][d if d in counts else "other"] += 1
+    cols = [*personas, "other"]
+    lines = ["| true persona \\ described | " + " | ".join(cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    lines += [f"| {p} | " + " | ".join(str(counts[p][c]) for c in cols) + " |" for p in personas]
+    return "\n".join(lines) + "\n"
+
+
 def load_local(spec: str) -> tuple:
     """(model, tokenizer) of ``hf``, ``hf:FOLDER`` or a folder, frozen in float32 as stage 1
     loads its reward's generator."""
@@ -85,6 +104,7 @@ def main() -> None:
     print(f"{len(users)} users x {args.samples} samples at temperature {args.temperature} from "
           f"{args.summarizer} ({sampled_s:.0f} s); {sum(map(sum, right))} of {n} samples "
           f"({100 * sum(map(sum, right)) / n:.1f}%) describe the user's true persona\n")
+    print(confusion(users, groups))
     generators = [g for g in args.generators.split(",") if g.strip()]
     if not generators:
         return

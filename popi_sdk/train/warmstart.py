@@ -134,40 +134,47 @@ def supervised_pass(
     batch_size: int,
     epochs: int,
     seed: int,
+    progress: bool = False,
 ) -> list[float]:
     """Cross-entropy on the summary tokens of ``(messages, summary)`` pairs; returns the loss of
-    each optimizer step."""
+    each optimizer step (a progress bar over the steps with ``progress``)."""
     import torch
+
+    from popi_sdk.progress import progress_bar
 
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate)
     encoded = [_encode(tokenizer, m, s) for m, s in examples]
     pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
     losses: list[float] = []
     was_training = model.training
     model.train()
+    steps = epochs * -(-len(encoded) // batch_size)
     try:
-        for _ in range(epochs):
-            order = torch.randperm(len(encoded)).tolist()
-            for start in range(0, len(order), batch_size):
-                batch = [encoded[i] for i in order[start : start + batch_size]]
-                width = max(len(p) + len(c) for p, c in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                labels = torch.full((len(batch), width), -100, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, (p, c) in enumerate(batch):
-                    seq = p + c
-                    ids[row, : len(seq)] = torch.tensor(seq)
-                    labels[row, len(p) : len(seq)] = torch.tensor(c)
-                    mask[row, : len(seq)] = 1
-                device = next(model.parameters()).device
-                loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             labels=labels.to(device)).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+        with progress_bar("warm start: supervised pass", steps, enabled=progress,
+                          unit="steps") as advance:
+            for _ in range(epochs):
+                order = torch.randperm(len(encoded)).tolist()
+                for start in range(0, len(order), batch_size):
+                    batch = [encoded[i] for i in order[start : start + batch_size]]
+                    width = max(len(p) + len(c) for p, c in batch)
+                    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+                    mask = torch.zeros((len(batch), width), dtype=torch.long)
+                    for row, (p, c) in enumerate(batch):
+                        seq = p + c
+                        ids[row, : len(seq)] = torch.tensor(seq)
+                        labels[row, len(p) : len(seq)] = torch.tensor(c)
+                        mask[row, : len(seq)] = 1
+                    loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 labels=labels.to(device)).loss
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    losses.append(float(loss.detach()))
+                    advance(1, f"loss {losses[-1]:.3f}")
     finally:
         model.train(was_training)
     return losses
@@ -205,10 +212,13 @@ def warm_start(
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
     )
     sampled_at = time.perf_counter()
+    log.info("warm start: sampled and scored in %.0f s; the data's persona won for %d of %d users",
+             sampled_at - started, sum(p["source"] == "persona" for p in picked), len(picked))
     losses = supervised_pass(
         model, tokenizer, [(p["prompt"], p["summary"]) for p in picked],
         learning_rate=opts.warm_start_learning_rate or opts.learning_rate,
         batch_size=opts.warm_start_batch_size, epochs=opts.warm_start_epochs, seed=seed,
+        progress=True,
     )
     with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
         for p in picked:
