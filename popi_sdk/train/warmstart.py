@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -212,8 +213,9 @@ def warm_start(
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
     )
     sampled_at = time.perf_counter()
-    log.info("warm start: sampled and scored in %.0f s; the data's persona won for %d of %d users",
-             sampled_at - started, sum(p["source"] == "persona" for p in picked), len(picked))
+    won = Counter(p["source"] for p in picked)
+    log.info("warm start: sampled and scored in %.0f s; picks: %d sampled, %d extractive, %d persona",
+             sampled_at - started, won["sampled"], won["extractive"], won["persona"])
     losses = supervised_pass(
         model, tokenizer, [(p["prompt"], p["summary"]) for p in picked],
         learning_rate=opts.warm_start_learning_rate or opts.learning_rate,
