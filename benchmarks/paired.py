@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
+
+from popi_sdk.eval import metrics as M
 
 
 def correct(spec: str) -> dict[tuple[str, str], float]:
@@ -43,13 +44,12 @@ def main() -> None:
     for left, right in args.diff:
         a, b = correct(left), correct(right)
         keys = sorted(a.keys() & b.keys())
-        d = [a[k] - b[k] for k in keys]
-        n = len(d)
-        if not n:
+        if not keys:
             sys.exit(f"{left} and {right} share no labeled example: give runs on the same users")
-        mean = sum(d) / n
-        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
-        print(f"| {left} − {right} | {100 * mean:+.1f} ± {100 * se:.1f} | {n} |")
+        d = [a[k] - b[k] for k in keys]
+        se = M.stderr(d)
+        print(f"| {left} − {right} | {100 * M.mean(d):+.1f} ± "
+              f"{'-' if se is None else f'{100 * se:.1f}'} | {len(d)} |")
 
 
 if __name__ == "__main__":
