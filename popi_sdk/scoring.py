@@ -15,6 +15,8 @@ Three things make it cheap:
   before the chosen and the rejected response, or one summary before several prompts) run the
   common prefix once and reuse its KV cache; the prefixes of several groups (several summaries)
   run as one batch, and all their continuations share batches (:meth:`SequenceScorer.logprobs_forest`).
+  What all the groups' prefixes begin with (the system message's words before each summary) runs
+  once too, and every prefix continues its cache.
 - **A reference cache**: ``log πref(y|x)`` depends only on the prompt and the response, never on
   the summary, so :class:`ReferenceCache` computes it once per example and model.
 """
@@ -33,6 +35,9 @@ from popi_sdk.errors import InputError
 from popi_sdk.objective import LossType, popi_reward
 from popi_sdk.signals import PreferencePair
 from popi_sdk.templates import prompt_only_messages, summary_messages
+
+#: A root prefix shorter than this is not worth its own forward pass.
+MIN_ROOT_TOKENS = 8
 
 
 @dataclass
@@ -174,21 +179,31 @@ class SequenceScorer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 
-    def _prefix_cache(self, prefixes: Sequence[list[int]]) -> _PrefixCache:
-        """Run non-empty ``prefixes`` once, as one left-padded batch."""
+    def _prefix_cache(
+        self, prefixes: Sequence[list[int]], parent: _PrefixCache | None = None
+    ) -> _PrefixCache:
+        """Run non-empty ``prefixes`` once, as one left-padded batch; with ``parent`` (the cache
+        of one shared root prefix), each continues it, the padding between root and prefix."""
         import torch
 
         width = max(len(p) for p in prefixes)
+        root = parent.width if parent is not None else 0
+        start = parent.lengths[0] if parent is not None else 0
         ids = torch.full((len(prefixes), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        mask = torch.zeros((len(prefixes), root + width), dtype=torch.long)
         pos = torch.zeros((len(prefixes), width), dtype=torch.long)
         for row, prefix in enumerate(prefixes):
             n = len(prefix)
             ids[row, width - n :] = torch.tensor(prefix)
-            mask[row, width - n :] = 1
-            pos[row, width - n :] = torch.arange(n)
+            if parent is not None:
+                mask[row, :root] = parent.mask[0]
+            mask[row, root + width - n :] = 1
+            pos[row, width - n :] = torch.arange(start, start + n)
         device = self.model.device
         name = cache_argument(self.model)
+        kwargs: dict[str, Any] = {}
+        if parent is not None:
+            kwargs[name] = parent.rows([0] * len(prefixes), device)
         with self._autocast():
             out = self.model(
                 input_ids=ids.to(device),
@@ -196,10 +211,11 @@ class SequenceScorer:
                 position_ids=pos.to(device),
                 use_cache=True,
                 logits_to_keep=1,
+                **kwargs,
             )
         self.forward_tokens += ids.numel()
         self.forward_calls += 1
-        return _PrefixCache(getattr(out, name), mask, [len(p) for p in prefixes], name)
+        return _PrefixCache(getattr(out, name), mask, [start + len(p) for p in prefixes], name)
 
     def _score_items(
         self,
@@ -225,13 +241,21 @@ class SequenceScorer:
         if not all(prefixes):
             raise InputError("either every prefix or none may be empty")
         scores: dict[int, float] = {}
+        # What every prefix begins with (e.g. the system message's words before each summary)
+        # runs once, and each chunk of prefixes continues its cache.
+        root = None
+        if len(prefixes) > 1:
+            shared = min(common_prefix_length(prefixes), min(len(p) for p in prefixes) - 1)
+            if shared >= MIN_ROOT_TOKENS:
+                root = self._prefix_cache([list(prefixes[0][:shared])])
+                prefixes = [list(p[shared:]) for p in prefixes]
         # Prefixes in chunks, so the cache held at once stays bounded.
         for start in range(0, len(prefixes), self.batch_size):
             stop = min(start + self.batch_size, len(prefixes))
             members = {i: owners[i] - start for i in range(len(items)) if start <= owners[i] < stop}
             if not members:
                 continue
-            cache = self._prefix_cache(prefixes[start:stop])
+            cache = self._prefix_cache(prefixes[start:stop], root)
             scores.update(self._score_batches(cache, items, members))
             del cache  # the next chunk's cache replaces it, not joins it
         return [scores[i] for i in range(len(items))]

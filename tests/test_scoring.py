@@ -121,6 +121,27 @@ def test_forest_of_summaries_matches_one_sequence_at_a_time(smollm2):
         assert got[0].tolist() == pytest.approx(want.tolist(), abs=1e-4)
 
 
+def test_forest_runs_the_words_before_every_summary_once(smollm2, monkeypatch):
+    import popi_sdk.scoring as scoring
+
+    summaries = [SUMMARIES[0], SUMMARIES[1] + " They dislike filler.", "Short.", SUMMARIES[1]]
+    groups = [([summary_messages(p.prompt, z) for p in PAIRS[:2]],
+               [[p.chosen, p.rejected] for p in PAIRS[:2]]) for z in summaries]
+    rooted = SequenceScorer(smollm2.model, smollm2.tokenizer, batch_size=2)
+    got = rooted.logprobs_forest(groups)
+    monkeypatch.setattr(scoring, "MIN_ROOT_TOKENS", 10**6)  # no root: each prefix runs whole
+    whole = SequenceScorer(smollm2.model, smollm2.tokenizer, batch_size=2)
+    want = whole.logprobs_forest(groups)
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            assert a.tolist() == pytest.approx(b.tolist(), abs=1e-4)
+    # the system message's words before the summary (tens of tokens) ran once, not 4 times
+    prompts = [whole.encode(whole.prompt_text(ctx)) for contexts, _ in groups for ctx in contexts]
+    root = common_prefix_length(prompts)
+    assert root >= 8
+    assert whole.forward_tokens - rooted.forward_tokens >= 2 * root
+
+
 def test_response_tokens_are_located_exactly(scorer, smollm2):
     tok = smollm2.tokenizer
     prompt_ids, response_ids = scorer.encode_pair(prompt_only_messages("Hi"), "Hello there!")
