@@ -5,11 +5,16 @@ before) against the fast decoder with one prefill per user (``popi_sdk.train.sam
     popi data synth elix --users 160 --pairs 2 --examples 3 --test-fraction 0.4 --seed 1 --out data/elix
     OMP_NUM_THREADS=1 python benchmarks/train_sampling.py --data data/elix --users 16
     OMP_NUM_THREADS=1 python benchmarks/train_sampling.py --data data/review --grpo
+    OMP_NUM_THREADS=1 python benchmarks/train_sampling.py --data data/elix --users 48 --precision
 
 ``--grpo`` times GRPO's roll-outs instead: ``PopiGRPOTrainer._generate_single_turn`` of the
 ``cpu-small`` preset on one step's prompts (``stage1.batch_size`` users x ``num_generations``),
 through ``generate`` from the shared prefill (old) and through the fast decoder (new), in
 alternating rounds, then the greedy completions of both.
+
+``--precision`` splits the new way's CPU time into its parts, then writes greedy summaries of the
+same users with bf16 weights in the prompt pass, and in every product, and counts how many equal
+float32's (the adapter's deltas drawn small and non-zero, as a trained adapter's are).
 
 The policy is the ``cpu-learn`` preset's (the embedded SmolLM2-135M-Instruct with a fresh LoRA
 adapter, as the warm start samples it), its prompts the preset's summary prompts of the first
@@ -40,9 +45,15 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="Config override key=value.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grpo", action="store_true", help="Time GRPO's roll-outs (cpu-small).")
+    ap.add_argument("--precision", action="store_true",
+                    help="Where the new way's CPU time goes, and whether bf16 products keep "
+                         "its greedy summaries.")
     args = ap.parse_args()
     if args.grpo:
         grpo(args)
+        return
+    if args.precision:
+        precision(args)
         return
 
     import torch
@@ -166,6 +177,92 @@ def grpo(args) -> None:
     print(f"\nnew vs old: {wall['old'] / wall['new']:.2f}x less wall time, "
           f"{cpu['old'] / cpu['new']:.2f}x less CPU time (old {cpu['old']:.1f}, new "
           f"{cpu['new']:.1f} CPU s); greedy completions identical: {same} of {len(greedy['old'])}")
+
+
+def precision(args) -> None:
+    """The fast way's CPU seconds by part (prompt pass, decode steps' layers, LM head, picking the
+    token), then greedy summaries of the same users with bf16 weights in the prompt pass only, and
+    in every product, against float32: how many stay identical."""
+    import collections
+
+    import torch
+    from peft import get_peft_model
+
+    import popi_sdk.backends.fast_decode as fd
+    from popi_sdk.data import read_users
+    from popi_sdk.train import common, sampling
+    from popi_sdk.train.config import load_config
+    from popi_sdk.train.stage1 import build_rows
+
+    cfg = load_config(preset=args.preset, overrides=args.set, data=args.data, out=Path("/tmp/unused"))
+    spec, n = cfg.summary, max(cfg.stage1.warm_start_samples, 1)
+    users = [u for u in read_users(args.data / "train.jsonl") if u.examples][: args.users]
+    rows, _ = build_rows(users, cfg)
+    path, policy = common.load_policy(cfg.model)
+    tokenizer = common.load_tokenizer(path)
+    model = get_peft_model(policy, common.lora_config(cfg))
+    torch.manual_seed(args.seed)
+    for name, param in model.named_parameters():  # a trained adapter's deltas are not zero
+        if "lora_B" in name:
+            param.data.normal_(0, 0.002)
+    messages = [row["prompt"] for row in rows]
+    sample = dict(max_tokens=spec.max_tokens, clean=spec.clean, top_p=spec.train_top_p)
+
+    parts: dict[str, float] = collections.defaultdict(float)
+    originals = {name: getattr(fd.FastDecoder, name) for name in ("_forward", "logits")}
+    pick = fd._pick
+
+    def timed(key, fn):
+        def run(*a, **k):
+            c = time.process_time()
+            out = fn(*a, **k)
+            parts[key(a) if callable(key) else key] += time.process_time() - c
+            return out
+        return run
+
+    fd.FastDecoder._forward = timed(lambda a: "prompt pass" if a[1].shape[1] > 1 else
+                                    "decode steps (layers)", originals["_forward"])
+    fd.FastDecoder.logits = timed("LM head", originals["logits"])
+    fd._pick = timed("picking the token", pick)
+    c = time.process_time()
+    sampling.sample_groups(model, tokenizer, messages, n=n, temperature=spec.train_temperature,
+                           **sample)
+    total = time.process_time() - c
+    fd.FastDecoder._forward, fd.FastDecoder.logits = originals["_forward"], originals["logits"]
+    fd._pick = pick
+    print(f"{len(messages)} users x {n} samples, the new way, CPU s by part\n")
+    print("| part | CPU s | share |\n|---|---:|---:|")
+    for key, value in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"| {key} | {value:.1f} | {value / total:.0%} |")
+    print(f"| everything else | {total - sum(parts.values()):.1f} | "
+          f"{(total - sum(parts.values())) / total:.0%} |\n| all | {total:.1f} | 100% |\n")
+
+    plain = sampling.policy_decoder
+
+    def bf16(everywhere):
+        def build(m):
+            decoder = plain(m)
+            for layer in decoder.layers:
+                layer.prompt = tuple(fd._Dense(p.weight, torch.bfloat16)
+                                     for p in (layer.qkv, layer.o, layer.gate_up, layer.down))
+                if everywhere:
+                    layer.qkv, layer.o, layer.gate_up, layer.down = layer.prompt
+            return decoder
+        return build
+
+    print("| weights in the products | greedy CPU s | greedy summaries identical to float32 |")
+    print("|---|---:|---:|")
+    greedy = {}
+    for name, build in (("float32", plain), ("bf16 in the prompt pass", bf16(False)),
+                        ("bf16 everywhere", bf16(True))):
+        sampling.policy_decoder = build
+        c = time.process_time()
+        greedy[name] = sampling.sample_groups(model, tokenizer, messages, n=1, temperature=0.0,
+                                              **sample)
+        cpu = time.process_time() - c
+        same = sum(a == b for a, b in zip(greedy["float32"], greedy[name]))
+        print(f"| {name} | {cpu:.1f} | {same} of {len(messages)} |", flush=True)
+    sampling.policy_decoder = plain
 
 
 def _reward(cfg, model, tokenizer, examples):
