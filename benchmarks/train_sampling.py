@@ -57,22 +57,12 @@ def main() -> None:
         return
 
     import torch
-    from peft import get_peft_model
 
-    from popi_sdk.data import read_users
-    from popi_sdk.train import common
-    from popi_sdk.train.config import load_config
     from popi_sdk.train.sampling import sample_groups
-    from popi_sdk.train.stage1 import build_rows
     from popi_sdk.train.validation import write_summaries
 
-    cfg = load_config(preset=args.preset, overrides=args.set, data=args.data, out=Path("/tmp/unused"))
+    cfg, rows, examples, model, tokenizer = _policy(args)
     spec, n = cfg.summary, max(cfg.stage1.warm_start_samples, 1)
-    users = [u for u in read_users(args.data / "train.jsonl") if u.examples][: args.users]
-    rows, examples = build_rows(users, cfg)
-    path, policy = common.load_policy(cfg.model)
-    tokenizer = common.load_tokenizer(path)
-    model = get_peft_model(policy, common.lora_config(cfg))
     messages = [row["prompt"] for row in rows]
     prompt_tokens = [len(tokenizer(tokenizer.apply_chat_template(m, tokenize=False,
                                                                 add_generation_prompt=True),
@@ -186,21 +176,12 @@ def precision(args) -> None:
     import collections
 
     import torch
-    from peft import get_peft_model
 
     import popi_sdk.backends.fast_decode as fd
-    from popi_sdk.data import read_users
-    from popi_sdk.train import common, sampling
-    from popi_sdk.train.config import load_config
-    from popi_sdk.train.stage1 import build_rows
+    from popi_sdk.train import sampling
 
-    cfg = load_config(preset=args.preset, overrides=args.set, data=args.data, out=Path("/tmp/unused"))
+    cfg, rows, _, model, tokenizer = _policy(args)
     spec, n = cfg.summary, max(cfg.stage1.warm_start_samples, 1)
-    users = [u for u in read_users(args.data / "train.jsonl") if u.examples][: args.users]
-    rows, _ = build_rows(users, cfg)
-    path, policy = common.load_policy(cfg.model)
-    tokenizer = common.load_tokenizer(path)
-    model = get_peft_model(policy, common.lora_config(cfg))
     torch.manual_seed(args.seed)
     for name, param in model.named_parameters():  # a trained adapter's deltas are not zero
         if "lora_B" in name:
@@ -263,6 +244,24 @@ def precision(args) -> None:
         same = sum(a == b for a, b in zip(greedy["float32"], greedy[name]))
         print(f"| {name} | {cpu:.1f} | {same} of {len(messages)} |", flush=True)
     sampling.policy_decoder = plain
+
+
+def _policy(args):
+    """The preset's config, the first ``--users`` training users' warm-start rows and examples,
+    and the policy (the embedded model with a fresh LoRA adapter) with its tokenizer."""
+    from peft import get_peft_model
+
+    from popi_sdk.data import read_users
+    from popi_sdk.train import common
+    from popi_sdk.train.config import load_config
+    from popi_sdk.train.stage1 import build_rows
+
+    cfg = load_config(preset=args.preset, overrides=args.set, data=args.data, out=Path("/tmp/unused"))
+    users = [u for u in read_users(args.data / "train.jsonl") if u.examples][: args.users]
+    rows, examples = build_rows(users, cfg)
+    path, policy = common.load_policy(cfg.model)
+    tokenizer = common.load_tokenizer(path)
+    return cfg, rows, examples, get_peft_model(policy, common.lora_config(cfg)), tokenizer
 
 
 def _reward(cfg, model, tokenizer, examples):
