@@ -318,6 +318,25 @@ def test_user_edit_and_exemplar_read_the_persona_and_the_copy_rule(smollm2, smol
     assert got["base"]["echo_rate"] is None
 
 
+@pytest.mark.model
+def test_a_context_that_is_the_prompt_alone_ties_the_base_model_exactly(smollm2, smollm2_dir):
+    """A user with no preferred answer to copy gets an empty copy rule: the prompt alone, which is
+    the base model's own input. Its margins are the base model's to the bit, so it scores 50%
+    (every example a tie) instead of a coin flip decided by float rounding in another batch."""
+    from popi_sdk.eval.runner import evaluate
+
+    users = [u.model_copy(update={"signals": Signals(persona=u.persona)}) for u in _two_personas()]
+    users.append(_two_personas()[0].model_copy(update={"user_id": "with-pairs"}))  # batched beside them
+    methods = parse_methods("exemplar,exemplar-aligned", generator=str(smollm2_dir))
+    results, records = evaluate(users, methods, OracleJudge(), generator=str(smollm2_dir),
+                                max_new_tokens=4, progress=False)
+    rows = [r for r in records if r.get("kind") == "example" and r["method"] == "exemplar"]
+    empty = [r for r in rows if r["user_id"] != users[-1].user_id]
+    assert empty and all(r["margin"] == r["base_margin"] and r["correct"] == 0.5 for r in empty)
+    copied = [r for r in rows if r["user_id"] == users[-1].user_id]
+    assert copied and all(r["margin"] != r["base_margin"] for r in copied)
+
+
 # -- reference methods: the persona as the summary, and another user's summary -------------------
 def _two_personas() -> list[UserRow]:
     from popi_sdk.data.synth import synth_users

@@ -23,7 +23,12 @@ from popi_sdk.eval.methods import Method
 from popi_sdk.progress import progress_bar
 from popi_sdk.signals import UserRow
 from popi_sdk.summary_spec import SummarySpec, length_overrides
-from popi_sdk.templates import exemplar_summary, profile_summary, render_signals
+from popi_sdk.templates import (
+    exemplar_summary,
+    profile_summary,
+    prompt_only_messages,
+    render_signals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +120,34 @@ class Evaluation:
                     chosen, rejected = run.ref.pairs(pairs)
                     out.extend(M.margins(chosen.tolist(), rejected.tolist()))
                 else:
-                    groups = []
+                    # A context that is the prompt alone (an empty summary, a copy rule with no
+                    # preferred answer to copy) is the reference's input: its margin is the
+                    # reference's own, not a re-run that differs from it by float rounding in
+                    # another batch shape (which would decide ties against the base model).
+                    groups: dict[int, tuple[list, list]] = {}
+                    prompt_only, is_prompt_only = [], []
                     for u, row in chunk:
                         summary = self._summary(method, u)
-                        contexts = [method.messages(p.prompt, row.signals, summary) for p in row.examples]
-                        groups.append((contexts, [[p.chosen, p.rejected] for p in row.examples]))
-                    for per_context in run.scorer.logprobs_forest(groups):
-                        chosen = [float(g[0]) for g in per_context]
-                        out.extend(M.margins(chosen, [float(g[1]) for g in per_context]))
+                        for p in row.examples:
+                            context = method.messages(p.prompt, row.signals, summary)
+                            is_prompt_only.append(context == prompt_only_messages(p.prompt))
+                            if is_prompt_only[-1]:
+                                prompt_only.append(p)
+                            else:
+                                contexts, responses = groups.setdefault(u, ([], []))
+                                contexts.append(context)
+                                responses.append([p.chosen, p.rejected])
+                    scored: list[float] = []
+                    if groups:
+                        for per_context in run.scorer.logprobs_forest(list(groups.values())):
+                            chosen = [float(g[0]) for g in per_context]
+                            scored.extend(M.margins(chosen, [float(g[1]) for g in per_context]))
+                    from_ref: list[float] = []
+                    if prompt_only:
+                        chosen, rejected = run.ref.pairs(prompt_only)
+                        from_ref = M.margins(chosen.tolist(), rejected.tolist())
+                    ref_it, scored_it = iter(from_ref), iter(scored)
+                    out.extend(next(ref_it) if r else next(scored_it) for r in is_prompt_only)
                 advance(len(chunk))
         run.margins[key] = out
         self.seconds["scoring"] += time.perf_counter() - started
