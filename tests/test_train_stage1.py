@@ -281,7 +281,8 @@ def test_warm_start_pass_lowers_the_loss_on_the_picked_summaries_only(tiny_dir):
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     messages = [{"role": "user", "content": "Summarize the user."}]
-    prompt_ids, summary_ids = _encode(tok, messages, "The user likes short answers.")
+    prompt_ids, summary_ids, described = _encode(tok, messages, "The user likes short answers.")
+    assert described == len(summary_ids)  # no answer shown: every token describes
     full = tok(tok.apply_chat_template([*messages, {"role": "assistant", "content": "The user likes short answers."}],
                                        tokenize=False), add_special_tokens=False)["input_ids"]
     assert prompt_ids + summary_ids == full[: len(prompt_ids) + len(summary_ids)]
@@ -291,6 +292,43 @@ def test_warm_start_pass_lowers_the_loss_on_the_picked_summaries_only(tiny_dir):
                              learning_rate=1e-2, batch_size=2, epochs=3, seed=0)
     assert len(losses) == 6 and losses[-1] < losses[0] - 1.0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_warm_start_loss_can_weigh_the_description_above_the_answer_it_shows(tiny_dir):
+    """In "The user is a child. They like answers such as: ..." the words before the lead say who
+    the user is; ``description_weight`` weighs them against the copied answer, and at 1 the loss
+    is the model's own mean token loss."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.templates import SHOW_LEAD
+    from popi_sdk.train.warmstart import _encode, supervised_pass, weighted_token_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    messages = [{"role": "user", "content": "Summarize the user."}]
+    summary = f"The user is a child. {SHOW_LEAD} Think of a drum. Sound is air that shakes!"
+    prompt_ids, summary_ids, described = _encode(tok, messages, summary)
+    assert 0 < described < len(summary_ids)
+    assert tok.decode(summary_ids[:described]).strip() == "The user is a child."
+
+    ids = torch.tensor([prompt_ids + summary_ids])
+    labels = torch.full_like(ids, -100)
+    labels[0, len(prompt_ids):] = ids[0, len(prompt_ids):]
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+        ones = weighted_token_loss(out.logits, labels, torch.ones(ids.shape))
+        assert float(ones) == pytest.approx(float(out.loss), rel=1e-5)
+        weights = torch.ones(ids.shape)
+        weights[0, len(prompt_ids) + described:] = 0.0  # the description alone
+        only = weighted_token_loss(out.logits, labels, weights)
+        head = labels.clone()
+        head[0, len(prompt_ids) + described:] = -100
+        assert float(only) == pytest.approx(float(model(input_ids=ids, labels=head).loss), rel=1e-5)
+
+    losses = supervised_pass(model, tok, [(messages, summary)] * 4, learning_rate=1e-2,
+                             batch_size=2, epochs=2, seed=0, description_weight=4.0)
+    assert len(losses) == 4 and losses[-1] < losses[0]
 
 
 def test_validation_curve_and_warm_start_in_a_run(tiny_dir, tmp_path):

@@ -126,6 +126,14 @@ class Stage1Options(_Section):
     warm_start_batch_size: int = Field(
         default=4, ge=1, description="Summaries per optimizer step of the warm start pass."
     )
+    warm_start_description_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="Weight of a summary's description tokens in the warm start's loss, against "
+        "the answer it shows (the tokens from \"They like answers such as:\" on). In a "
+        "describe-then-show summary the few words that say who the user is are outweighed by "
+        "the copied answer; above 1 they count more. 1: every summary token alike.",
+    )
     kl_weight: float | None = Field(
         default=None,
         ge=0,

@@ -32,7 +32,7 @@ from typing import Any
 
 from popi_sdk.backends.base import Message
 from popi_sdk.eval import metrics as M
-from popi_sdk.templates import EXEMPLAR_LEAD, profile_summary
+from popi_sdk.templates import EXEMPLAR_LEAD, SHOW_LEAD, profile_summary
 from popi_sdk.train.sampling import sample_groups
 
 log = logging.getLogger(__name__)
@@ -114,16 +114,35 @@ def _within_budget(text: str, spec: Any, tokenizer: Any) -> str:
     return spec.clean(" ".join(words), capped=True)
 
 
-def _encode(tokenizer: Any, messages: list[Message], summary: str) -> tuple[list[int], list[int]]:
-    """Prompt ids and summary ids (with the chat template's end-of-turn), tokenized apart so the
-    boundary is exact."""
+def _encode(tokenizer: Any, messages: list[Message], summary: str) -> tuple[list[int], list[int], int]:
+    """Prompt ids, summary ids (with the chat template's end-of-turn), tokenized apart so the
+    boundary is exact, and how many summary ids describe the user: those before ``SHOW_LEAD``
+    (all of them when the summary shows no answer)."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": summary}], tokenize=False
     )
     completion = full[len(prompt):] if full.startswith(prompt) else summary + (tokenizer.eos_token or "")
+    completion = completion.rstrip("\n")
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return ids(prompt), ids(completion.rstrip("\n"))
+    summary_ids = ids(completion)
+    shown = completion.find(SHOW_LEAD)
+    described = len(summary_ids) if shown < 0 else len(ids(completion[:shown].rstrip()))
+    return ids(prompt), summary_ids, min(described, len(summary_ids))
+
+
+def weighted_token_loss(logits: Any, labels: Any, weights: Any) -> Any:
+    """Cross-entropy of next-token predictions, each label weighted (labels of -100 ignored),
+    normalized by the weights' sum: with every weight 1 it is the mean token loss."""
+    import torch
+
+    logits = logits[:, :-1].float()
+    labels, weights = labels[:, 1:], weights[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(weights)
+    weights = weights * (labels != -100)
+    return (nll * weights).sum() / weights.sum().clamp(min=1e-8)
 
 
 def supervised_pass(
@@ -135,10 +154,12 @@ def supervised_pass(
     batch_size: int,
     epochs: int,
     seed: int,
+    description_weight: float = 1.0,
     progress: bool = False,
 ) -> list[float]:
-    """Cross-entropy on the summary tokens of ``(messages, summary)`` pairs; returns the loss of
-    each optimizer step (a progress bar over the steps with ``progress``)."""
+    """Cross-entropy on the summary tokens of ``(messages, summary)`` pairs, the tokens that
+    describe the user weighted ``description_weight`` against the answer a summary shows;
+    returns the loss of each optimizer step (a progress bar over the steps with ``progress``)."""
     import torch
 
     from popi_sdk.progress import progress_bar
@@ -160,17 +181,24 @@ def supervised_pass(
                 order = torch.randperm(len(encoded)).tolist()
                 for start in range(0, len(order), batch_size):
                     batch = [encoded[i] for i in order[start : start + batch_size]]
-                    width = max(len(p) + len(c) for p, c in batch)
+                    width = max(len(p) + len(c) for p, c, _ in batch)
                     ids = torch.full((len(batch), width), pad, dtype=torch.long)
                     labels = torch.full((len(batch), width), -100, dtype=torch.long)
                     mask = torch.zeros((len(batch), width), dtype=torch.long)
-                    for row, (p, c) in enumerate(batch):
+                    weights = torch.ones((len(batch), width))
+                    for row, (p, c, described) in enumerate(batch):
                         seq = p + c
                         ids[row, : len(seq)] = torch.tensor(seq)
                         labels[row, len(p) : len(seq)] = torch.tensor(c)
                         mask[row, : len(seq)] = 1
-                    loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 labels=labels.to(device)).loss
+                        if described < len(c):  # a summary that shows an answer after describing
+                            weights[row, len(p) : len(p) + described] = description_weight
+                    if description_weight == 1.0:
+                        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     labels=labels.to(device)).loss
+                    else:
+                        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                        loss = weighted_token_loss(logits, labels.to(device), weights.to(device))
                     loss.backward()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -220,7 +248,7 @@ def warm_start(
         model, tokenizer, [(p["prompt"], p["summary"]) for p in picked],
         learning_rate=opts.warm_start_learning_rate or opts.learning_rate,
         batch_size=opts.warm_start_batch_size, epochs=opts.warm_start_epochs, seed=seed,
-        progress=True,
+        description_weight=opts.warm_start_description_weight, progress=True,
     )
     with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
         for p in picked:
