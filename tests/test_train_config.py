@@ -110,9 +110,15 @@ def test_bad_field_in_a_file_names_the_file(tmp_path):
     assert str(path) in msg and "field beta" in msg and "field stage2.learning_rate" in msg
 
 
-def test_zero_max_steps_is_rejected():
-    with pytest.raises(ConfigError, match="stage1.max_steps"):
+def test_zero_max_steps_is_rejected_unless_a_warm_start_is_the_summarizer():
+    with pytest.raises(ConfigError, match="stage1.max_steps = 0 trains no GRPO step.*warm_start_samples"):
         load_config(overrides=["stage1.max_steps=0"])
+    with pytest.raises(ConfigError, match="stage2.max_steps"):
+        load_config(overrides=["stage2.max_steps=0"])
+    with pytest.raises(ConfigError, match="stage1.max_steps must be"):
+        load_config(overrides=["stage1.max_steps=-2"])
+    cfg = load_config(overrides=["stage1.max_steps=0", "stage1.warm_start_samples=2"])
+    assert cfg.stage1.max_steps == 0
 
 
 @pytest.mark.parametrize(

@@ -359,6 +359,32 @@ def test_validation_curve_and_warm_start_in_a_run(tiny_dir, tmp_path):
     assert not (run / "warm-start").exists()  # without LoRA there is no adapter to save
 
 
+def test_zero_grpo_steps_ship_the_warm_start_alone(tiny_dir, tmp_path):
+    """``stage1.max_steps = 0``: the warm start is the summarizer; RUN/stage1 is written from it
+    and no GRPO step runs."""
+    from popi_sdk.train import stage1
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(4)))
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_dir, data, run, **{
+        "stage1.warm_start_samples": 2, "stage1.warm_start_learning_rate": 1e-2,
+        "stage1.kl_weight": 0, "stage1.max_steps": 0, "lora.enabled": True,
+    })
+    dest = Path(stage1.main(cfg))
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("kind") for r in logged] == ["warm_start"]
+    assert json.loads((dest / "popi_stage.json").read_text())["steps"] == 0
+    assert (dest / "popi_summary.json").exists()
+    from safetensors.torch import load_file
+
+    warm = load_file(run / "warm-start" / "adapter_model.safetensors")
+    shipped = load_file(dest / "adapter" / "adapter_model.safetensors")
+    assert warm.keys() == shipped.keys() and all((warm[k] == shipped[k]).all() for k in warm)
+    assert any(k for k in warm if "lora_B" in k and warm[k].abs().sum() > 0)  # the pass trained it
+
+
 def test_extractive_candidates_quote_preferred_responses_within_the_budget(tiny_dir):
     from transformers import AutoTokenizer
 

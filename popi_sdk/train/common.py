@@ -134,7 +134,7 @@ def trainer_args(cfg: TrainConfig, stage: str, opts: Any) -> dict[str, Any]:
         learning_rate=opts.learning_rate,
         gradient_accumulation_steps=opts.gradient_accumulation_steps,
         num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps,
+        max_steps=opts.max_steps or 1,  # 0 (stage 1's warm start alone) never calls train()
         warmup_steps=opts.warmup_steps,
         lr_scheduler_type=opts.lr_scheduler,
         logging_steps=cfg.logging_steps,

@@ -71,7 +71,11 @@ class Stage1Options(_Section):
         description="Score each summary on at most this many of the user's examples (None: all).",
     )
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training users.")
-    max_steps: int = Field(default=-1, description="Optimizer steps; -1 means use epochs.")
+    max_steps: int = Field(
+        default=-1,
+        description="GRPO optimizer steps; -1 means use epochs; 0: none, RUN/stage1 is the warm "
+        "start (or stage1.init_adapter) alone.",
+    )
     warmup_steps: int = Field(default=150, ge=0, description="Linear warm-up steps.")
     lr_scheduler: str = Field(default="cosine", description="transformers scheduler name.")
     grpo_loss: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
@@ -254,8 +258,17 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.stage1.max_steps == 0 or self.stage1.max_steps < -1:
-            raise ValueError("stage1.max_steps must be a positive step count or -1 (use epochs)")
+        if self.stage1.max_steps < -1:
+            raise ValueError(
+                "stage1.max_steps must be a step count, -1 (use epochs) or 0 (the warm start alone)"
+            )
+        if self.stage1.max_steps == 0 and not (
+            self.stage1.warm_start_samples or self.stage1.init_adapter
+        ):
+            raise ValueError(
+                "stage1.max_steps = 0 trains no GRPO step, and there is no warm start to keep: "
+                "set stage1.warm_start_samples (or stage1.init_adapter), or a positive max_steps"
+            )
         if self.stage2.max_steps == 0 or self.stage2.max_steps < -1:
             raise ValueError("stage2.max_steps must be a positive step count or -1 (use epochs)")
         if self.stage1.validation_users and self.summary.prompt_dependent:

@@ -222,7 +222,8 @@ def main(cfg: TrainConfig) -> str:
         if parts.validator is not None:
             validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0,
                              phase="warm_start", main_process=main_process)
-    trainer.train(resume_from_checkpoint=resume)
+    if cfg.stage1.max_steps != 0:  # 0: the warm start (or init_adapter) is the summarizer
+        trainer.train(resume_from_checkpoint=resume)
     dest = common.save_final(trainer, tokenizer, cfg, "stage1")
     if main_process:
         from popi_sdk.train.plot import plot_run
