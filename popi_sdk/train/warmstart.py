@@ -68,10 +68,7 @@ def best_of_n(
         group = [(text, "sampled") for text in sampled[i * n : (i + 1) * n]]
         group += list((extra or {}).get(row["example_key"], ()))
         groups.append(group)
-    keys = [row["example_key"] for row, group in zip(rows, groups) for _ in group]
-    with reward.generator_context():
-        rewards = reward.score([reward.examples[k] for k in keys],
-                               [text for group in groups for text, _ in group])
+    rewards = _score_groups(reward, rows, groups, progress=bool(rows and n))
     picked, at = [], 0
     for row, group in zip(rows, groups):
         scored = [(r, text, source) for r, (text, source) in zip(rewards[at : at + len(group)], group)]
@@ -83,6 +80,31 @@ def best_of_n(
             "group_mean": M.mean([r for r, _, s in scored if s == "sampled"]),
         })
     return picked
+
+
+#: Users whose candidates are scored per reward call: the progress bar moves every call, and the
+#: shared system-message root still runs once per call (popi_sdk.scoring).
+SCORE_USERS_PER_CALL = 16
+
+
+def _score_groups(reward: Any, rows: Sequence[dict[str, Any]], groups: list[list[tuple[str, str]]],
+                  *, progress: bool) -> list[float]:
+    """The reward of every candidate of every user, in order, a progress bar over the
+    candidates (scoring them is most of the warm start's sampling phase)."""
+    from popi_sdk.progress import progress_bar
+
+    out: list[float] = []
+    total = sum(len(g) for g in groups)
+    with reward.generator_context(), progress_bar("warm start: scoring", total, enabled=progress,
+                                                  unit="summaries") as advance:
+        for start in range(0, len(groups), SCORE_USERS_PER_CALL):
+            chunk = list(zip(rows[start : start + SCORE_USERS_PER_CALL],
+                             groups[start : start + SCORE_USERS_PER_CALL]))
+            keys = [row["example_key"] for row, group in chunk for _ in group]
+            out.extend(reward.score([reward.examples[k] for k in keys],
+                                    [text for _, group in chunk for text, _ in group]))
+            advance(len(keys))
+    return out
 
 
 def extractive_candidates(signals: Any, spec: Any, tokenizer: Any) -> list[str]:
