@@ -228,7 +228,9 @@ CONFIG = [
     ("beta=.inf", {"beta": math.inf}, "field beta: Input should be a finite number"),
     ("epochs=.inf", {"stage1.epochs": math.inf}, "field stage1.epochs: Input should be a finite number"),
     ("learning rate NaN", {"stage2.learning_rate": math.nan}, "field stage2.learning_rate"),
-    ("max_steps=0", {"stage1.max_steps": 0}, "stage1.max_steps must be a positive step count"),
+    ("max_steps=0 without a warm start", {"stage1.max_steps": 0}, "stage1.max_steps = 0 trains no GRPO step"),
+    ("max_steps=-2", {"stage1.max_steps": -2}, "stage1.max_steps must be a step count"),
+    ("stage2 max_steps=0", {"stage2.max_steps": 0}, "stage2.max_steps must be a positive step count"),
     ("misspelled field", {"stage1.lerning_rate": 1e-5}, "did you mean stage1.learning_rate?"),
     ("unknown loss", {"loss_type": "kto"}, "field loss_type"),
 ]
