@@ -1,0 +1,116 @@
+"""The form of a description as a lever: the same persona written about the user (the data's
+"The user is a preteen.") or as an instruction to the writer ("Generate a response that can be
+easily understood by a preteen.", the form of P-Soups' personas), read by the plain model
+(``oracle``) and by a trained generator (``user-edit``), on the same users and examples.
+
+    python benchmarks/persona_form.py --data data/dev-elix/test.jsonl --generator runs/gen/stage2 \\
+        --out runs/persona-form-elix
+
+One ``popi eval`` folder per form under ``OUT/FORM`` (``python benchmarks/paired.py --diff
+OUT/instruction:user-edit OUT/about:user-edit`` pairs them), then one table: reward accuracy,
+win rate and echo rate per form and reader, and the paired difference of the instruction form
+from the data's. The oracle judge always reads the data's own persona; only the summary's
+wording changes. Synthetic ELIX and review personas only (the forms are built from their
+attributes); select on development users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from popi_sdk.eval import metrics as M
+from popi_sdk.eval.judges import Comparison, Judge, OracleJudge
+
+sys.path.insert(0, str(Path(__file__).parent))
+from paired import correct  # noqa: E402  (per-example outcomes of a RUN:METHOD)
+
+FORMS = ("about", "instruction")
+
+
+def instruction(persona: str) -> str:
+    """The data's persona as an instruction to the writer, from its attributes."""
+    from popi_sdk.data.synth import persona_attributes
+
+    attrs = persona_attributes(persona)
+    if "level" in attrs and "index" in attrs:  # ELIX: "The user is a preteen."
+        level = attrs["level"].replace("_", " ")
+        if level == "expert":  # P-Soups' other end: "... that only a PhD Student ... could understand."
+            return "Generate a response that only an expert in the field could understand."
+        article = "an" if level[0] in "aeiou" else "a"
+        return f"Generate a response that can be easily understood by {article} {level}."
+    # review: "This user prefers positive and concise reviews."
+    words = persona.removeprefix("This user prefers ").removesuffix(" reviews.")
+    return f"Generate a {words} review."
+
+
+class OriginalPersonaJudge(Judge):
+    """The oracle judge on each user's own persona, whatever text the summary carries."""
+
+    name = "oracle"
+
+    def __init__(self, originals: dict[str, str]):
+        self.inner, self.originals = OracleJudge(), originals
+
+    def check(self, personas: dict[str, str | None]) -> None:
+        self.inner.check({u: self.originals[p] for u, p in personas.items()})
+
+    def _judge(self, items):
+        return self.inner._judge([
+            Comparison(self.originals[i.persona], i.prompt, i.response, i.baseline) for i in items
+        ])
+
+
+def main() -> None:
+    from popi_sdk.data import read_users
+    from popi_sdk.eval.methods import parse_methods
+    from popi_sdk.eval.report import write_results
+    from popi_sdk.eval.runner import evaluate
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="Test users with synthetic ELIX or review personas.")
+    ap.add_argument("--generator", required=True, help="Trained generator read by user-edit.")
+    ap.add_argument("--prompts-per-user", type=int, default=1)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--limit", type=int, help="Only the first N users (a smoke run).")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    rows = read_users(args.data)[: args.limit]
+    results = {}
+    for form in FORMS:
+        out = Path(args.out) / form
+        if (out / "results.json").exists():  # rerunning skips a finished form
+            results[form] = json.loads((out / "results.json").read_text())
+            continue
+        text = {r.persona: (r.persona if form == "about" else instruction(r.persona)) for r in rows}
+        users = [r.model_copy(update={"persona": text[r.persona]}) for r in rows]
+        originals = {text[r.persona]: r.persona for r in rows}
+        res, records = evaluate(
+            users, parse_methods("base,oracle,user-edit", generator=args.generator),
+            OriginalPersonaJudge(originals), generator=args.generator,
+            max_new_tokens=args.max_new_tokens, prompts_per_user=args.prompts_per_user,
+        )
+        res["config"] = {"data": args.data, "form": form, "generator": args.generator,
+                         "example_persona": users[0].persona}
+        write_results(out, res, records)
+        results[form] = res
+
+    print(f"\n{args.data}: {results['about']['stats']['examples']} labeled examples\n")
+    print("| form | reader | reward accuracy (%) | win rate (%) | echo rate (%) | instruction − about (points) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for method, reader in (("oracle", "plain model"), ("user-edit", "trained generator")):
+        a, b = (correct(f"{Path(args.out) / form}:{method}") for form in ("about", "instruction"))
+        diff = [b[k] - a[k] for k in a if k in b]
+        for form in FORMS:
+            m = results[form]["methods"][method]
+            paired = f"{100 * M.mean(diff):+.1f} ± {100 * M.stderr(diff):.1f}" if form == "instruction" else ""
+            echo = m.get("echo_rate")
+            print(f"| {form} | {reader} | {100 * m['reward_accuracy']:.1f} ± {100 * m['reward_accuracy_se']:.1f} "
+                  f"| {100 * m['win_rate']:.1f} | {'-' if echo is None else f'{100 * echo:.1f}'} | {paired} |")
+
+
+if __name__ == "__main__":
+    main()
