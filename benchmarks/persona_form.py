@@ -32,18 +32,9 @@ FORMS = ("about", "instruction")
 
 def instruction(persona: str) -> str:
     """The data's persona as an instruction to the writer, from its attributes."""
-    from popi_sdk.data.synth import persona_attributes
+    from popi_sdk.data.synth import persona_instruction
 
-    attrs = persona_attributes(persona)
-    if "level" in attrs and "index" in attrs:  # ELIX: "The user is a preteen."
-        level = attrs["level"].replace("_", " ")
-        if level == "expert":  # P-Soups' other end: "... that only a PhD Student ... could understand."
-            return "Generate a response that only an expert in the field could understand."
-        article = "an" if level[0] in "aeiou" else "a"
-        return f"Generate a response that can be easily understood by {article} {level}."
-    # review: "This user prefers positive and concise reviews."
-    words = persona.removeprefix("This user prefers ").removesuffix(" reviews.")
-    return f"Generate a {words} review."
+    return persona_instruction(persona) or persona
 
 
 class OriginalPersonaJudge(Judge):

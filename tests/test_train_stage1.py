@@ -447,6 +447,37 @@ def test_persona_candidates_describe_then_show_within_the_budget(tiny_dir):
     # without pairs there is nothing to show: the description alone
     assert persona_candidates("The user is a child.", Signals(persona="I am 8."), spec, tok) == [
         "The user is a child."]
+    # as an instruction to the writer, or both forms for the reward to pick from
+    instruction = "Generate a response that can be easily understood by a child."
+    assert persona_candidates("The user is a child.", Signals(persona="I am 8."), spec, tok,
+                              "instruction") == [instruction]
+    assert persona_candidates("The user is a child.", signals, spec, tok, "both") == [
+        "The user is a child.", f"The user is a child. {SHOW_LEAD} Short and sweet. Wow!",
+        instruction, f"{instruction} {SHOW_LEAD} Short and sweet. Wow!"]
+    # a free-text persona has no other wording: kept as written, offered once
+    assert persona_candidates("I like it short.", Signals(persona="x"), spec, tok, "both") == [
+        "I like it short."]
+
+
+def test_persona_instruction_rewords_each_synthetic_persona():
+    from popi_sdk.data.synth import persona_instruction
+
+    assert persona_instruction("The user is a preteen.") == (
+        "Generate a response that can be easily understood by a preteen.")
+    assert persona_instruction("The user is an expert.") == (
+        "Generate a response that only an expert in the field could understand.")
+    assert persona_instruction("This user prefers negative reviews.") == "Generate a negative review."
+    assert persona_instruction("This user prefers positive and verbose reviews.") == (
+        "Generate a positive and verbose review.")
+    assert persona_instruction("The user prefers formal language and brief answers.") == (
+        "Generate a response with formal language and brief answers.")
+    assert persona_instruction("Explain it like I'm a PhD student.") is None
+
+
+def test_persona_form_without_persona_candidates_is_refused(tiny_dir, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="warm_start_persona=true"):
+        _cfg(tiny_dir, data_dir, tmp_path / "run", **{
+            "stage1.warm_start_samples": 2, "stage1.warm_start_persona_form": "both"})
 
 
 def test_persona_warm_start_offers_training_users_personas_only(tiny_dir, tmp_path):

@@ -115,6 +115,14 @@ class Stage1Options(_Section):
         "the persona followed by one preferred response (describe, then show). Test users' "
         "personas are never read. The reward still picks per user.",
     )
+    warm_start_persona_form: Literal["about", "instruction", "both"] = Field(
+        default="about",
+        description="How stage1.warm_start_persona words a training user's persona: 'about' as "
+        "the data writes it (\"The user is a child.\"), 'instruction' as an instruction to the "
+        "writer (\"Generate a response that can be easily understood by a child.\"; a persona "
+        "in no synthetic wording is kept as written), 'both' offers each form and the reward "
+        "picks.",
+    )
     init_adapter: str | None = Field(
         default=None,
         description="Start GRPO from this LoRA adapter folder (another run's RUN/warm-start or "
@@ -302,6 +310,11 @@ class TrainConfig(_Section):
             raise ValueError(
                 "stage1.warm_start_extractive adds candidates to the best-of-N warm start, which "
                 "is off: set stage1.warm_start_samples to at least 1"
+            )
+        if self.stage1.warm_start_persona_form != "about" and not self.stage1.warm_start_persona:
+            raise ValueError(
+                f"stage1.warm_start_persona_form={self.stage1.warm_start_persona_form!r} words "
+                "the persona candidates, which are off: set stage1.warm_start_persona=true"
             )
         return self
 

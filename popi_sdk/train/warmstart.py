@@ -119,13 +119,24 @@ def extractive_candidates(signals: Any, spec: Any, tokenizer: Any) -> list[str]:
     return out
 
 
-def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any) -> list[str]:
+def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any,
+                       form: str = "about") -> list[str]:
     """Descriptions of a *training* user as warm-start candidates (``stage1.warm_start_persona``):
     the data's persona alone, and the persona followed by the user's first preferred response
-    (describe, then show), each within ``spec``'s word budget and token cap."""
-    texts = [persona.strip()]
-    if signals is not None and signals.pairs:
-        texts.append(profile_summary(persona, signals))
+    (describe, then show), each within ``spec``'s word budget and token cap. ``form``
+    (``stage1.warm_start_persona_form``) words the persona as the data does (``about``), as an
+    instruction to the writer (``instruction``; a persona in no synthetic wording is kept), or
+    offers both."""
+    from popi_sdk.data.synth import persona_instruction
+
+    about = persona.strip()
+    instruction = persona_instruction(about) or about
+    descriptions = {"about": [about], "instruction": [instruction], "both": [about, instruction]}[form]
+    texts = []
+    for description in dict.fromkeys(descriptions):
+        texts.append(description)
+        if signals is not None and signals.pairs:
+            texts.append(profile_summary(description, signals))
     return [t for t in dict.fromkeys(_within_budget(t, spec, tokenizer) for t in texts) if t]
 
 
@@ -257,7 +268,8 @@ def warm_start(
                 (text, "extractive") for text in extractive_candidates(s, spec, tokenizer))
     for key, persona in (personas or {}).items():
         extra.setdefault(key, []).extend(
-            (text, "persona") for text in persona_candidates(persona, (signals or {}).get(key), spec, tokenizer))
+            (text, "persona") for text in persona_candidates(
+                persona, (signals or {}).get(key), spec, tokenizer, opts.warm_start_persona_form))
     picked = best_of_n(
         model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,

@@ -228,6 +228,31 @@ def persona_attributes(persona: str, kind: str | None = None) -> dict:
         raise InputError(str(e)) from None
 
 
+def persona_instruction(persona: str) -> str | None:
+    """A persona this package writes, reworded as an instruction to the writer (the form the
+    small base model follows best on P-Soups, "Generate a response that ..."); ``None`` for a
+    persona in no synthetic wording (a free-text one is left as its author wrote it).
+
+    ``"The user is a child."`` -> ``"Generate a response that can be easily understood by a
+    child."``; ``"This user prefers positive and concise reviews."`` -> ``"Generate a positive
+    and concise review."``; ``"The user prefers a playful tone and brief answers."`` ->
+    ``"Generate a response with a playful tone and brief answers."``."""
+    kind = infer_kind(persona)
+    if kind is None:
+        return None
+    attrs = persona_attributes(persona, kind)
+    if kind == "elix":
+        level = attrs["level"]
+        if level == "expert":  # P-Soups' other end: "... that only a PhD Student ... could understand."
+            return "Generate a response that only an expert in the field could understand."
+        article = "an" if level[0] in "aeiou" else "a"
+        return f"Generate a response that can be easily understood by {article} {level}."
+    if kind == "review":
+        words = " and ".join(a for a in (attrs["sentiment"], attrs["length"]) if a)
+        return f"Generate a {words} review."
+    return f"Generate a response with {persona.strip().removeprefix('The user prefers ').rstrip('.')}."
+
+
 def persona_score(persona: str | dict, text: str, kind: str | None = None) -> float:
     """How well ``text`` fits ``persona``; higher is better; deterministic; no model.
 
@@ -255,6 +280,7 @@ __all__ = [
     "default_pairs",
     "infer_kind",
     "persona_attributes",
+    "persona_instruction",
     "persona_score",
     "signal_kinds",
     "split_train_test",
