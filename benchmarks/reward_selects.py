@@ -9,7 +9,8 @@ description is the user's true persona against the share of samples that get it 
 often a right description outscores a wrong one of the same user.
 
 A description is the summary's text before "They like answers such as:"; it is right when it
-equals the user's ground-truth persona (case and surrounding spaces aside), which suits data whose
+equals the user's ground-truth persona (case and surrounding spaces aside), as the data writes it
+or as an instruction to the writer (``persona_instruction``), which suits data whose
 personas are short fixed sentences (`popi data synth elix`). With ``--temperature 0 --samples 1
 --generators ""`` it only counts how many of the summarizer's greedy summaries (the ones it
 writes in use) describe the true persona.
@@ -33,6 +34,14 @@ def description(summary: str) -> str:
     return summary.split(SHOW_LEAD)[0].strip().lower()
 
 
+def wordings(persona: str) -> set[str]:
+    """The descriptions that name ``persona``: as the data writes it, and as an instruction to
+    the writer (``stage1.warm_start_persona_form``), lower-cased."""
+    from popi_sdk.data.synth import persona_instruction
+
+    return {t.strip().lower() for t in (persona, persona_instruction(persona) or persona)}
+
+
 def confusion(users: list, groups: list[list[str]]) -> str:
     """Which persona each user's summaries describe, by true persona (a Markdown table): a
     summarizer that infers fills the diagonal; one that guesses spreads each row like the column
@@ -40,11 +49,11 @@ def confusion(users: list, groups: list[list[str]]) -> str:
     from collections import Counter
 
     personas = sorted({u.persona.strip().lower() for u in users})
+    named = {w: p for u in users for p in [u.persona.strip().lower()] for w in wordings(u.persona)}
     counts = {p: Counter() for p in personas}
     for u, texts in zip(users, groups):
         for t in texts:
-            d = description(t)
-            counts[u.persona.strip().lower()][d if d in counts else "other"] += 1
+            counts[u.persona.strip().lower()][named.get(description(t), "other")] += 1
     cols = [*personas, "other"]
     lines = ["| true persona \\ described | " + " | ".join(cols) + " |",
              "|---|" + "---:|" * len(cols)]
@@ -99,7 +108,7 @@ def main() -> None:
     del model
     sampled_s = time.perf_counter() - started
     groups = [texts[i * args.samples:(i + 1) * args.samples] for i in range(len(users))]
-    right = [[description(t) == u.persona.strip().lower() for t in g] for u, g in zip(users, groups)]
+    right = [[description(t) in wordings(u.persona) for t in g] for u, g in zip(users, groups)]
     n = len(texts)
     print(f"{len(users)} users x {args.samples} samples at temperature {args.temperature} from "
           f"{args.summarizer} ({sampled_s:.0f} s); {sum(map(sum, right))} of {n} samples "

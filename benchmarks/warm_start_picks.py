@@ -1,0 +1,48 @@
+"""What a best-of-N warm start picked, by kind of user and kind of candidate.
+
+Reads ``RUN/warm_start.jsonl`` (one pick per training user) and prints one row per user group
+(the user id's prefix before the first "-", e.g. "persona-" for the persona-only users of a
+mixed training file): how many picks were the summarizer's own sample, an extractive quote, and
+the data's persona worded as the data writes it ("about") or as an instruction to the writer
+("instruction", ``stage1.warm_start_persona_form``).
+
+    python benchmarks/warm_start_picks.py runs/sum-r8both runs/sum-r8about
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+COLUMNS = ("sampled", "extractive", "about", "instruction")
+
+
+def form(pick: dict) -> str:
+    if pick["source"] != "persona":
+        return pick["source"]
+    return "instruction" if pick["summary"].startswith("Generate ") else "about"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="Stage-1 run folders with a warm_start.jsonl.")
+    args = ap.parse_args()
+    print("| run | users | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|" + "---:|" * len(COLUMNS))
+    for run in args.runs:
+        path = Path(run) / "warm_start.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found (a stage-1 run with stage1.warm_start_samples writes it)")
+        picks = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        groups: dict[str, Counter] = {}
+        for p in picks:
+            groups.setdefault(p["example_key"].split("-")[0], Counter())[form(p)] += 1
+        groups["all"] = sum(groups.values(), Counter())
+        for name, c in groups.items():
+            print(f"| {run} | {name} | " + " | ".join(str(c[k]) for k in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main()
