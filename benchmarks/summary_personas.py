@@ -1,0 +1,55 @@
+"""Which persona each trained summary of a ``popi eval`` run names, from the run's own files.
+
+Reads ``EVAL/results.json`` (the data file and the trained summarizer it used) and
+``EVAL/summaries.sqlite`` (the summaries the run wrote), and prints, per run, how many users'
+summaries name their true persona (as the data writes it or as an instruction to the writer,
+``persona_instruction``; the text before "They like answers such as:") and the confusion table:
+true persona by the persona the summary names ("other": none of the data's personas). Nothing is
+sampled again; the counts are of the summaries the reported accuracies read. Run it from the
+folder the eval ran in (the data path in results.json is relative to it).
+
+    python benchmarks/summary_personas.py runs/eval-r8both-persona runs/eval-r8about-persona
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reward_selects import confusion, description, wordings  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="popi eval output folders with a trained summarizer.")
+    args = ap.parse_args()
+
+    from popi_sdk.data import read_users
+
+    for run in map(Path, args.runs):
+        results, store = run / "results.json", run / "summaries.sqlite"
+        if not results.is_file() or not store.is_file():
+            raise SystemExit(f"{run}: needs results.json and summaries.sqlite (a finished popi eval)")
+        info = json.loads(results.read_text(encoding="utf-8"))
+        trained = info.get("summaries", {}).get("trained")
+        if not trained:
+            raise SystemExit(f"{run}: ran no trained summarizer (methods popi / popi-full)")
+        users = {u.user_id: u for u in read_users(info["config"]["data"]) if u.persona}
+        with sqlite3.connect(store) as db:
+            rows = db.execute(
+                "SELECT user_id, text FROM summary_versions WHERE summarizer = ? ORDER BY user_id, version",
+                (trained["summarizer"],)).fetchall()
+        latest = dict(rows)  # the last version of each user's summary
+        named = [u for u in latest if u in users]
+        right = sum(description(latest[u]) in wordings(users[u].persona) for u in named)
+        print(f"{run}: {right} of {len(named)} summaries name the user's true persona "
+              f"({trained['mean_tokens']:.1f} tokens on average)\n")
+        print(confusion([users[u] for u in named], [[latest[u]] for u in named]))
+
+
+if __name__ == "__main__":
+    main()
