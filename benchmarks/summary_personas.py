@@ -9,6 +9,7 @@ sampled again; the counts are of the summaries the reported accuracies read. Run
 folder the eval ran in (the data path in results.json is relative to it).
 
     python benchmarks/summary_personas.py runs/eval-r8both-persona runs/eval-r8about-persona
+    python benchmarks/summary_personas.py runs/eval-r8g6i-full-persona --accuracy popi-full
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from reward_selects import confusion, description, wordings  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="popi eval output folders with a trained summarizer.")
+    ap.add_argument("--accuracy", metavar="METHOD",
+                    help="Also print METHOD's reward accuracy (e.g. popi, popi-full) over the users "
+                         "whose summary names their true persona and over the others.")
     args = ap.parse_args()
 
     from popi_sdk.data import read_users
@@ -49,6 +53,20 @@ def main() -> None:
         print(f"{run}: {right} of {len(named)} summaries name the user's true persona "
               f"({trained['mean_tokens']:.1f} tokens on average)\n")
         print(confusion([users[u] for u in named], [[latest[u]] for u in named]))
+        if args.accuracy:
+            ok = {u: description(latest[u]) in wordings(users[u].persona) for u in named}
+            split: dict[bool, list[float]] = {True: [], False: []}
+            for line in (run / "examples.jsonl").read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                if row.get("method") == args.accuracy and row.get("kind") == "example" and row["user_id"] in ok:
+                    split[ok[row["user_id"]]].append(row["correct"])
+            if not split[True] and not split[False]:
+                raise SystemExit(f"{run}: no labeled examples of method {args.accuracy!r} in examples.jsonl")
+            for right, label in ((True, "right"), (False, "wrong")):
+                xs = split[right]
+                acc = f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
+                print(f"{args.accuracy}, users whose summary names a {label} persona: {acc} of {len(xs)} examples")
+            print()
 
 
 if __name__ == "__main__":
