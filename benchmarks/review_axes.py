@@ -7,6 +7,8 @@ the first word after "This user prefers" (a sentiment word or a length word), an
 user's sentiment (or the likelier one for a length-only user), " and" (a second attribute) against
 " reviews" (none). It prints the means for users whose persona names one attribute and for users
 whose persona names two: a summarizer that reads the signals puts " and" lower for the first.
+When the run's ``warm_start.jsonl`` sits beside the summarizer folder (``RUN/stage1``), it first
+counts the same two choices in the summaries the warm start trained on.
 
     python benchmarks/review_axes.py --summarizer runs/sum-r6rev/stage1 --data data/dev-review/test.jsonl
 """
@@ -14,6 +16,21 @@ whose persona names two: a summarizer that reads the signals puts " and" lower f
 from __future__ import annotations
 
 import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+
+def target_counts(picks: Path) -> Counter:
+    """(starts with a sentiment word, goes on with " and") for each warm-start summary that
+    starts "This user prefers"."""
+    counts: Counter = Counter()
+    for line in picks.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"This user prefers (\w+)( and)?", json.loads(line)["summary"]) if line.strip() else None
+        if m:
+            counts[(m.group(1) in ("positive", "negative"), bool(m.group(2)))] += 1
+    return counts
 
 
 def main() -> None:
@@ -32,6 +49,12 @@ def main() -> None:
     users = [u for u in read_users(args.data) if u.persona and infer_kind(u.persona) == "review"]
     if not users:
         ap.error(f"{args.data} has no users with a synthetic review persona")
+    picks = Path(args.summarizer).parent / "warm_start.jsonl"
+    if picks.is_file():
+        c = target_counts(picks)
+        print(f"{picks}: {c[True, True] + c[True, False]} targets start with a sentiment word, "
+              f"{c[False, True] + c[False, False]} with a length word; after the sentiment, "
+              f"{c[True, True]} go on with \" and\", {c[True, False]} do not\n")
     spec = summary_spec_for(args.summarizer)
     model, tok = common.load_frozen(args.summarizer, bf16=False), common.load_tokenizer(args.summarizer)
 

@@ -49,12 +49,11 @@ def main() -> None:
                 (trained["summarizer"],)).fetchall()
         latest = dict(rows)  # the last version of each user's summary
         named = [u for u in latest if u in users]
-        right = sum(description(latest[u]) in wordings(users[u].persona) for u in named)
-        print(f"{run}: {right} of {len(named)} summaries name the user's true persona "
+        ok = {u: description(latest[u]) in wordings(users[u].persona) for u in named}
+        print(f"{run}: {sum(ok.values())} of {len(named)} summaries name the user's true persona "
               f"({trained['mean_tokens']:.1f} tokens on average)\n")
         print(confusion([users[u] for u in named], [[latest[u]] for u in named]))
         if args.accuracy:
-            ok = {u: description(latest[u]) in wordings(users[u].persona) for u in named}
             split: dict[bool, list[float]] = {True: [], False: []}
             for line in (run / "examples.jsonl").read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)

@@ -4,9 +4,11 @@ Reads ``RUN/warm_start.jsonl`` (one pick per training user) and prints one row p
 (the user id's prefix before the first "-", e.g. "persona-" for the persona-only users of a
 mixed training file): how many picks were the summarizer's own sample, an extractive quote, and
 the data's persona worded as the data writes it ("about") or as an instruction to the writer
-("instruction", ``stage1.warm_start_persona_form``).
+("instruction", ``stage1.warm_start_persona_form``). With ``--by-persona DATA`` (the run's
+training file) the rows are the users' personas instead.
 
     python benchmarks/warm_start_picks.py runs/sum-r8both runs/sum-r8about
+    python benchmarks/warm_start_picks.py runs/sum-r8both --by-persona data/r7/train.jsonl
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ def form(pick: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="Stage-1 run folders with a warm_start.jsonl.")
+    ap.add_argument("--by-persona", metavar="DATA",
+                    help="Group by each user's persona in DATA (the training JSON Lines file).")
     args = ap.parse_args()
+    personas = None
+    if args.by_persona:
+        from popi_sdk.data import read_users
+
+        personas = {u.user_id: u.persona or "(no persona)" for u in read_users(args.by_persona)}
     print("| run | users | " + " | ".join(COLUMNS) + " |")
     print("|---|---|" + "---:|" * len(COLUMNS))
     for run in args.runs:
@@ -38,7 +47,11 @@ def main() -> None:
         picks = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         groups: dict[str, Counter] = {}
         for p in picks:
-            groups.setdefault(p["example_key"].split("-")[0], Counter())[form(p)] += 1
+            key = p["example_key"]
+            if personas is not None and key not in personas:
+                raise SystemExit(f"{path}: user {key!r} is not in {args.by_persona}: give the run's training file")
+            group = personas[key] if personas is not None else key.split("-")[0]
+            groups.setdefault(group, Counter())[form(p)] += 1
         groups["all"] = sum(groups.values(), Counter())
         for name, c in groups.items():
             print(f"| {run} | {name} | " + " | ".join(str(c[k]) for k in COLUMNS) + " |")

@@ -26,6 +26,7 @@ from types import ModuleType
 from popi_sdk.data.jsonl import write_jsonl
 from popi_sdk.data.synth import _signals, elix, review, roleplay
 from popi_sdk.data.synth._signals import DEFAULT_SIGNALS, MIXED, SIGNAL_KINDS
+from popi_sdk.data.synth._text import join_and
 from popi_sdk.errors import InputError
 from popi_sdk.signals import Signals, UserRow
 
@@ -250,7 +251,7 @@ def persona_instruction(persona: str) -> str | None:
     if kind == "review":
         words = " and ".join(a for a in (attrs["sentiment"], attrs["length"]) if a)
         return f"Generate a {words} review."
-    return f"Generate a response with {persona.strip().removeprefix('The user prefers ').rstrip('.')}."
+    return f"Generate a response with {join_and([roleplay.PHRASES[attrs[a]] for a in roleplay.AXES if a in attrs])}."
 
 
 def persona_score(persona: str | dict, text: str, kind: str | None = None) -> float:
