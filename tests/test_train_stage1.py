@@ -534,6 +534,61 @@ def test_a_run_starts_from_another_runs_warm_start_adapter(tiny_dir, data_dir, t
                          **{"stage1.init_adapter": str(tmp_path)}))
 
 
+def test_a_run_trains_on_another_runs_picks(tiny_dir, tmp_path):
+    """``stage1.warm_start_from``: the supervised pass on an earlier run's picks, nothing sampled
+    (the same picks and seed train the same adapter); with ``init_adapter`` the pass continues
+    from that run's adapter; picks of other users or a broken line are refused by name."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    from popi_sdk.train import stage1
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(4)))
+    common = {"stage1.warm_start_learning_rate": 1e-2, "stage1.kl_weight": 0,
+              "stage1.max_steps": 0, "lora.enabled": True, "lora.r": 4}
+    first = tmp_path / "first"
+    stage1.main(_cfg(tiny_dir, data, first, **common, **{"stage1.warm_start_samples": 2}))
+    picks = first / "warm_start.jsonl"
+    second = tmp_path / "second"
+    stage1.main(_cfg(tiny_dir, data, second, **common, **{"stage1.warm_start_from": str(picks)}))
+    assert (second / "warm_start.jsonl").read_text() == picks.read_text()
+    (record,) = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert record["warm_start_from"] == str(picks) and record["warm_start_users"] == 4
+
+    def adapter(run):
+        return load_file(run / "warm-start" / "adapter_model.safetensors")
+
+    a, b = adapter(first), adapter(second)
+    assert a.keys() == b.keys() and all(torch_close(a[k], b[k]) for k in a)
+    third = tmp_path / "third"
+    stage1.main(_cfg(tiny_dir, data, third, **common, **{
+        "stage1.warm_start_from": str(picks), "stage1.init_adapter": str(first / "warm-start")}))
+    c = adapter(third)
+    assert any(not torch_close(a[k], c[k]) for k in a if "lora_B" in k)  # trained on from there
+
+    other = tmp_path / "other.jsonl"
+    lines = picks.read_text().splitlines()
+    other.write_text("\n".join(lines[:-1] + [lines[-1].replace('"example_key": "', '"example_key": "x-')]))
+    with pytest.raises(InputError, match=r"other training users: 1 of this run's 4 have none"):
+        stage1.main(_cfg(tiny_dir, data, tmp_path / "fourth", **common,
+                         **{"stage1.warm_start_from": str(other)}))
+    other.write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(InputError, match=r"other.jsonl, line 2: not a warm-start pick"):
+        stage1.main(_cfg(tiny_dir, data, tmp_path / "fifth", **common,
+                         **{"stage1.warm_start_from": str(other)}))
+    with pytest.raises(InputError, match=r"is not a file"):
+        stage1.main(_cfg(tiny_dir, data, tmp_path / "sixth", **common,
+                         **{"stage1.warm_start_from": str(tmp_path / "missing.jsonl")}))
+
+
+def torch_close(x, y) -> bool:
+    import torch
+
+    return bool(torch.allclose(x, y, atol=1e-6))
+
+
 def test_extractive_warm_start_needs_the_warm_start():
     from popi_sdk.train.config import TrainConfig
 
@@ -544,6 +599,9 @@ def test_extractive_warm_start_needs_the_warm_start():
     TrainConfig.model_validate({"stage1": {"warm_start_samples": 1, "warm_start_extractive": True}})
     with pytest.raises(ValueError, match="init_adapter loads a LoRA adapter"):
         TrainConfig.model_validate({"lora": {"enabled": False}, "stage1": {"init_adapter": "x"}})
+    with pytest.raises(ValueError, match="warm_start_from trains on an earlier run's picks"):
+        TrainConfig.model_validate({"stage1": {"warm_start_from": "x", "warm_start_samples": 2}})
+    TrainConfig.model_validate({"stage1": {"warm_start_from": "x", "max_steps": 0}})
 
 
 def test_validation_scores_with_the_training_reward(tiny_dir):

@@ -126,8 +126,18 @@ class Stage1Options(_Section):
     init_adapter: str | None = Field(
         default=None,
         description="Start GRPO from this LoRA adapter folder (another run's RUN/warm-start or "
-        "RUN/stage1/adapter) instead of a fresh adapter, skipping the warm start: ablations of "
-        "the GRPO settings from one warm start. Needs lora.enabled.",
+        "RUN/stage1/adapter) instead of a fresh adapter, skipping the warm start (unless "
+        "stage1.warm_start_from continues its pass): ablations of the GRPO settings from one "
+        "warm start. Needs lora.enabled.",
+    )
+    warm_start_from: str | None = Field(
+        default=None,
+        description="Train the warm start's supervised pass on an earlier run's picks (its "
+        "RUN/warm_start.jsonl: the same training users, so the same data, seed and "
+        "validation_users) instead of sampling and scoring new ones: ablations of the pass "
+        "(epochs, learning rate, description weight) without the sampling time. With "
+        "stage1.init_adapter the pass continues from that adapter (more epochs on the same "
+        "picks). Needs stage1.warm_start_samples=0.",
     )
     warm_start_learning_rate: float | None = Field(
         default=None, gt=0, description="Learning rate of the warm start pass (None: learning_rate)."
@@ -271,7 +281,7 @@ class TrainConfig(_Section):
                 "stage1.max_steps must be a step count, -1 (use epochs) or 0 (the warm start alone)"
             )
         if self.stage1.max_steps == 0 and not (
-            self.stage1.warm_start_samples or self.stage1.init_adapter
+            self.stage1.warm_start_samples or self.stage1.init_adapter or self.stage1.warm_start_from
         ):
             raise ValueError(
                 "stage1.max_steps = 0 trains no GRPO step, and there is no warm start to keep: "
@@ -310,6 +320,12 @@ class TrainConfig(_Section):
             raise ValueError(
                 "stage1.warm_start_extractive adds candidates to the best-of-N warm start, which "
                 "is off: set stage1.warm_start_samples to at least 1"
+            )
+        if self.stage1.warm_start_from and self.stage1.warm_start_samples:
+            raise ValueError(
+                "stage1.warm_start_from trains on an earlier run's picks and samples nothing: "
+                "set stage1.warm_start_samples=0 (the candidate options, warm_start_extractive "
+                "and warm_start_persona, stay off with it)"
             )
         if self.stage1.warm_start_persona_form != "about" and not self.stage1.warm_start_persona:
             raise ValueError(

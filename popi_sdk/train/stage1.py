@@ -201,18 +201,20 @@ def main(cfg: TrainConfig) -> str:
         # (A run from another run's adapter starts at that adapter: its step 0 is "warm_start".)
         validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0, phase="initial",
                          main_process=main_process)
-    if cfg.stage1.init_adapter and resume is None:
-        load_adapter(trainer, cfg.stage1.init_adapter)
-        if parts.validator is not None:
+    opts = cfg.stage1
+    if opts.init_adapter and resume is None:
+        load_adapter(trainer, opts.init_adapter)
+        if parts.validator is not None:  # where this run starts, or where GRPO starts
             validate_and_log(parts.validator, trainer.model, tokenizer, metrics, step=0,
-                             phase="warm_start", main_process=main_process)
-    elif cfg.stage1.warm_start_samples and resume is None:
+                             phase="initial" if opts.warm_start_from else "warm_start",
+                             main_process=main_process)
+    if resume is None and (opts.warm_start_from or (opts.warm_start_samples and not opts.init_adapter)):
         from popi_sdk.train.warmstart import warm_start
 
         record = warm_start(
-            trainer.model, tokenizer, parts.reward, parts.rows, cfg.stage1, spec=cfg.summary,
+            trainer.model, tokenizer, parts.reward, parts.rows, opts, spec=cfg.summary,
             run=run, seed=cfg.seed, signals=parts.signals,
-            personas=parts.personas if cfg.stage1.warm_start_persona else None,
+            personas=parts.personas if opts.warm_start_persona else None,
         )
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:

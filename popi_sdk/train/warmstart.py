@@ -256,9 +256,55 @@ def warm_start(
     personas: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
-    samples), then one supervised pass; writes ``RUN/warm_start.jsonl`` (the picked summaries)
-    and returns a record for ``RUN/metrics.jsonl``."""
+    samples), or an earlier run's picks (``opts.warm_start_from``), then one supervised pass;
+    writes ``RUN/warm_start.jsonl`` (the picked summaries) and returns a record for
+    ``RUN/metrics.jsonl``."""
     started = time.perf_counter()
+    if opts.warm_start_from:
+        log.info("warm start: the picks of %s for %d training users (nothing sampled)",
+                 opts.warm_start_from, len(rows))
+        picked = load_picks(Path(opts.warm_start_from), rows)
+    else:
+        picked = _sample_picks(model, tokenizer, reward, rows, opts, spec=spec, signals=signals,
+                               personas=personas)
+    sampled_at = time.perf_counter()
+    won = Counter(p["source"] for p in picked)
+    log.info("warm start: %s in %.0f s; picks: %d sampled, %d extractive, %d persona",
+             "read" if opts.warm_start_from else "sampled and scored", sampled_at - started,
+             won["sampled"], won["extractive"], won["persona"])
+    losses = supervised_pass(
+        model, tokenizer, [(p["prompt"], p["summary"]) for p in picked],
+        learning_rate=opts.warm_start_learning_rate or opts.learning_rate,
+        batch_size=opts.warm_start_batch_size, epochs=opts.warm_start_epochs, seed=seed,
+        description_weight=opts.warm_start_description_weight, progress=True,
+    )
+    with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
+        for p in picked:
+            fh.write(json.dumps({k: p[k] for k in PICK_FIELDS}) + "\n")
+    record = {
+        "stage": "stage1", "kind": "warm_start", "step": 0,
+        "warm_start_best_reward": M.mean([p["reward"] for p in picked]),
+        "warm_start_mean_reward": M.mean([p["group_mean"] for p in picked]),
+        "warm_start_losses": losses,
+        "warm_start_users": len(picked),
+        "warm_start_extractive_won": sum(p["source"] == "extractive" for p in picked),
+        "warm_start_persona_won": sum(p["source"] == "persona" for p in picked),
+        "warm_start_samples": opts.warm_start_samples,
+        "warm_start_from": opts.warm_start_from,
+        "warm_start_sampling_seconds": round(sampled_at - started, 1),
+        "warm_start_seconds": round(time.perf_counter() - started, 1),
+    }
+    log.info("warm start: best-of-%d reward %.3f (group mean %.3f); SFT loss %.3f -> %.3f in %.0f s",
+             opts.warm_start_samples, record["warm_start_best_reward"],
+             record["warm_start_mean_reward"], losses[0], losses[-1], record["warm_start_seconds"])
+    return record
+
+
+def _sample_picks(model: Any, tokenizer: Any, reward: Any, rows: Sequence[dict[str, Any]],
+                  opts: Any, *, spec: Any, signals: Mapping[str, Any] | None,
+                  personas: Mapping[str, str] | None) -> list[dict[str, Any]]:
+    """Best-of-N over sampled summaries and the extractive and persona candidates ``opts``
+    turns on: one pick per row."""
     log.info("warm start: sampling %d summaries for each of %d training users",
              opts.warm_start_samples, len(rows))
     extra: dict[str, list[tuple[str, str]]] = {}
@@ -270,37 +316,48 @@ def warm_start(
         extra.setdefault(key, []).extend(
             (text, "persona") for text in persona_candidates(
                 persona, (signals or {}).get(key), spec, tokenizer, opts.warm_start_persona_form))
-    picked = best_of_n(
+    return best_of_n(
         model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
     )
-    sampled_at = time.perf_counter()
-    won = Counter(p["source"] for p in picked)
-    log.info("warm start: sampled and scored in %.0f s; picks: %d sampled, %d extractive, %d persona",
-             sampled_at - started, won["sampled"], won["extractive"], won["persona"])
-    losses = supervised_pass(
-        model, tokenizer, [(p["prompt"], p["summary"]) for p in picked],
-        learning_rate=opts.warm_start_learning_rate or opts.learning_rate,
-        batch_size=opts.warm_start_batch_size, epochs=opts.warm_start_epochs, seed=seed,
-        description_weight=opts.warm_start_description_weight, progress=True,
-    )
-    with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
-        for p in picked:
-            fh.write(json.dumps({k: p[k] for k in ("example_key", "summary", "source", "reward",
-                                                   "group_mean")}) + "\n")
-    record = {
-        "stage": "stage1", "kind": "warm_start", "step": 0,
-        "warm_start_best_reward": M.mean([p["reward"] for p in picked]),
-        "warm_start_mean_reward": M.mean([p["group_mean"] for p in picked]),
-        "warm_start_losses": losses,
-        "warm_start_users": len(picked),
-        "warm_start_extractive_won": sum(p["source"] == "extractive" for p in picked),
-        "warm_start_persona_won": sum(p["source"] == "persona" for p in picked),
-        "warm_start_samples": opts.warm_start_samples,
-        "warm_start_sampling_seconds": round(sampled_at - started, 1),
-        "warm_start_seconds": round(time.perf_counter() - started, 1),
-    }
-    log.info("warm start: best-of-%d reward %.3f (group mean %.3f); SFT loss %.3f -> %.3f in %.0f s",
-             opts.warm_start_samples, record["warm_start_best_reward"],
-             record["warm_start_mean_reward"], losses[0], losses[-1], record["warm_start_seconds"])
-    return record
+
+
+#: What each line of RUN/warm_start.jsonl holds (the fields ``stage1.warm_start_from`` reads).
+PICK_FIELDS = ("example_key", "summary", "source", "reward", "group_mean")
+
+
+def load_picks(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An earlier run's ``RUN/warm_start.jsonl`` as this run's picks, in the order of ``rows``
+    (``stage1.warm_start_from``). Every training user needs exactly one pick and every pick a
+    training user: picks from other data are refused, naming users that differ."""
+    from popi_sdk.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"stage1.warm_start_from: {path} is not a file; give an earlier run's "
+                         "RUN/warm_start.jsonl")
+    by_key: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            pick = json.loads(line)
+            ok = (isinstance(pick, dict) and all(f in pick for f in PICK_FIELDS)
+                  and isinstance(pick["example_key"], str) and isinstance(pick["summary"], str)
+                  and all(isinstance(pick[f], (int, float)) for f in ("reward", "group_mean")))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise InputError(f"{path}, line {n}: not a warm-start pick (a JSON object with "
+                             f"{', '.join(PICK_FIELDS)}, as a run's RUN/warm_start.jsonl holds)")
+        by_key[pick["example_key"]] = pick
+    keys = [row["example_key"] for row in rows]
+    missing = [k for k in keys if k not in by_key]
+    foreign = sorted(set(by_key) - set(keys))
+    if missing or foreign:
+        raise InputError(
+            f"{path} holds the picks of other training users: {len(missing)} of this run's "
+            f"{len(keys)} have none (e.g. {', '.join(missing[:3]) or '-'}) and {len(foreign)} "
+            f"picks name no training user of this run (e.g. {', '.join(foreign[:3]) or '-'}); "
+            "use the data, seed and stage1.validation_users of the run that wrote it")
+    return [{**{f: by_key[row["example_key"]][f] for f in PICK_FIELDS}, "prompt": row["prompt"]}
+            for row in rows]
