@@ -4,9 +4,10 @@ Reads ``EVAL/results.json`` (the data file and the trained summarizer it used) a
 ``EVAL/summaries.sqlite`` (the summaries the run wrote), and prints, per run, how many users'
 summaries name their true persona (as the data writes it or as an instruction to the writer,
 ``persona_instruction``; the text before "They like answers such as:") and the confusion table:
-true persona by the persona the summary names ("other": none of the data's personas). Nothing is
-sampled again; the counts are of the summaries the reported accuracies read. Run it from the
-folder the eval ran in (the data path in results.json is relative to it).
+true persona by the persona the summary names ("other": none of the data's personas), and for a
+file that mixes user groups (ids "persona-elix-00001", "traits-elix-00002", ...) the count per
+group. Nothing is sampled again; the counts are of the summaries the reported accuracies read.
+Run it from the folder the eval ran in (the data path in results.json is relative to it).
 
     python benchmarks/summary_personas.py runs/eval-r8both-persona runs/eval-r8about-persona
     python benchmarks/summary_personas.py runs/eval-r8g6i-full-persona --accuracy popi-full
@@ -53,6 +54,14 @@ def main() -> None:
         print(f"{run}: {sum(ok.values())} of {len(named)} summaries name the user's true persona "
               f"({trained['mean_tokens']:.1f} tokens on average)\n")
         print(confusion([users[u] for u in named], [[latest[u]] for u in named]))
+        groups: dict[str, list[bool]] = {}
+        for u in named:  # users of several groups in one file ("persona-elix-00001"): by group
+            groups.setdefault(u.split("-")[0], []).append(ok[u])
+        if len(groups) > 1:
+            print("| user group | summaries that name the true persona |\n|---|---:|")
+            for group, right in groups.items():
+                print(f"| {group} | {sum(right)} of {len(right)} |")
+            print()
         if args.accuracy:
             split: dict[bool, list[float]] = {True: [], False: []}
             for line in (run / "examples.jsonl").read_text(encoding="utf-8").splitlines():
