@@ -294,8 +294,9 @@ def warm_start(
         "warm_start_sampling_seconds": round(sampled_at - started, 1),
         "warm_start_seconds": round(time.perf_counter() - started, 1),
     }
-    log.info("warm start: best-of-%d reward %.3f (group mean %.3f); SFT loss %.3f -> %.3f in %.0f s",
-             opts.warm_start_samples, record["warm_start_best_reward"],
+    log.info("warm start: %s reward %.3f (group mean %.3f); SFT loss %.3f -> %.3f in %.0f s",
+             "the picks'" if opts.warm_start_from else f"best-of-{opts.warm_start_samples}",
+             record["warm_start_best_reward"],
              record["warm_start_mean_reward"], losses[0], losses[-1], record["warm_start_seconds"])
     return record
 
