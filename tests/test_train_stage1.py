@@ -574,6 +574,10 @@ def test_a_run_trains_on_another_runs_picks(tiny_dir, tmp_path):
     with pytest.raises(InputError, match=r"other training users: 1 of this run's 4 have none"):
         stage1.main(_cfg(tiny_dir, data, tmp_path / "fourth", **common,
                          **{"stage1.warm_start_from": str(other)}))
+    other.write_text("\n".join(lines + lines[:1]))
+    with pytest.raises(InputError, match=r"line 5: a second pick for"):
+        stage1.main(_cfg(tiny_dir, data, tmp_path / "fourth-b", **common,
+                         **{"stage1.warm_start_from": str(other)}))
     other.write_text(lines[0] + "\n{not json\n")
     with pytest.raises(InputError, match=r"other.jsonl, line 2: not a warm-start pick"):
         stage1.main(_cfg(tiny_dir, data, tmp_path / "fifth", **common,

@@ -350,6 +350,9 @@ def load_picks(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any
         if not ok:
             raise InputError(f"{path}, line {n}: not a warm-start pick (a JSON object with "
                              f"{', '.join(PICK_FIELDS)}, as a run's RUN/warm_start.jsonl holds)")
+        if pick["example_key"] in by_key:
+            raise InputError(f"{path}, line {n}: a second pick for {pick['example_key']}; a run "
+                             "writes one pick per training user")
         by_key[pick["example_key"]] = pick
     keys = [row["example_key"] for row in rows]
     missing = [k for k in keys if k not in by_key]
