@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from popi_sdk.backends.base import Message
+from popi_sdk.errors import InputError
 from popi_sdk.eval import metrics as M
 from popi_sdk.templates import EXEMPLAR_LEAD, SHOW_LEAD, profile_summary
 from popi_sdk.train.sampling import sample_groups
@@ -331,8 +332,6 @@ def load_picks(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any
     """An earlier run's ``RUN/warm_start.jsonl`` as this run's picks, in the order of ``rows``
     (``stage1.warm_start_from``). Every training user needs exactly one pick and every pick a
     training user: picks from other data are refused, naming users that differ."""
-    from popi_sdk.errors import InputError
-
     if not path.is_file():
         raise InputError(f"stage1.warm_start_from: {path} is not a file; give an earlier run's "
                          "RUN/warm_start.jsonl")
