@@ -126,8 +126,10 @@ def main() -> None:
 
     if args.probe_train:
         train = [u for u in read_users(args.probe_train) if u.persona]
-        states = lambda us: torch.stack(  # noqa: E731
-            [last_token_states(model, tokenizer, spec.messages(u.signals)) for u in us])
+        def states(group):
+            return torch.stack([last_token_states(model, tokenizer, spec.messages(u.signals))
+                                for u in group])
+
         train_x, test_x = states(train), states(users)
         print(f"\nLinear probe of the last prompt token's hidden state: fit on {len(train)} users "
               f"of {args.probe_train}, scored on the {len(users)} above\n")
