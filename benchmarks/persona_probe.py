@@ -24,31 +24,14 @@ import argparse
 import statistics as st
 
 
-def persona_logprobs(model, tokenizer, messages, targets) -> list[float]:
-    """Sum of the log-probabilities of each target's tokens as the summary of ``messages``."""
+def last_token_states(scorer, messages):
+    """The last prompt token's hidden state at every layer (embeddings first): (layers, width),
+    the prompt written as ``scorer`` (a ``SequenceScorer``) writes it for scoring."""
     import torch
 
-    from popi_sdk.train.warmstart import _encode
-
-    out = []
-    for target in targets:
-        prompt, completion, _ = _encode(tokenizer, messages, target)
-        ids = torch.tensor([prompt + completion])
-        with torch.no_grad():
-            logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
-        logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None])
-        out.append(float(logp.sum()))
-    return out
-
-
-def last_token_states(model, tokenizer, messages):
-    """The last prompt token's hidden state at every layer (embeddings first): (layers, width)."""
-    import torch
-
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = torch.tensor([scorer.encode(scorer.prompt_text(messages))])
     with torch.no_grad():
-        states = model(ids, output_hidden_states=True).hidden_states
+        states = scorer.model(ids, output_hidden_states=True).hidden_states
     return torch.stack([h[0, -1] for h in states]).float()
 
 
@@ -97,6 +80,7 @@ def main() -> None:
     from popi_sdk.backends.hf import resolve_model
     from popi_sdk.data import read_users
     from popi_sdk.data.synth import persona_instruction
+    from popi_sdk.scoring import SequenceScorer
     from popi_sdk.summary_spec import SummarySpec
 
     path = args.summarizer or resolve_model(None)
@@ -109,11 +93,12 @@ def main() -> None:
     personas = sorted({u.persona for u in users})
     targets = [persona_instruction(p) or p for p in personas]
 
-    chosen, rows = [], []
-    for u in users:
-        row = persona_logprobs(model, tokenizer, spec.messages(u.signals), targets)
-        rows.append(row)
-        chosen.append(personas[max(range(len(row)), key=row.__getitem__)])
+    # One group per user: the prompt runs once, the personas continue it in shared batches.
+    scorer = SequenceScorer(model, tokenizer)
+    scored = scorer.logprobs_forest(
+        [([spec.messages(u.signals)], [targets]) for u in users])
+    rows = [per_user[0].tolist() for per_user in scored]
+    chosen = [personas[max(range(len(row)), key=row.__getitem__)] for row in rows]
     right = sum(c == u.persona for c, u in zip(chosen, users))
     spread = st.mean(max(col) - min(col) for col in zip(*rows))
     print(f"{path} on {args.data}: the persona ranked first is the user's own for {right} of "
@@ -126,9 +111,9 @@ def main() -> None:
 
     if args.probe_train:
         train = [u for u in read_users(args.probe_train) if u.persona]
+
         def states(group):
-            return torch.stack([last_token_states(model, tokenizer, spec.messages(u.signals))
-                                for u in group])
+            return torch.stack([last_token_states(scorer, spec.messages(u.signals)) for u in group])
 
         train_x, test_x = states(train), states(users)
         print(f"\nLinear probe of the last prompt token's hidden state: fit on {len(train)} users "
