@@ -258,7 +258,7 @@ def warm_start(
 ) -> dict[str, Any]:
     """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
     samples), or an earlier run's picks (``opts.warm_start_from``), then one supervised pass;
-    writes ``RUN/warm_start.jsonl`` (the picked summaries) and returns a record for
+    writes ``RUN/warm_start.jsonl`` (the picked summaries, before the pass) and returns a record for
     ``RUN/metrics.jsonl``."""
     started = time.perf_counter()
     if opts.warm_start_from:
@@ -273,15 +273,17 @@ def warm_start(
     log.info("warm start: %s in %.0f s; picks: %d sampled, %d extractive, %d persona",
              "read" if opts.warm_start_from else "sampled and scored", sampled_at - started,
              won["sampled"], won["extractive"], won["persona"])
+    # The picks are written before the pass: the sampling is the slow part, and a pass that is
+    # stopped or fails leaves them for stage1.warm_start_from.
+    with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
+        for p in picked:
+            fh.write(json.dumps({k: p[k] for k in PICK_FIELDS}) + "\n")
     losses = supervised_pass(
         model, tokenizer, [(p["prompt"], p["summary"]) for p in picked],
         learning_rate=opts.warm_start_learning_rate or opts.learning_rate,
         batch_size=opts.warm_start_batch_size, epochs=opts.warm_start_epochs, seed=seed,
         description_weight=opts.warm_start_description_weight, progress=True,
     )
-    with (run / "warm_start.jsonl").open("w", encoding="utf-8") as fh:
-        for p in picked:
-            fh.write(json.dumps({k: p[k] for k in PICK_FIELDS}) + "\n")
     record = {
         "stage": "stage1", "kind": "warm_start", "step": 0,
         "warm_start_best_reward": M.mean([p["reward"] for p in picked]),
