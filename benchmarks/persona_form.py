@@ -12,12 +12,22 @@ win rate and echo rate per form and reader, and the paired difference of the ins
 from the data's. The oracle judge always reads the data's own persona; only the summary's
 wording changes. Synthetic ELIX and review personas only (the forms are built from their
 attributes); select on development users.
+
+``--show-from TRAIN.jsonl`` adds a third form, ``shown``: the instruction, then "They like answers
+such as:" and one preferred answer of a *training* user with the same persona (a labeled
+example's chosen response, drawn with ``--seed``), never the test user's own. It measures what
+a describe-then-show summary can reach for users with no pairs to quote (the candidates of
+``stage1.warm_start_persona_show = "peers"``):
+
+    python benchmarks/persona_form.py --data data/dev-elix/test.jsonl --show-from \
+        data/dev-elix/train.jsonl --generator runs/gen/stage2 --out runs/persona-form-elix
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -54,6 +64,25 @@ class OriginalPersonaJudge(Judge):
         ])
 
 
+def shown(rows, train: str, seed: int) -> dict[str, str]:
+    """Per test user, the instruction form of the persona, then a same-persona training user's
+    preferred answer (the ``shown`` form)."""
+    from popi_sdk.data import read_users
+    from popi_sdk.templates import SHOW_LEAD
+
+    pool: dict[str, list[str]] = {}
+    for u in read_users(train):
+        pool.setdefault(u.persona, []).extend(e.chosen for e in u.examples)
+    rng = random.Random(seed)
+    out = {}
+    for r in rows:
+        if not pool.get(r.persona):
+            raise SystemExit(f"{train}: no training user has the persona {r.persona!r} of test "
+                             f"user {r.user_id}; pass the training split of the same benchmark")
+        out[r.user_id] = f"{instruction(r.persona)} {SHOW_LEAD} {rng.choice(pool[r.persona]).strip()}"
+    return out
+
+
 def main() -> None:
     from popi_sdk.data import read_users
     from popi_sdk.eval.methods import parse_methods
@@ -66,19 +95,25 @@ def main() -> None:
     ap.add_argument("--prompts-per-user", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--limit", type=int, help="Only the first N users (a smoke run).")
+    ap.add_argument("--show-from", help="Training users (JSON Lines) whose answers the 'shown' "
+                    "form shows; without it, the about and instruction forms only.")
+    ap.add_argument("--seed", type=int, default=0, help="Which same-persona answer is shown.")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     rows = read_users(args.data)[: args.limit]
+    forms = FORMS + (("shown",) if args.show_from else ())
+    texts = shown(rows, args.show_from, args.seed) if args.show_from else {}
     results = {}
-    for form in FORMS:
+    for form in forms:
         out = Path(args.out) / form
         if (out / "results.json").exists():  # rerunning skips a finished form
             results[form] = json.loads((out / "results.json").read_text())
             continue
-        text = {r.persona: (r.persona if form == "about" else instruction(r.persona)) for r in rows}
-        users = [r.model_copy(update={"persona": text[r.persona]}) for r in rows]
-        originals = {text[r.persona]: r.persona for r in rows}
+        text = {r.user_id: (r.persona if form == "about" else texts[r.user_id] if form == "shown"
+                            else instruction(r.persona)) for r in rows}
+        users = [r.model_copy(update={"persona": text[r.user_id]}) for r in rows]
+        originals = {text[r.user_id]: r.persona for r in rows}
         res, records = evaluate(
             users, parse_methods("base,oracle,user-edit", generator=args.generator),
             OriginalPersonaJudge(originals), generator=args.generator,
@@ -90,14 +125,15 @@ def main() -> None:
         results[form] = res
 
     print(f"\n{args.data}: {results['about']['stats']['examples']} labeled examples\n")
-    print("| form | reader | reward accuracy (%) | win rate (%) | echo rate (%) | instruction − about (points) |")
+    print("| form | reader | reward accuracy (%) | win rate (%) | echo rate (%) | − about (points) |")
     print("|---|---|---:|---:|---:|---:|")
     for method, reader in (("oracle", "plain model"), ("user-edit", "trained generator")):
-        a, b = (correct(f"{Path(args.out) / form}:{method}") for form in ("about", "instruction"))
-        diff = [b[k] - a[k] for k in a if k in b]
-        for form in FORMS:
+        a = correct(f"{Path(args.out) / 'about'}:{method}")
+        for form in forms:
             m = results[form]["methods"][method]
-            paired = f"{100 * M.mean(diff):+.1f} ± {100 * M.stderr(diff):.1f}" if form == "instruction" else ""
+            b = correct(f"{Path(args.out) / form}:{method}")
+            diff = [b[k] - a[k] for k in a if k in b]
+            paired = f"{100 * M.mean(diff):+.1f} ± {100 * M.stderr(diff):.1f}" if form != "about" else ""
             echo = m.get("echo_rate")
             print(f"| {form} | {reader} | {100 * m['reward_accuracy']:.1f} ± {100 * m['reward_accuracy_se']:.1f} "
                   f"| {100 * m['win_rate']:.1f} | {'-' if echo is None else f'{100 * echo:.1f}'} | {paired} |")

@@ -483,6 +483,46 @@ def test_persona_candidates_describe_then_show_within_the_budget(tiny_dir):
         "I like it short."]
 
 
+def test_peer_answers_show_a_same_persona_users_answer_to_users_without_pairs(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from popi_sdk.signals import Signals
+    from popi_sdk.summary_spec import SummarySpec
+    from popi_sdk.templates import SHOW_LEAD
+    from popi_sdk.train.warmstart import peer_answers, persona_candidates
+
+    def user(uid, persona, chosen, pairs=False):
+        row = {"user_id": uid, "persona": persona,
+               "signals": {"persona": "I am 8."} | ({"pairs": [
+                   {"prompt": "q", "chosen": f"{chosen} (pair)", "rejected": "No."}]} if pairs else {}),
+               "examples": [{"prompt": "p", "chosen": chosen, "rejected": "No."}]}
+        return UserRow.model_validate(row)
+
+    users = {u.user_id: u for u in [
+        user("a", "The user is a child.", "Wow, fun!"), user("b", "The user is a child.", "Yay, neat!"),
+        user("c", "The user is an expert.", "Formally, X."), user("d", "The user is a child.", "Ok!", pairs=True),
+    ]}
+    users["a#1"] = users["a"]  # a prompt-dependent row of user a
+    shown = peer_answers(users, seed=0)
+    # users with pairs show their own; a persona no one else has shows nothing
+    assert set(shown) == {"a", "a#1", "b"}
+    assert shown["a"] in {"Yay, neat!", "Ok!", "Ok! (pair)"} and shown["b"] in {"Wow, fun!", "Ok!", "Ok! (pair)"}
+    assert shown == peer_answers(users, seed=0)  # seeded
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    spec = SummarySpec(max_words=30, max_tokens=60)
+    instruction = "Generate a response that can be easily understood by a child."
+    assert persona_candidates("The user is a child.", Signals(persona="I am 8."), spec, tok,
+                              "instruction", peer_answer="Yay, neat!") == [
+        instruction, f"{instruction} {SHOW_LEAD} Yay, neat!"]
+
+
+def test_peer_answers_need_the_persona_candidates(tiny_dir, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="warm_start_persona=true"):
+        _cfg(tiny_dir, data_dir, tmp_path / "run", **{
+            "stage1.warm_start_samples": 2, "stage1.warm_start_persona_show": "peers"})
+
+
 def test_persona_instruction_rewords_each_synthetic_persona():
     from popi_sdk.data.synth import persona_instruction
 

@@ -123,6 +123,15 @@ class Stage1Options(_Section):
         "in no synthetic wording is kept as written), 'both' offers each form and the reward "
         "picks.",
     )
+    warm_start_persona_show: Literal["own", "peers"] = Field(
+        default="own",
+        description="What stage1.warm_start_persona shows after a training user's persona: "
+        "'own' the user's first preferred response, where the user has pairs (a user without "
+        "pairs gets the persona alone); 'peers' also, for a user without pairs, one preferred "
+        "answer of another training user with the same persona (a labeled example's chosen "
+        "response, seeded), so that persona-, history- and traits-only users get a describe-"
+        "then-show candidate too. Training users only; the reward still picks.",
+    )
     init_adapter: str | None = Field(
         default=None,
         description="Start GRPO from this LoRA adapter folder (another run's RUN/warm-start or "
@@ -330,6 +339,11 @@ class TrainConfig(_Section):
         if self.stage1.warm_start_persona_form != "about" and not self.stage1.warm_start_persona:
             raise ValueError(
                 f"stage1.warm_start_persona_form={self.stage1.warm_start_persona_form!r} words "
+                "the persona candidates, which are off: set stage1.warm_start_persona=true"
+            )
+        if self.stage1.warm_start_persona_show != "own" and not self.stage1.warm_start_persona:
+            raise ValueError(
+                f"stage1.warm_start_persona_show={self.stage1.warm_start_persona_show!r} adds to "
                 "the persona candidates, which are off: set stage1.warm_start_persona=true"
             )
         return self

@@ -215,6 +215,7 @@ def main(cfg: TrainConfig) -> str:
             trainer.model, tokenizer, parts.reward, parts.rows, opts, spec=cfg.summary,
             run=run, seed=cfg.seed, signals=parts.signals,
             personas=parts.personas if opts.warm_start_persona else None,
+            peers=parts.peers if opts.warm_start_persona else None,
         )
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:
@@ -267,6 +268,7 @@ class Stage1Parts(NamedTuple):
     validator: Validator | None
     signals: dict[str, Signals] | None = None  # each row's user's signals, by example_key
     personas: dict[str, str] | None = None  # each row's (training) user's persona, by example_key
+    peers: dict[str, str] | None = None  # stage1.warm_start_persona_show = "peers": warmstart.peer_answers
 
 
 def build_trainer(cfg: TrainConfig) -> Stage1Parts:
@@ -340,4 +342,9 @@ def build_trainer(cfg: TrainConfig) -> Stage1Parts:
     # Training users only (validation users were split off above): a persona may be a training
     # target, never something a model reads at test time.
     personas = {key: u.persona for key, u in owners.items() if u.persona}
-    return Stage1Parts(trainer, reward, rows, validator, signals, personas)
+    peers = None
+    if cfg.stage1.warm_start_persona_show == "peers":
+        from popi_sdk.train.warmstart import peer_answers
+
+        peers = peer_answers(owners, cfg.seed)
+    return Stage1Parts(trainer, reward, rows, validator, signals, personas, peers)

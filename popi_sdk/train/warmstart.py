@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -121,13 +122,14 @@ def extractive_candidates(signals: Any, spec: Any, tokenizer: Any) -> list[str]:
 
 
 def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any,
-                       form: str = "about") -> list[str]:
+                       form: str = "about", peer_answer: str | None = None) -> list[str]:
     """Descriptions of a *training* user as warm-start candidates (``stage1.warm_start_persona``):
     the data's persona alone, and the persona followed by the user's first preferred response
     (describe, then show), each within ``spec``'s word budget and token cap. ``form``
     (``stage1.warm_start_persona_form``) words the persona as the data does (``about``), as an
     instruction to the writer (``instruction``; a persona in no synthetic wording is kept), or
-    offers both."""
+    offers both. A user without pairs shows ``peer_answer`` instead, where one is given
+    (``stage1.warm_start_persona_show = "peers"``: :func:`peer_answers`)."""
     from popi_sdk.data.synth import persona_instruction
 
     about = persona.strip()
@@ -138,7 +140,31 @@ def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any,
         texts.append(description)
         if signals is not None and signals.pairs:
             texts.append(profile_summary(description, signals))
+        elif peer_answer:
+            texts.append(f"{description} {SHOW_LEAD} {peer_answer.strip()}")
     return [t for t in dict.fromkeys(_within_budget(t, spec, tokenizer) for t in texts) if t]
+
+
+def peer_answers(users: Mapping[str, Any], seed: int) -> dict[str, str]:
+    """For each *training* user without pairs of their own (by key), one preferred answer of
+    another training user with the same persona: a chosen response of that user's labeled
+    examples or signal pairs, drawn with ``seed``. Never the user's own examples (the reward
+    scores the candidate on those), and nothing for a persona no other user shares."""
+    answers: dict[str, list[tuple[str, str]]] = {}
+    for u in {id(u): u for u in users.values()}.values():
+        if u.persona:
+            chosen = [e.chosen for e in u.examples] + [p.chosen for p in u.signals.pairs]
+            answers.setdefault(u.persona.strip(), []).extend((u.user_id, c) for c in chosen)
+    rng = random.Random(seed)
+    out = {}
+    for key in sorted(users):
+        u = users[key]
+        if not u.persona or u.signals.pairs:
+            continue
+        pool = [c for owner, c in answers.get(u.persona.strip(), []) if owner != u.user_id]
+        if pool:
+            out[key] = rng.choice(pool)
+    return out
 
 
 def _within_budget(text: str, spec: Any, tokenizer: Any) -> str:
@@ -255,6 +281,7 @@ def warm_start(
     seed: int,
     signals: Mapping[str, Any] | None = None,
     personas: Mapping[str, str] | None = None,
+    peers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
     samples), or an earlier run's picks (``opts.warm_start_from``), then one supervised pass;
@@ -267,7 +294,7 @@ def warm_start(
         picked = load_picks(Path(opts.warm_start_from), rows)
     else:
         picked = _sample_picks(model, tokenizer, reward, rows, opts, spec=spec, signals=signals,
-                               personas=personas)
+                               personas=personas, peers=peers)
     sampled_at = time.perf_counter()
     won = Counter(p["source"] for p in picked)
     log.info("warm start: %s in %.0f s; picks: %d sampled, %d extractive, %d persona",
@@ -306,7 +333,8 @@ def warm_start(
 
 def _sample_picks(model: Any, tokenizer: Any, reward: Any, rows: Sequence[dict[str, Any]],
                   opts: Any, *, spec: Any, signals: Mapping[str, Any] | None,
-                  personas: Mapping[str, str] | None) -> list[dict[str, Any]]:
+                  personas: Mapping[str, str] | None,
+                  peers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Best-of-N over sampled summaries and the extractive and persona candidates ``opts``
     turns on: one pick per row."""
     log.info("warm start: sampling %d summaries for each of %d training users",
@@ -316,10 +344,12 @@ def _sample_picks(model: Any, tokenizer: Any, reward: Any, rows: Sequence[dict[s
         for key, s in (signals or {}).items():
             extra.setdefault(key, []).extend(
                 (text, "extractive") for text in extractive_candidates(s, spec, tokenizer))
+    peers = peers or {}
     for key, persona in (personas or {}).items():
         extra.setdefault(key, []).extend(
             (text, "persona") for text in persona_candidates(
-                persona, (signals or {}).get(key), spec, tokenizer, opts.warm_start_persona_form))
+                persona, (signals or {}).get(key), spec, tokenizer, opts.warm_start_persona_form,
+                peer_answer=peers.get(key)))
     return best_of_n(
         model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
