@@ -4,7 +4,9 @@ Reads ``RUN/warm_start.jsonl`` (one pick per training user) and prints one row p
 (the user id's prefix before the first "-", e.g. "persona-" for the persona-only users of a
 mixed training file): how many picks were the summarizer's own sample, an extractive quote, and
 the data's persona worded as the data writes it ("about") or as an instruction to the writer
-("instruction", ``stage1.warm_start_persona_form``). With ``--by-persona DATA`` (the run's
+("instruction", ``stage1.warm_start_persona_form``), each alone or followed by a shown answer
+("... , shown": "They like answers such as:" and the user's own preferred response, or with
+``stage1.warm_start_persona_show = "peers"`` a same-persona user's). With ``--by-persona DATA`` (the run's
 training file) the rows are the users' personas instead.
 
     python benchmarks/warm_start_picks.py runs/sum-r8both runs/sum-r8about
@@ -18,13 +20,16 @@ import json
 from collections import Counter
 from pathlib import Path
 
-COLUMNS = ("sampled", "extractive", "about", "instruction")
+COLUMNS = ("sampled", "extractive", "about", "about, shown", "instruction", "instruction, shown")
 
 
 def form(pick: dict) -> str:
+    from popi_sdk.templates import SHOW_LEAD
+
     if pick["source"] != "persona":
         return pick["source"]
-    return "instruction" if pick["summary"].startswith("Generate ") else "about"
+    wording = "instruction" if pick["summary"].startswith("Generate ") else "about"
+    return f"{wording}, shown" if SHOW_LEAD in pick["summary"] else wording
 
 
 def main() -> None:
