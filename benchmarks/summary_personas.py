@@ -6,7 +6,9 @@ summaries name their true persona (as the data writes it or as an instruction to
 ``persona_instruction``; the text before "They like answers such as:") and the confusion table:
 true persona by the persona the summary names ("other": none of the data's personas), and for a
 file that mixes user groups (ids "persona-elix-00001", "traits-elix-00002", ...) the count per
-group. Nothing is sampled again; the counts are of the summaries the reported accuracies read.
+group. For users with pairs it also counts the summaries that quote one of the user's own
+preferred responses (its first 40 characters) rather than writing an answer of their own.
+Nothing is sampled again; the counts are of the summaries the reported accuracies read.
 Run it from the folder the eval ran in (the data path in results.json is relative to it).
 
     python benchmarks/summary_personas.py runs/eval-r8both-persona runs/eval-r8about-persona
@@ -53,6 +55,12 @@ def main() -> None:
         ok = {u: description(latest[u]) in wordings(users[u].persona) for u in named}
         print(f"{run}: {sum(ok.values())} of {len(named)} summaries name the user's true persona "
               f"({trained['mean_tokens']:.1f} tokens on average)\n")
+        with_pairs = [u for u in named if users[u].signals.pairs]
+        if with_pairs:
+            quoted = sum(any(p.chosen.strip()[:40] in latest[u] for p in users[u].signals.pairs)
+                         for u in with_pairs)
+            print(f"{quoted} of {len(with_pairs)} summaries of users with pairs quote one of the "
+                  "user's own preferred responses\n")
         print(confusion([users[u] for u in named], [[latest[u]] for u in named]))
         groups: dict[str, list[bool]] = {}
         for u in named:  # users of several groups in one file ("persona-elix-00001"): by group
