@@ -68,7 +68,7 @@ def shown(rows, train: str, seed: int) -> dict[str, str]:
     """Per test user, the instruction form of the persona, then a same-persona training user's
     preferred answer (the ``shown`` form)."""
     from popi_sdk.data import read_users
-    from popi_sdk.templates import SHOW_LEAD
+    from popi_sdk.templates import describe_then_show
 
     pool: dict[str, list[str]] = {}
     for u in read_users(train):
@@ -79,7 +79,7 @@ def shown(rows, train: str, seed: int) -> dict[str, str]:
         if not pool.get(r.persona):
             raise SystemExit(f"{train}: no training user has the persona {r.persona!r} of test "
                              f"user {r.user_id}; pass the training split of the same benchmark")
-        out[r.user_id] = f"{instruction(r.persona)} {SHOW_LEAD} {rng.choice(pool[r.persona]).strip()}"
+        out[r.user_id] = describe_then_show(instruction(r.persona), rng.choice(pool[r.persona]))
     return out
 
 

@@ -20,12 +20,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from popi_sdk.templates import SHOW_LEAD
+
 COLUMNS = ("sampled", "extractive", "about", "about, shown", "instruction", "instruction, shown")
 
 
 def form(pick: dict) -> str:
-    from popi_sdk.templates import SHOW_LEAD
-
     if pick["source"] != "persona":
         return pick["source"]
     wording = "instruction" if pick["summary"].startswith("Generate ") else "about"

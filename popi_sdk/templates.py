@@ -126,15 +126,21 @@ def exemplar_summary(signals: Signals) -> str:
     return f"{EXEMPLAR_LEAD} {signals.pairs[0].chosen.strip()}"
 
 
+def describe_then_show(description: str, answer: str) -> str:
+    """A description, then ``SHOW_LEAD`` and one preferred answer: the form of every
+    describe-then-show summary written from known parts (``profile_summary``, the warm start's
+    persona candidates, ``benchmarks/persona_form.py``'s ``shown`` form)."""
+    return f"{description.strip()} {SHOW_LEAD} {answer.strip()}"
+
+
 def profile_summary(persona: str, signals: Signals) -> str:
     """A describe-then-show summary from a user's written persona: the persona, then
     ``SHOW_LEAD`` and the first signal pair's preferred response (the persona alone for a user
     without pairs). The form the ``describe`` template asks a summarizer for, written from the
     ground truth: the ``profile`` reference methods measure what such a summary can reach."""
-    persona = persona.strip()
     if not signals.pairs:
-        return persona
-    return f"{persona} {SHOW_LEAD} {signals.pairs[0].chosen.strip()}"
+        return persona.strip()
+    return describe_then_show(persona, signals.pairs[0].chosen)
 
 
 def prompt_only_messages(prompt: str) -> list[Message]:

@@ -385,16 +385,13 @@ def test_zero_grpo_steps_ship_the_warm_start_alone(tiny_dir, tmp_path):
     assert any(k for k in warm if "lora_B" in k and warm[k].abs().sum() > 0)  # the pass trained it
 
 
-def test_picks_are_kept_when_the_warm_start_pass_is_stopped(tiny_dir, tmp_path, monkeypatch):
+def test_picks_are_kept_when_the_warm_start_pass_is_stopped(tiny_dir, data_dir, tmp_path, monkeypatch):
     """The sampled picks are written before the supervised pass, so a pass that is stopped (or
     fails) leaves them for ``stage1.warm_start_from`` instead of losing the sampling time."""
     from popi_sdk.train import stage1, warmstart
 
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(4)))
     run = tmp_path / "run"
-    cfg = _cfg(tiny_dir, data, run, **{
+    cfg = _cfg(tiny_dir, data_dir, run, **{
         "stage1.warm_start_samples": 2, "stage1.kl_weight": 0, "stage1.max_steps": 0,
     })
 

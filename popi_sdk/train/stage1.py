@@ -215,7 +215,7 @@ def main(cfg: TrainConfig) -> str:
             trainer.model, tokenizer, parts.reward, parts.rows, opts, spec=cfg.summary,
             run=run, seed=cfg.seed, signals=parts.signals,
             personas=parts.personas if opts.warm_start_persona else None,
-            peers=parts.peers if opts.warm_start_persona else None,
+            peers=parts.peers,  # set only with warm_start_persona_show=peers, which needs the personas
         )
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:

@@ -34,7 +34,7 @@ from typing import Any
 from popi_sdk.backends.base import Message
 from popi_sdk.errors import InputError
 from popi_sdk.eval import metrics as M
-from popi_sdk.templates import EXEMPLAR_LEAD, SHOW_LEAD, profile_summary
+from popi_sdk.templates import EXEMPLAR_LEAD, SHOW_LEAD, describe_then_show, profile_summary
 from popi_sdk.train.sampling import sample_groups
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any,
         if signals is not None and signals.pairs:
             texts.append(profile_summary(description, signals))
         elif peer_answer:
-            texts.append(f"{description} {SHOW_LEAD} {peer_answer.strip()}")
+            texts.append(describe_then_show(description, peer_answer))
     return [t for t in dict.fromkeys(_within_budget(t, spec, tokenizer) for t in texts) if t]
 
 
