@@ -10,8 +10,8 @@ One ``popi eval`` folder per form under ``OUT/FORM`` (``python benchmarks/paired
 OUT/instruction:user-edit OUT/about:user-edit`` pairs them), then one table: reward accuracy,
 win rate and echo rate per form and reader, and the paired difference of the instruction form
 from the data's. The oracle judge always reads the data's own persona; only the summary's
-wording changes. Synthetic ELIX and review personas only (the forms are built from their
-attributes); select on development users.
+wording changes. Synthetic ELIX, review and roleplay personas only (the forms are built from
+their attributes); select on development users.
 
 ``--show-from TRAIN.jsonl`` adds a third form, ``shown``: the instruction, then "They like answers
 such as:" and one preferred answer of a *training* user with the same persona (a labeled
@@ -90,7 +90,7 @@ def main() -> None:
     from popi_sdk.eval.runner import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="Test users with synthetic ELIX or review personas.")
+    ap.add_argument("--data", required=True, help="Test users with synthetic ELIX, review or roleplay personas.")
     ap.add_argument("--generator", required=True, help="Trained generator read by user-edit.")
     ap.add_argument("--prompts-per-user", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=48)

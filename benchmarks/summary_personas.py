@@ -7,7 +7,10 @@ summaries name their true persona (as the data writes it or as an instruction to
 true persona by the persona the summary names ("other": none of the data's personas), and for a
 file that mixes user groups (ids "persona-elix-00001", "traits-elix-00002", ...) the count per
 group. For users with pairs it also counts the summaries that quote one of the user's own
-preferred responses (its first 40 characters) rather than writing an answer of their own.
+preferred responses (its first 40 characters) rather than writing an answer of their own. For
+summaries that show an answer (after "They like answers such as:") it counts the answers in the
+user's style: those the oracle's own ``persona_score`` puts at or above the midpoint of the
+user's labeled chosen and rejected responses' mean scores.
 Nothing is sampled again; the counts are of the summaries the reported accuracies read.
 Run it from the folder the eval ran in (the data path in results.json is relative to it).
 
@@ -36,6 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from popi_sdk.data import read_users
+    from popi_sdk.templates import SHOW_LEAD
 
     for run in map(Path, args.runs):
         results, store = run / "results.json", run / "summaries.sqlite"
@@ -61,6 +65,12 @@ def main() -> None:
                          for u in with_pairs)
             print(f"{quoted} of {len(with_pairs)} summaries of users with pairs quote one of the "
                   "user's own preferred responses\n")
+        shown = {u: latest[u].split(SHOW_LEAD, 1)[1].strip() for u in named
+                 if SHOW_LEAD in latest[u] and users[u].examples}
+        if shown:
+            fit = sum(in_style(users[u], answer) for u, answer in shown.items())
+            print(f"{fit} of {len(shown)} answers the summaries show are in the user's style (scored "
+                  "nearer the user's chosen responses than the rejected ones)\n")
         print(confusion([users[u] for u in named], [[latest[u]] for u in named]))
         groups: dict[str, list[bool]] = {}
         for u in named:  # users of several groups in one file ("persona-elix-00001"): by group
@@ -83,6 +93,16 @@ def main() -> None:
                 acc = f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
                 print(f"{args.accuracy}, users whose summary names a {label} persona: {acc} of {len(xs)} examples")
             print()
+
+
+def in_style(user, answer: str) -> bool:
+    """Whether ``answer`` scores (``persona_score``, the oracle's scoring) at least halfway from
+    the mean of ``user``'s rejected labeled responses to the mean of their chosen ones."""
+    from popi_sdk.data.synth import persona_score
+
+    chosen = sum(persona_score(user.persona, e.chosen) for e in user.examples) / len(user.examples)
+    rejected = sum(persona_score(user.persona, e.rejected) for e in user.examples) / len(user.examples)
+    return persona_score(user.persona, answer) >= (chosen + rejected) / 2
 
 
 if __name__ == "__main__":
