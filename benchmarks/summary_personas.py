@@ -10,7 +10,9 @@ group. For users with pairs it also counts the summaries that quote one of the u
 preferred responses (its first 40 characters) rather than writing an answer of their own. For
 summaries that show an answer (after "They like answers such as:") it counts the answers in the
 user's style: those the oracle's own ``persona_score`` puts at or above the midpoint of the
-user's labeled chosen and rejected responses' mean scores.
+user's labeled chosen and rejected responses' mean scores. A roleplay persona names two or three
+of five axes, so an exact match is rare: for roleplay users it also counts the persona's poles
+the description names, and the poles it names against the persona (the axis's other pole).
 Nothing is sampled again; the counts are of the summaries the reported accuracies read.
 Run it from the folder the eval ran in (the data path in results.json is relative to it).
 
@@ -39,6 +41,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from popi_sdk.data import read_users
+    from popi_sdk.data.synth import infer_kind
     from popi_sdk.templates import SHOW_LEAD
 
     for run in map(Path, args.runs):
@@ -71,6 +74,12 @@ def main() -> None:
             fit = sum(in_style(users[u], answer) for u, answer in shown.items())
             print(f"{fit} of {len(shown)} answers the summaries show are in the user's style (scored "
                   "nearer the user's chosen responses than the rejected ones)\n")
+        poles = [pole_counts(users[u].persona, description(latest[u])) for u in named
+                 if infer_kind(users[u].persona) == "roleplay"]
+        if poles:
+            right, wrong, total = (sum(c[i] for c in poles) for i in range(3))
+            print(f"roleplay: the descriptions name {right} of the {total} poles the personas "
+                  f"name, and {wrong} poles against them\n")
         print(confusion([users[u] for u in named], [[latest[u]] for u in named]))
         groups: dict[str, list[bool]] = {}
         for u in named:  # users of several groups in one file ("persona-elix-00001"): by group
@@ -93,6 +102,18 @@ def main() -> None:
                 acc = f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
                 print(f"{args.accuracy}, users whose summary names a {label} persona: {acc} of {len(xs)} examples")
             print()
+
+
+def pole_counts(persona: str, described: str) -> tuple[int, int, int]:
+    """For a roleplay persona: (its poles that ``described`` names, its axes where ``described``
+    names the other pole, its poles in all)."""
+    from popi_sdk.data.synth import persona_attributes, roleplay
+
+    attrs = persona_attributes(persona, "roleplay")
+    right = sum(roleplay.PHRASES[pole] in described for pole in attrs.values())
+    wrong = sum(roleplay.PHRASES[other] in described for axis, pole in attrs.items()
+                for other in roleplay.AXES[axis] if other != pole)
+    return right, wrong, len(attrs)
 
 
 def in_style(user, answer: str) -> bool:
