@@ -10,7 +10,7 @@ group. For users with pairs it also counts the summaries that quote one of the u
 preferred responses (its first 40 characters) rather than writing an answer of their own. For
 summaries that show an answer (after "They like answers such as:") it counts the answers in the
 user's style: those the oracle's own ``persona_score`` puts at or above the midpoint of the
-user's labeled chosen and rejected responses' mean scores. A roleplay persona names two or three
+user's labeled chosen and rejected responses' mean scores, in all and per true persona. A roleplay persona names two or three
 of five axes, so an exact match is rare: for roleplay users it also counts the persona's poles
 the description names, and the poles it names against the persona (the axis's other pole).
 Nothing is sampled again; the counts are of the summaries the reported accuracies read.
@@ -71,9 +71,16 @@ def main() -> None:
         shown = {u: latest[u].split(SHOW_LEAD, 1)[1].strip() for u in named
                  if SHOW_LEAD in latest[u] and users[u].examples}
         if shown:
-            fit = sum(in_style(users[u], answer) for u, answer in shown.items())
-            print(f"{fit} of {len(shown)} answers the summaries show are in the user's style (scored "
-                  "nearer the user's chosen responses than the rejected ones)\n")
+            fit = {u: in_style(users[u], answer) for u, answer in shown.items()}
+            print(f"{sum(fit.values())} of {len(shown)} answers the summaries show are in the user's "
+                  "style (scored nearer the user's chosen responses than the rejected ones)\n")
+            by_persona: dict[str, list[bool]] = {}
+            for u, ok_style in fit.items():
+                by_persona.setdefault(users[u].persona, []).append(ok_style)
+            print("| user's persona | shown answers in the user's style |\n|---|---:|")
+            for persona, marks in sorted(by_persona.items()):
+                print(f"| {persona} | {sum(marks)} of {len(marks)} |")
+            print()
         poles = [pole_counts(users[u].persona, description(latest[u])) for u in named
                  if infer_kind(users[u].persona) == "roleplay"]
         if poles:

@@ -6,17 +6,22 @@ mixed training file): how many picks were the summarizer's own sample, an extrac
 the data's persona worded as the data writes it ("about") or as an instruction to the writer
 ("instruction", ``stage1.warm_start_persona_form``), each alone or followed by a shown answer
 ("... , shown": "They like answers such as:" and the user's own preferred response, or with
-``stage1.warm_start_persona_show = "peers"`` a same-persona user's). With ``--by-persona DATA`` (the run's
-training file) the rows are the users' personas instead.
+``stage1.warm_start_persona_show = "peers"`` a same-persona user's, with ``"written"`` one the
+generator wrote). With ``--by-persona DATA`` (the run's training file) the rows are the users'
+personas instead. With ``--in-style DATA`` a last column counts, of the picked summaries that show
+an answer (a sample may too), those whose shown answer is in the user's style (``summary_personas.py``'s check: the oracle's ``persona_score`` at
+least halfway from the user's rejected to chosen labeled responses).
 
     python benchmarks/warm_start_picks.py runs/sum-r8both runs/sum-r8about
     python benchmarks/warm_start_picks.py runs/sum-r8both --by-persona data/r7/train.jsonl
+    python benchmarks/warm_start_picks.py runs/sum-r13p runs/sum-r13w --in-style data/r12revn/train.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -37,14 +42,26 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="Stage-1 run folders with a warm_start.jsonl.")
     ap.add_argument("--by-persona", metavar="DATA",
                     help="Group by each user's persona in DATA (the training JSON Lines file).")
+    ap.add_argument("--in-style", metavar="DATA",
+                    help="Also count the shown answers in the user's style (DATA: the run's "
+                         "training file, whose personas and labeled examples the check reads).")
     args = ap.parse_args()
+    from popi_sdk.data import read_users
+
     personas = None
     if args.by_persona:
-        from popi_sdk.data import read_users
-
         personas = {u.user_id: u.persona or "(no persona)" for u in read_users(args.by_persona)}
-    print("| run | users | " + " | ".join(COLUMNS) + " |")
-    print("|---|---|" + "---:|" * len(COLUMNS))
+    styled = None
+    if args.in_style:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from summary_personas import in_style
+
+        users = {u.user_id: u for u in read_users(args.in_style) if u.persona and u.examples}
+        styled = lambda key, summary: (key in users  # noqa: E731
+                                       and in_style(users[key], summary.split(SHOW_LEAD, 1)[1]))
+    extra = " | shown, in style |" if styled else " |"
+    print("| run | users | " + " | ".join(COLUMNS) + extra)
+    print("|---|---|" + "---:|" * (len(COLUMNS) + bool(styled)))
     for run in args.runs:
         path = Path(run) / "warm_start.jsonl"
         if not path.is_file():
@@ -57,9 +74,15 @@ def main() -> None:
                 raise SystemExit(f"{path}: user {key!r} is not in {args.by_persona}: give the run's training file")
             group = personas[key] if personas is not None else key.split("-")[0]
             groups.setdefault(group, Counter())[form(p)] += 1
+            if styled and SHOW_LEAD in p["summary"]:  # a persona candidate's, or a sample's own
+                groups[group]["shows"] += 1
+                groups[group]["in style"] += styled(key, p["summary"])
         groups["all"] = sum(groups.values(), Counter())
         for name, c in groups.items():
-            print(f"| {run} | {name} | " + " | ".join(str(c[k]) for k in COLUMNS) + " |")
+            cells = [str(c[k]) for k in COLUMNS]
+            if styled:
+                cells.append(f"{c['in style']} of {c['shows']}")
+            print(f"| {run} | {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

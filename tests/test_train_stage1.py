@@ -510,8 +510,81 @@ def test_peer_answers_show_a_same_persona_users_answer_to_users_without_pairs(ti
     spec = SummarySpec(max_words=30, max_tokens=60)
     instruction = "Generate a response that can be easily understood by a child."
     assert persona_candidates("The user is a child.", Signals(persona="I am 8."), spec, tok,
-                              "instruction", peer_answer="Yay, neat!") == [
+                              "instruction", shown=["Yay, neat!"]) == [
         instruction, f"{instruction} {SHOW_LEAD} Yay, neat!"]
+
+
+def _persona_only_user(i: int) -> dict:
+    """``_user(i)`` without pairs: the persona is all the summarizer reads."""
+    row = _user(i)
+    row["signals"] = {"persona": "I write reviews." if i % 2 == 0 else "I rarely like things."}
+    row["examples"] = [{**e, "prompt": f"Review item {j} of user {i}."} for j, e in enumerate(row["examples"])]
+    return row
+
+
+def test_peer_prompts_are_another_users_prompts_for_users_without_pairs():
+    from popi_sdk.train.warmstart import peer_prompts
+
+    users = {u.user_id: u for u in map(UserRow.model_validate, [
+        _persona_only_user(0), _persona_only_user(1), _persona_only_user(2), _user(3)])}
+    users["u0#1"] = users["u0"]  # a prompt-dependent row of user u0
+    prompts = peer_prompts(users, seed=0)
+    assert set(prompts) == {"u0", "u0#1", "u1", "u2"}  # u3 has pairs: it shows its own answer
+    for key, prompt in prompts.items():
+        assert prompt not in {e.prompt for e in users[key].examples}  # never one the reward scores on
+        assert any(prompt in {e.prompt for e in u.examples} for u in users.values())
+    assert prompts == peer_prompts(users, seed=0)  # seeded
+
+
+def test_written_answers_are_the_generators_answers_under_the_persona_instruction(tiny_dir, tmp_path):
+    """``stage1.warm_start_persona_show=written``: the generator answers a peer's prompt with the
+    user's persona, as an instruction, for its summary; greedy, exactly what ``generate`` writes
+    from the same messages; the candidates show each answer after the persona."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from popi_sdk.data.synth import persona_instruction
+    from popi_sdk.templates import SHOW_LEAD, summary_messages
+    from popi_sdk.train import stage1
+    from popi_sdk.train.warmstart import written_answers
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [_persona_only_user(i) | {"persona": "This user prefers positive reviews."} for i in range(4)]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(tiny_dir, data, tmp_path / "run", **{
+        "stage1.warm_start_samples": 1, "stage1.warm_start_persona": True,
+        "stage1.warm_start_persona_form": "instruction", "stage1.warm_start_persona_show": "written",
+        "summary.max_tokens": 8})
+    parts = stage1.build_trainer(cfg)
+    assert parts.peers is None and set(parts.prompts) == {"u0", "u1", "u2", "u3"}
+    answers = written_answers(parts.reward, parts.personas, parts.prompts, n=2, max_tokens=8,
+                              temperature=0.0, top_p=1.0)
+    assert set(answers) == set(parts.prompts) and all(len(a) == 2 for a in answers.values())
+    instruction = persona_instruction("This user prefers positive reviews.")
+    assert instruction == "Generate a positive review."
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    text = tok.apply_chat_template(summary_messages(parts.prompts["u1"], instruction),
+                                   tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id)
+    expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert answers["u1"] == [expected, expected]
+
+    stage1.main(cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"max_steps": 0})}))
+    picked = [json.loads(line) for line in (tmp_path / "run" / "warm_start.jsonl").read_text().splitlines()]
+    assert len(picked) == 4 and {p["source"] for p in picked} <= {"sampled", "persona"}
+    shown = [p["summary"] for p in picked if SHOW_LEAD in p["summary"]]
+    assert all(s.startswith(f"{instruction} {SHOW_LEAD}") for s in shown)
+
+
+def test_written_answer_count_needs_written(tiny_dir, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="warm_start_persona_show=written"):
+        _cfg(tiny_dir, data_dir, tmp_path / "run", **{
+            "stage1.warm_start_samples": 1, "stage1.warm_start_persona": True,
+            "stage1.warm_start_written_answers": 3})
 
 
 def test_peer_answers_need_the_persona_candidates(tiny_dir, data_dir, tmp_path):

@@ -123,14 +123,24 @@ class Stage1Options(_Section):
         "in no synthetic wording is kept as written), 'both' offers each form and the reward "
         "picks.",
     )
-    warm_start_persona_show: Literal["own", "peers"] = Field(
+    warm_start_persona_show: Literal["own", "peers", "written"] = Field(
         default="own",
         description="What stage1.warm_start_persona shows after a training user's persona: "
         "'own' the user's first preferred response, where the user has pairs (a user without "
         "pairs gets the persona alone); 'peers' also, for a user without pairs, one preferred "
         "answer of another training user with the same persona (a labeled example's chosen "
         "response, seeded), so that persona-, history- and traits-only users get a describe-"
-        "then-show candidate too. Training users only; the reward still picks.",
+        "then-show candidate too; 'written' instead, for a user without pairs, answers the "
+        "frozen generator writes with the persona as an instruction for its summary, to another "
+        "training user's prompt (stage1.warm_start_written_answers of them, each a candidate). "
+        "Training users only; the reward still picks.",
+    )
+    warm_start_written_answers: int = Field(
+        default=2,
+        ge=1,
+        description="With stage1.warm_start_persona_show = 'written': answers the generator "
+        "writes per training user without pairs, each shown after the persona as its own "
+        "candidate.",
     )
     init_adapter: str | None = Field(
         default=None,
@@ -345,6 +355,12 @@ class TrainConfig(_Section):
             raise ValueError(
                 f"stage1.warm_start_persona_show={self.stage1.warm_start_persona_show!r} adds to "
                 "the persona candidates, which are off: set stage1.warm_start_persona=true"
+            )
+        if self.stage1.warm_start_written_answers != 2 and self.stage1.warm_start_persona_show != "written":
+            raise ValueError(
+                "stage1.warm_start_written_answers counts the answers of "
+                "stage1.warm_start_persona_show=written, which is "
+                f"{self.stage1.warm_start_persona_show!r}: set it to written, or leave the count out"
             )
         return self
 

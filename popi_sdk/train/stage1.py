@@ -215,7 +215,8 @@ def main(cfg: TrainConfig) -> str:
             trainer.model, tokenizer, parts.reward, parts.rows, opts, spec=cfg.summary,
             run=run, seed=cfg.seed, signals=parts.signals,
             personas=parts.personas if opts.warm_start_persona else None,
-            peers=parts.peers,  # set only with warm_start_persona_show=peers, which needs the personas
+            # set only with warm_start_persona_show = peers / written, which need the personas
+            peers=parts.peers, prompts=parts.prompts,
         )
         if main_process:
             with metrics.open("a", encoding="utf-8") as fh:
@@ -269,6 +270,7 @@ class Stage1Parts(NamedTuple):
     signals: dict[str, Signals] | None = None  # each row's user's signals, by example_key
     personas: dict[str, str] | None = None  # each row's (training) user's persona, by example_key
     peers: dict[str, str] | None = None  # stage1.warm_start_persona_show = "peers": warmstart.peer_answers
+    prompts: dict[str, str] | None = None  # ... = "written": warmstart.peer_prompts
 
 
 def build_trainer(cfg: TrainConfig) -> Stage1Parts:
@@ -342,9 +344,13 @@ def build_trainer(cfg: TrainConfig) -> Stage1Parts:
     # Training users only (validation users were split off above): a persona may be a training
     # target, never something a model reads at test time.
     personas = {key: u.persona for key, u in owners.items() if u.persona}
-    peers = None
+    peers = prompts = None
     if cfg.stage1.warm_start_persona_show == "peers":
         from popi_sdk.train.warmstart import peer_answers
 
         peers = peer_answers(owners, cfg.seed)
-    return Stage1Parts(trainer, reward, rows, validator, signals, personas, peers)
+    elif cfg.stage1.warm_start_persona_show == "written":
+        from popi_sdk.train.warmstart import peer_prompts
+
+        prompts = peer_prompts(owners, cfg.seed)
+    return Stage1Parts(trainer, reward, rows, validator, signals, personas, peers, prompts)

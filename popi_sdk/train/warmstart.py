@@ -122,14 +122,15 @@ def extractive_candidates(signals: Any, spec: Any, tokenizer: Any) -> list[str]:
 
 
 def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any,
-                       form: str = "about", peer_answer: str | None = None) -> list[str]:
+                       form: str = "about", shown: Sequence[str] = ()) -> list[str]:
     """Descriptions of a *training* user as warm-start candidates (``stage1.warm_start_persona``):
     the data's persona alone, and the persona followed by the user's first preferred response
     (describe, then show), each within ``spec``'s word budget and token cap. ``form``
     (``stage1.warm_start_persona_form``) words the persona as the data does (``about``), as an
     instruction to the writer (``instruction``; a persona in no synthetic wording is kept), or
-    offers both. A user without pairs shows ``peer_answer`` instead, where one is given
-    (``stage1.warm_start_persona_show = "peers"``: :func:`peer_answers`)."""
+    offers both. A user without pairs shows each of ``shown`` instead, one candidate per answer
+    (``stage1.warm_start_persona_show``: a peer's answer, :func:`peer_answers`, or answers the
+    generator wrote, :func:`written_answers`)."""
     from popi_sdk.data.synth import persona_instruction
 
     about = persona.strip()
@@ -140,8 +141,8 @@ def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any,
         texts.append(description)
         if signals is not None and signals.pairs:
             texts.append(profile_summary(description, signals))
-        elif peer_answer:
-            texts.append(describe_then_show(description, peer_answer))
+        else:
+            texts.extend(describe_then_show(description, answer) for answer in shown if answer.strip())
     return [t for t in dict.fromkeys(_within_budget(t, spec, tokenizer) for t in texts) if t]
 
 
@@ -165,6 +166,48 @@ def peer_answers(users: Mapping[str, Any], seed: int) -> dict[str, str]:
         if pool:
             out[key] = rng.choice(pool)
     return out
+
+
+def peer_prompts(users: Mapping[str, Any], seed: int) -> dict[str, str]:
+    """For each *training* user without pairs of their own (by key), the prompt of one labeled
+    example of another training user (any persona), drawn with ``seed``: what the generator
+    answers for :func:`written_answers`. Never one of the user's own prompts, on which the reward
+    scores the candidate."""
+    prompts = sorted({(u.user_id, e.prompt) for u in {id(u): u for u in users.values()}.values()
+                      for e in u.examples})
+    rng = random.Random(seed)
+    out = {}
+    for key in sorted(users):
+        u = users[key]
+        if not u.persona or u.signals.pairs:
+            continue
+        own = {e.prompt for e in u.examples}
+        pool = [p for owner, p in prompts if owner != u.user_id and p not in own]
+        if pool:
+            out[key] = rng.choice(pool)
+    return out
+
+
+def written_answers(reward: Any, personas: Mapping[str, str], prompts: Mapping[str, str], *, n: int,
+                    max_tokens: int, temperature: float, top_p: float) -> dict[str, list[str]]:
+    """``n`` answers the reward's frozen generator writes for each user of ``prompts`` (by key):
+    the user's persona, worded as an instruction, as its summary, and the peer prompt as the
+    question, sampled at ``temperature``/``top_p``. What a user without pairs shows under
+    ``stage1.warm_start_persona_show = "written"``: an answer in the persona's style as the
+    generator itself writes it, which a summarizer of the same family can learn to write, where a
+    peer's answer is one it may not."""
+    from popi_sdk.data.synth import persona_instruction
+    from popi_sdk.templates import summary_messages
+
+    keys = [k for k in sorted(prompts) if personas.get(k)]
+    messages = [summary_messages(prompts[k], persona_instruction(personas[k].strip()) or personas[k].strip())
+                for k in keys]
+    scorer = reward.scorer
+    with reward.generator_context():
+        texts = sample_groups(scorer.model, scorer.tokenizer, messages, n=n, max_tokens=max_tokens,
+                              clean=str.strip, temperature=temperature, top_p=top_p,
+                              progress="warm start: writing answers" if keys else None)
+    return {k: texts[i * n : (i + 1) * n] for i, k in enumerate(keys)}
 
 
 def _within_budget(text: str, spec: Any, tokenizer: Any) -> str:
@@ -282,6 +325,7 @@ def warm_start(
     signals: Mapping[str, Any] | None = None,
     personas: Mapping[str, str] | None = None,
     peers: Mapping[str, str] | None = None,
+    prompts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
     samples), or an earlier run's picks (``opts.warm_start_from``), then one supervised pass;
@@ -293,8 +337,15 @@ def warm_start(
                  opts.warm_start_from, len(rows))
         picked = load_picks(Path(opts.warm_start_from), rows)
     else:
+        shown = {k: [a] for k, a in (peers or {}).items()}
+        if prompts and personas:
+            shown = written_answers(reward, personas, prompts, n=opts.warm_start_written_answers,
+                                    max_tokens=spec.max_tokens, temperature=spec.train_temperature,
+                                    top_p=spec.train_top_p)
+            log.info("warm start: the generator wrote %d answers for each of %d training users "
+                     "without pairs", opts.warm_start_written_answers, len(shown))
         picked = _sample_picks(model, tokenizer, reward, rows, opts, spec=spec, signals=signals,
-                               personas=personas, peers=peers)
+                               personas=personas, shown=shown)
     sampled_at = time.perf_counter()
     won = Counter(p["source"] for p in picked)
     log.info("warm start: %s in %.0f s; picks: %d sampled, %d extractive, %d persona",
@@ -334,7 +385,7 @@ def warm_start(
 def _sample_picks(model: Any, tokenizer: Any, reward: Any, rows: Sequence[dict[str, Any]],
                   opts: Any, *, spec: Any, signals: Mapping[str, Any] | None,
                   personas: Mapping[str, str] | None,
-                  peers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                  shown: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """Best-of-N over sampled summaries and the extractive and persona candidates ``opts``
     turns on: one pick per row."""
     log.info("warm start: sampling %d summaries for each of %d training users",
@@ -344,12 +395,12 @@ def _sample_picks(model: Any, tokenizer: Any, reward: Any, rows: Sequence[dict[s
         for key, s in (signals or {}).items():
             extra.setdefault(key, []).extend(
                 (text, "extractive") for text in extractive_candidates(s, spec, tokenizer))
-    peers = peers or {}
+    shown = shown or {}
     for key, persona in (personas or {}).items():
         extra.setdefault(key, []).extend(
             (text, "persona") for text in persona_candidates(
                 persona, (signals or {}).get(key), spec, tokenizer, opts.warm_start_persona_form,
-                peer_answer=peers.get(key)))
+                shown=shown.get(key, ())))
     return best_of_n(
         model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
