@@ -156,16 +156,8 @@ def peer_answers(users: Mapping[str, Any], seed: int) -> dict[str, str]:
         if u.persona:
             chosen = [e.chosen for e in u.examples] + [p.chosen for p in u.signals.pairs]
             answers.setdefault(u.persona.strip(), []).extend((u.user_id, c) for c in chosen)
-    rng = random.Random(seed)
-    out = {}
-    for key in sorted(users):
-        u = users[key]
-        if not u.persona or u.signals.pairs:
-            continue
-        pool = [c for owner, c in answers.get(u.persona.strip(), []) if owner != u.user_id]
-        if pool:
-            out[key] = rng.choice(pool)
-    return out
+    return _draw_for_users_without_pairs(users, seed, lambda u: [
+        c for owner, c in answers.get(u.persona.strip(), []) if owner != u.user_id])
 
 
 def peer_prompts(users: Mapping[str, Any], seed: int) -> dict[str, str]:
@@ -175,16 +167,20 @@ def peer_prompts(users: Mapping[str, Any], seed: int) -> dict[str, str]:
     scores the candidate."""
     prompts = sorted({(u.user_id, e.prompt) for u in {id(u): u for u in users.values()}.values()
                       for e in u.examples})
+    return _draw_for_users_without_pairs(users, seed, lambda u: [
+        p for owner, p in prompts if owner != u.user_id and p not in {e.prompt for e in u.examples}])
+
+
+def _draw_for_users_without_pairs(users: Mapping[str, Any], seed: int,
+                                  pool: Any) -> dict[str, str]:
+    """One item of ``pool(user)`` per key of a user with a persona and no pairs, drawn with
+    ``seed`` in key order; nothing for a user whose pool is empty."""
     rng = random.Random(seed)
     out = {}
     for key in sorted(users):
         u = users[key]
-        if not u.persona or u.signals.pairs:
-            continue
-        own = {e.prompt for e in u.examples}
-        pool = [p for owner, p in prompts if owner != u.user_id and p not in own]
-        if pool:
-            out[key] = rng.choice(pool)
+        if u.persona and not u.signals.pairs and (items := pool(u)):
+            out[key] = rng.choice(items)
     return out
 
 
@@ -193,9 +189,10 @@ def written_answers(reward: Any, personas: Mapping[str, str], prompts: Mapping[s
     """``n`` answers the reward's frozen generator writes for each user of ``prompts`` (by key):
     the user's persona, worded as an instruction, as its summary, and the peer prompt as the
     question, sampled at ``temperature``/``top_p``. What a user without pairs shows under
-    ``stage1.warm_start_persona_show = "written"``: an answer in the persona's style as the
-    generator itself writes it, which a summarizer of the same family can learn to write, where a
-    peer's answer is one it may not."""
+    ``stage1.warm_start_persona_show = "written"``: an answer as the generator itself writes it
+    under the persona, which a summarizer of the same family could learn to write. On review
+    users the plain model's answers are often not in the persona's style (docs/results.md,
+    round 13); a peer's answer is."""
     from popi_sdk.data.synth import persona_instruction
     from popi_sdk.templates import summary_messages
 
