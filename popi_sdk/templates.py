@@ -81,8 +81,23 @@ def render_demographics(demographics: str) -> str:
     return f"Demographic information: {demographics}"
 
 
+def trait_level(score: float) -> str:
+    """A trait score in words, by fifths of [0, 1]: "very low", "low", "middle" (0.4 to 0.6: the
+    axis hardly matters to the user), "high", "very high". Rendered beside the number, since a
+    small summarizer reads a word more easily than the digits of a score."""
+    if score < 0.2:
+        return "very low"
+    if score < 0.4:
+        return "low"
+    if score <= 0.6:
+        return "middle"
+    if score < 0.8:
+        return "high"
+    return "very high"
+
+
 def render_traits(traits: dict[str, float]) -> str:
-    scored = ", ".join(f"{name}: {score:g}" for name, score in sorted(traits.items()))
+    scored = ", ".join(f"{name}: {score:g} ({trait_level(score)})" for name, score in sorted(traits.items()))
     return f"Trait scores (0 = low, 1 = high): {scored}"
 
 

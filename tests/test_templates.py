@@ -18,6 +18,7 @@ from popi_sdk.templates import (
     raw_signals_messages,
     render_signals,
     summary_messages,
+    trait_level,
 )
 
 EVERY_KIND = Signals(
@@ -39,7 +40,7 @@ EVERY_KIND = Signals(
         ("history", {"history": EVERY_KIND.history},
          ['- On "Favourite season?": Autumn, for the colours.', "- I dislike jargon."]),
         ("demographics", {"demographics": "30-40, Lisbon"}, ["Demographic information: 30-40, Lisbon"]),
-        ("traits", {"traits": {"openness": 0.9, "brevity": 0.25}}, ["brevity: 0.25, openness: 0.9"]),
+        ("traits", {"traits": {"openness": 0.9, "brevity": 0.25}}, ["brevity: 0.25 (low), openness: 0.9 (very high)"]),
     ],
 )
 def test_every_signal_kind_renders_into_the_summarizer_input(kind, signals, expected):
@@ -49,6 +50,17 @@ def test_every_signal_kind_renders_into_the_summarizer_input(kind, signals, expe
     for text in expected:
         assert text in messages[1]["content"], (kind, text)
         assert text in render_signals(EVERY_KIND)  # and together with every other kind
+
+
+@pytest.mark.parametrize(
+    "score, word",
+    [(0.0, "very low"), (0.19, "very low"), (0.2, "low"), (0.39, "low"), (0.4, "middle"), (0.6, "middle"),
+     (0.61, "high"), (0.79, "high"), (0.8, "very high"), (1.0, "very high")],
+)
+def test_a_trait_score_is_named_by_its_fifth_of_the_scale(score, word):
+    # The synthetic benchmarks' scores land in one word each: a persona's poles at 0-0.25 and
+    # 0.75-1, an axis it does not rate at 0.4-0.6, ELIX's five levels at 0.05/0.3/0.5/0.7/0.95.
+    assert trait_level(score) == word
 
 
 def test_all_kinds_render_in_a_fixed_order():
