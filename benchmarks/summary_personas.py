@@ -7,7 +7,8 @@ summaries name their true persona (as the data writes it or as an instruction to
 true persona by the persona the summary names ("other": none of the data's personas), and for a
 file that mixes user groups (ids "persona-elix-00001", "traits-elix-00002", ...) the count per
 group. For users with pairs it also counts the summaries that quote one of the user's own
-preferred responses (its first 40 characters) rather than writing an answer of their own. For
+preferred responses (its first 40 characters) rather than writing an answer of their own, and
+the summaries' mean tokens against the raw signals' (``render_signals``, the same tokenizer). For
 summaries that show an answer (after "They like answers such as:") it counts the answers in the
 user's style: those the oracle's own ``persona_score`` puts at or above the midpoint of the
 user's labeled chosen and rejected responses' mean scores, in all and per true persona. A roleplay persona names two or three
@@ -62,6 +63,10 @@ def main() -> None:
         ok = {u: description(latest[u]) in wordings(users[u].persona) for u in named}
         print(f"{run}: {sum(ok.values())} of {len(named)} summaries name the user's true persona "
               f"({trained['mean_tokens']:.1f} tokens on average)\n")
+        summary_tokens, raw_tokens = token_counts(trained["summarizer"], [latest[u] for u in named],
+                                                  [users[u].signals for u in named])
+        print(f"tokens per user: summary {summary_tokens:.1f}, raw signals {raw_tokens:.1f} "
+              f"(ratio {summary_tokens / raw_tokens:.2f}; the issue's bar is 1/3)\n")
         with_pairs = [u for u in named if users[u].signals.pairs]
         if with_pairs:
             quoted = sum(any(p.chosen.strip()[:40] in latest[u] for p in users[u].signals.pairs)
@@ -109,6 +114,22 @@ def main() -> None:
                 acc = f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
                 print(f"{args.accuracy}, users whose summary names a {label} persona: {acc} of {len(xs)} examples")
             print()
+
+
+def token_counts(summarizer: str, summaries: list[str], signals: list) -> tuple[float, float]:
+    """Mean tokens (the summarizer's tokenizer) of the summaries and of the same users' raw
+    signals as the summarizer reads them (``render_signals``): the "≤ 1/3 of the raw signals'
+    tokens" check, on the summaries the reported accuracies read."""
+    from popi_sdk.backends.hf import resolve_model
+    from popi_sdk.templates import render_signals
+    from popi_sdk.train.common import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_model(summarizer.removeprefix("hf:")))
+
+    def mean(texts: list[str]) -> float:
+        return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / len(texts)
+
+    return mean(summaries), mean([render_signals(s) for s in signals])
 
 
 def pole_counts(persona: str, described: str) -> tuple[int, int, int]:
