@@ -117,19 +117,15 @@ def main() -> None:
 
 
 def token_counts(summarizer: str, summaries: list[str], signals: list) -> tuple[float, float]:
-    """Mean tokens (the summarizer's tokenizer) of the summaries and of the same users' raw
-    signals as the summarizer reads them (``render_signals``): the "≤ 1/3 of the raw signals'
-    tokens" check, on the summaries the reported accuracies read."""
-    from popi_sdk.backends.hf import resolve_model
+    """Mean tokens (the summarizer backend's ``count_tokens``, no weights loaded) of the summaries
+    and of the same users' raw signals as the summarizer reads them (``render_signals``): the
+    "≤ 1/3 of the raw signals' tokens" check, on the summaries the reported accuracies read."""
+    from popi_sdk.backends import get_backend
     from popi_sdk.templates import render_signals
-    from popi_sdk.train.common import load_tokenizer
 
-    tokenizer = load_tokenizer(resolve_model(summarizer.removeprefix("hf:")))
-
-    def mean(texts: list[str]) -> float:
-        return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / len(texts)
-
-    return mean(summaries), mean([render_signals(s) for s in signals])
+    count = get_backend(summarizer).count_tokens
+    return (sum(map(count, summaries)) / len(summaries),
+            sum(count(render_signals(s)) for s in signals) / len(signals))
 
 
 def pole_counts(persona: str, described: str) -> tuple[int, int, int]:

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,7 @@ def peer_prompts(users: Mapping[str, Any], seed: int) -> dict[str, str]:
 
 
 def _draw_for_users_without_pairs(users: Mapping[str, Any], seed: int,
-                                  pool: Any) -> dict[str, str]:
+                                  pool: Callable[[Any], list[str]]) -> dict[str, str]:
     """One item of ``pool(user)`` per key of a user with a persona and no pairs, drawn with
     ``seed`` in key order; nothing for a user whose pool is empty."""
     rng = random.Random(seed)
