@@ -1,6 +1,8 @@
 """What a best-of-N warm start picked, by kind of user and kind of candidate.
 
-Reads ``RUN/warm_start.jsonl`` (one pick per training user) and prints one row per user group
+Reads ``RUN/warm_start.jsonl`` (one pick per training user, or the best few with
+``stage1.warm_start_keep``, each counted; ``--best N`` counts each user's first N, best first)
+and prints one row per user group
 (the user id's prefix before the first "-", e.g. "persona-" for the persona-only users of a
 mixed training file): how many picks were the summarizer's own sample, an extractive quote, and
 the data's persona worded as the data writes it ("about") or as an instruction to the writer
@@ -15,6 +17,7 @@ least halfway from the user's rejected to chosen labeled responses).
     python benchmarks/warm_start_picks.py runs/sum-r8both runs/sum-r8about
     python benchmarks/warm_start_picks.py runs/sum-r8both --by-persona data/r7/train.jsonl
     python benchmarks/warm_start_picks.py runs/sum-r13p runs/sum-r13w --in-style data/r12revn/train.jsonl
+    python benchmarks/warm_start_picks.py runs/r16h0 --best 1 --in-style data/r16h0/train.jsonl
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ def main() -> None:
     ap.add_argument("--in-style", metavar="DATA",
                     help="Also count the shown answers in the user's style (DATA: the run's "
                          "training file, whose personas and labeled examples the check reads).")
+    ap.add_argument("--best", type=int, metavar="N",
+                    help="Count only each user's first N picks (a run with stage1.warm_start_keep "
+                         "writes several per user, best first).")
     args = ap.parse_args()
     from popi_sdk.data import read_users
 
@@ -67,6 +73,14 @@ def main() -> None:
         if not path.is_file():
             raise SystemExit(f"{path}: not found (a stage-1 run with stage1.warm_start_samples writes it)")
         picks = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if args.best:  # each user's picks are written best first
+            rank: Counter = Counter()
+            kept = []
+            for p in picks:
+                rank[p["example_key"]] += 1
+                if rank[p["example_key"]] <= args.best:
+                    kept.append(p)
+            picks = kept
         groups: dict[str, Counter] = {}
         for p in picks:
             key = p["example_key"]

@@ -503,8 +503,16 @@ def test_peer_answers_show_a_same_persona_users_answer_to_users_without_pairs(ti
     shown = peer_answers(users, seed=0)
     # users with pairs show their own; a persona no one else has shows nothing
     assert set(shown) == {"a", "a#1", "b"}
-    assert shown["a"] in {"Yay, neat!", "Ok!", "Ok! (pair)"} and shown["b"] in {"Wow, fun!", "Ok!", "Ok! (pair)"}
+    (a,), (b,) = shown["a"], shown["b"]
+    assert a in {"Yay, neat!", "Ok!", "Ok! (pair)"} and b in {"Wow, fun!", "Ok!", "Ok! (pair)"}
     assert shown == peer_answers(users, seed=0)  # seeded
+    # stage1.warm_start_peer_answers: several, without replacement, never the user's own;
+    # all there are where fewer exist
+    three = peer_answers(users, seed=0, n=3)
+    assert sorted(three["a"]) == ["Ok!", "Ok! (pair)", "Yay, neat!"]
+    assert sorted(three["b"]) == ["Ok!", "Ok! (pair)", "Wow, fun!"]
+    assert peer_answers(users, seed=0, n=5) == peer_answers(users, seed=0, n=3)
+    assert [len(v) for v in peer_answers(users, seed=1, n=2).values()] == [2, 2, 2]
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     spec = SummarySpec(max_words=30, max_tokens=60)
@@ -585,6 +593,51 @@ def test_written_answer_count_needs_written(tiny_dir, data_dir, tmp_path):
         _cfg(tiny_dir, data_dir, tmp_path / "run", **{
             "stage1.warm_start_samples": 1, "stage1.warm_start_persona": True,
             "stage1.warm_start_written_answers": 3})
+
+
+def test_peer_answer_count_needs_peers_and_kept_picks_need_scoring(tiny_dir, data_dir, tmp_path):
+    persona = {"stage1.warm_start_samples": 1, "stage1.warm_start_persona": True}
+    with pytest.raises(ValueError, match="warm_start_persona_show=peers"):
+        _cfg(tiny_dir, data_dir, tmp_path / "run", **persona, **{"stage1.warm_start_peer_answers": 3})
+    with pytest.raises(ValueError, match="warm_start_keep chooses among scored candidates"):
+        _cfg(tiny_dir, data_dir, tmp_path / "run", **{
+            "stage1.warm_start_samples": 0, "stage1.warm_start_from": "picks.jsonl",
+            "stage1.warm_start_keep": 2})
+
+
+def test_the_warm_start_can_keep_several_picks_per_user(tiny_dir, tmp_path):
+    """``stage1.warm_start_keep``: the best few distinct candidates of each user, best first, all
+    trained on; a later run reads them back with ``stage1.warm_start_from``."""
+    pytest.importorskip("peft")
+    from popi_sdk.train import stage1
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(_user(i)) + "\n" for i in range(4)))
+    common = {"stage1.warm_start_learning_rate": 1e-2, "stage1.kl_weight": 0, "stage1.max_steps": 0,
+              "lora.enabled": True, "lora.r": 4, "summary.max_tokens": 24}
+    run = tmp_path / "run"
+    stage1.main(_cfg(tiny_dir, data, run, **common, **{
+        "stage1.warm_start_samples": 2, "stage1.warm_start_extractive": True,
+        "stage1.warm_start_keep": 2}))
+    picked = [json.loads(line) for line in (run / "warm_start.jsonl").read_text().splitlines()]
+    by_user: dict = {}
+    for p in picked:
+        by_user.setdefault(p["example_key"], []).append(p)
+    assert len(by_user) == 4 and all(len(ps) == 2 for ps in by_user.values())
+    for ps in by_user.values():
+        assert ps[0]["summary"] != ps[1]["summary"] and ps[0]["reward"] >= ps[1]["reward"]
+        assert ps[0]["group_mean"] == ps[1]["group_mean"]
+    (warm,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line).get("kind") == "warm_start"]
+    assert warm["warm_start_users"] == 4 and warm["warm_start_picks"] == 8
+    # one optimizer step per batch of four picks: all eight are trained on
+    assert len(warm["warm_start_losses"]) == 2
+
+    again = tmp_path / "again"
+    stage1.main(_cfg(tiny_dir, data, again, **common, **{
+        "stage1.warm_start_from": str(run / "warm_start.jsonl")}))
+    assert (again / "warm_start.jsonl").read_text() == (run / "warm_start.jsonl").read_text()
 
 
 def test_peer_answers_need_the_persona_candidates(tiny_dir, data_dir, tmp_path):
@@ -709,7 +762,7 @@ def test_a_run_trains_on_another_runs_picks(tiny_dir, tmp_path):
         stage1.main(_cfg(tiny_dir, data, tmp_path / "fourth", **common,
                          **{"stage1.warm_start_from": str(other)}))
     other.write_text("\n".join(lines + lines[:1]))
-    with pytest.raises(InputError, match=r"line 5: a second pick for"):
+    with pytest.raises(InputError, match=r"line 5: the same pick again for"):
         stage1.main(_cfg(tiny_dir, data, tmp_path / "fourth-b", **common,
                          **{"stage1.warm_start_from": str(other)}))
     other.write_text(lines[0] + "\n{not json\n")

@@ -135,6 +135,22 @@ class Stage1Options(_Section):
         "training user's prompt (stage1.warm_start_written_answers of them, each a candidate). "
         "Training users only; the reward still picks.",
     )
+    warm_start_peer_answers: int = Field(
+        default=1,
+        ge=1,
+        description="With stage1.warm_start_persona_show = 'peers': same-persona answers drawn "
+        "per training user without pairs (without replacement), each shown after the persona as "
+        "its own candidate; the reward picks among them.",
+    )
+    warm_start_keep: int = Field(
+        default=1,
+        ge=1,
+        description="Candidates kept per training user for the warm start's supervised pass: the "
+        "best this many by reward, distinct texts (1: the best-of-N pick alone). More than one "
+        "gives the pass several targets per user, e.g. descriptions each followed by a "
+        "different same-persona answer (stage1.warm_start_peer_answers), so that it learns the "
+        "style rather than one answer.",
+    )
     warm_start_written_answers: int = Field(
         default=2,
         ge=1,
@@ -361,6 +377,18 @@ class TrainConfig(_Section):
                 "stage1.warm_start_written_answers counts the answers of "
                 "stage1.warm_start_persona_show=written, which is "
                 f"{self.stage1.warm_start_persona_show!r}: set it to written, or leave the count out"
+            )
+        if self.stage1.warm_start_peer_answers != 1 and self.stage1.warm_start_persona_show != "peers":
+            raise ValueError(
+                "stage1.warm_start_peer_answers counts the answers of "
+                "stage1.warm_start_persona_show=peers, which is "
+                f"{self.stage1.warm_start_persona_show!r}: set it to peers, or leave the count out"
+            )
+        if self.stage1.warm_start_keep != 1 and self.stage1.warm_start_from:
+            raise ValueError(
+                "stage1.warm_start_keep chooses among scored candidates, and stage1.warm_start_from "
+                "reads picks already chosen: keep them when they are scored (the run that writes "
+                "the picks), or leave it out"
             )
         return self
 

@@ -269,7 +269,7 @@ class Stage1Parts(NamedTuple):
     validator: Validator | None
     signals: dict[str, Signals] | None = None  # each row's user's signals, by example_key
     personas: dict[str, str] | None = None  # each row's (training) user's persona, by example_key
-    peers: dict[str, str] | None = None  # stage1.warm_start_persona_show = "peers": warmstart.peer_answers
+    peers: dict[str, list[str]] | None = None  # stage1.warm_start_persona_show = "peers": warmstart.peer_answers
     prompts: dict[str, str] | None = None  # ... = "written": warmstart.peer_prompts
 
 
@@ -348,7 +348,7 @@ def build_trainer(cfg: TrainConfig) -> Stage1Parts:
     if cfg.stage1.warm_start_persona_show == "peers":
         from popi_sdk.train.warmstart import peer_answers
 
-        peers = peer_answers(owners, cfg.seed)
+        peers = peer_answers(owners, cfg.seed, n=cfg.stage1.warm_start_peer_answers)
     elif cfg.stage1.warm_start_persona_show == "written":
         from popi_sdk.train.warmstart import peer_prompts
 

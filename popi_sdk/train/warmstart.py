@@ -56,11 +56,13 @@ def best_of_n(
     top_p: float,
     clean: Any,
     extra: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+    keep: int = 1,
 ) -> list[dict[str, Any]]:
     """For each GRPO row (``prompt`` messages, ``example_key``), the best of ``n`` sampled
     summaries and the row's ``extra`` candidates (by ``example_key``: ``(text, source)``
     pairs), with its reward, its ``source`` ("sampled",
-    "extractive", "persona") and the mean reward of the sampled ones."""
+    "extractive", "persona") and the mean reward of the sampled ones; with ``keep`` > 1 the
+    best ``keep`` distinct texts of the row, best first."""
     # Each user's prompt prefilled once for its n samples, through the fast decoder (sampling.py).
     sampled = sample_groups(model, tokenizer, [row["prompt"] for row in rows], n=n,
                             max_tokens=max_tokens, clean=clean, temperature=temperature,
@@ -75,12 +77,15 @@ def best_of_n(
     for row, group in zip(rows, groups):
         scored = [(r, text, source) for r, (text, source) in zip(rewards[at : at + len(group)], group)]
         at += len(group)
-        best_reward, best_text, source = max(scored, key=lambda g: g[0])
-        picked.append({
-            "example_key": row["example_key"], "prompt": row["prompt"], "summary": best_text,
-            "reward": best_reward, "source": source,
-            "group_mean": M.mean([r for r, _, s in scored if s == "sampled"]),
-        })
+        group_mean = M.mean([r for r, _, s in scored if s == "sampled"])
+        best = {}  # text -> (reward, source), best first; ties keep the earlier candidate
+        for r, text, source in sorted(scored, key=lambda g: -g[0]):
+            best.setdefault(text, (r, source))
+        for text, (r, source) in list(best.items())[:keep]:
+            picked.append({
+                "example_key": row["example_key"], "prompt": row["prompt"], "summary": text,
+                "reward": r, "source": source, "group_mean": group_mean,
+            })
     return picked
 
 
@@ -146,18 +151,19 @@ def persona_candidates(persona: str, signals: Any, spec: Any, tokenizer: Any,
     return [t for t in dict.fromkeys(_within_budget(t, spec, tokenizer) for t in texts) if t]
 
 
-def peer_answers(users: Mapping[str, Any], seed: int) -> dict[str, str]:
-    """For each *training* user without pairs of their own (by key), one preferred answer of
-    another training user with the same persona: a chosen response of that user's labeled
-    examples or signal pairs, drawn with ``seed``. Never the user's own examples (the reward
-    scores the candidate on those), and nothing for a persona no other user shares."""
+def peer_answers(users: Mapping[str, Any], seed: int, n: int = 1) -> dict[str, list[str]]:
+    """For each *training* user without pairs of their own (by key), ``n`` preferred answers of
+    other training users with the same persona (chosen responses of their labeled examples or
+    signal pairs, drawn without replacement with ``seed``; fewer where fewer exist). Never the
+    user's own examples (the reward scores the candidate on those), and nothing for a persona no
+    other user shares."""
     answers: dict[str, list[tuple[str, str]]] = {}
     for u in {id(u): u for u in users.values()}.values():
         if u.persona:
             chosen = [e.chosen for e in u.examples] + [p.chosen for p in u.signals.pairs]
             answers.setdefault(u.persona.strip(), []).extend((u.user_id, c) for c in chosen)
     return _draw_for_users_without_pairs(users, seed, lambda u: [
-        c for owner, c in answers.get(u.persona.strip(), []) if owner != u.user_id])
+        c for owner, c in answers.get(u.persona.strip(), []) if owner != u.user_id], n=n)
 
 
 def peer_prompts(users: Mapping[str, Any], seed: int) -> dict[str, str]:
@@ -167,20 +173,22 @@ def peer_prompts(users: Mapping[str, Any], seed: int) -> dict[str, str]:
     scores the candidate."""
     prompts = sorted({(u.user_id, e.prompt) for u in {id(u): u for u in users.values()}.values()
                       for e in u.examples})
-    return _draw_for_users_without_pairs(users, seed, lambda u: [
+    drawn = _draw_for_users_without_pairs(users, seed, lambda u: [
         p for owner, p in prompts if owner != u.user_id and p not in {e.prompt for e in u.examples}])
+    return {key: items[0] for key, items in drawn.items()}
 
 
 def _draw_for_users_without_pairs(users: Mapping[str, Any], seed: int,
-                                  pool: Callable[[Any], list[str]]) -> dict[str, str]:
-    """One item of ``pool(user)`` per key of a user with a persona and no pairs, drawn with
-    ``seed`` in key order; nothing for a user whose pool is empty."""
+                                  pool: Callable[[Any], list[str]], n: int = 1) -> dict[str, list[str]]:
+    """Up to ``n`` items of ``pool(user)``, without replacement, per key of a user with a persona
+    and no pairs, drawn with ``seed`` in key order (one item is what ``rng.choice`` draws);
+    nothing for a user whose pool is empty."""
     rng = random.Random(seed)
     out = {}
     for key in sorted(users):
         u = users[key]
         if u.persona and not u.signals.pairs and (items := pool(u)):
-            out[key] = rng.choice(items)
+            out[key] = rng.sample(items, min(n, len(items)))
     return out
 
 
@@ -321,7 +329,7 @@ def warm_start(
     seed: int,
     signals: Mapping[str, Any] | None = None,
     personas: Mapping[str, str] | None = None,
-    peers: Mapping[str, str] | None = None,
+    peers: Mapping[str, Sequence[str]] | None = None,
     prompts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Best-of-N sampling (with ``spec``'s training sampling, token cap and cleaning, as GRPO
@@ -334,7 +342,7 @@ def warm_start(
                  opts.warm_start_from, len(rows))
         picked = load_picks(Path(opts.warm_start_from), rows)
     else:
-        shown = {k: [a] for k, a in (peers or {}).items()}
+        shown: Mapping[str, Sequence[str]] = peers or {}
         if prompts and personas:
             shown = written_answers(reward, personas, prompts, n=opts.warm_start_written_answers,
                                     max_tokens=spec.max_tokens, temperature=spec.train_temperature,
@@ -364,7 +372,8 @@ def warm_start(
         "warm_start_best_reward": M.mean([p["reward"] for p in picked]),
         "warm_start_mean_reward": M.mean([p["group_mean"] for p in picked]),
         "warm_start_losses": losses,
-        "warm_start_users": len(picked),
+        "warm_start_users": len({p["example_key"] for p in picked}),
+        "warm_start_picks": len(picked),
         "warm_start_extractive_won": sum(p["source"] == "extractive" for p in picked),
         "warm_start_persona_won": sum(p["source"] == "persona" for p in picked),
         "warm_start_samples": opts.warm_start_samples,
@@ -384,7 +393,7 @@ def _sample_picks(model: Any, tokenizer: Any, reward: Any, rows: Sequence[dict[s
                   personas: Mapping[str, str] | None,
                   shown: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """Best-of-N over sampled summaries and the extractive and persona candidates ``opts``
-    turns on: one pick per row."""
+    turns on: the best ``opts.warm_start_keep`` per row."""
     log.info("warm start: sampling %d summaries for each of %d training users",
              opts.warm_start_samples, len(rows))
     extra: dict[str, list[tuple[str, str]]] = {}
@@ -401,6 +410,7 @@ def _sample_picks(model: Any, tokenizer: Any, reward: Any, rows: Sequence[dict[s
     return best_of_n(
         model, tokenizer, reward, rows, n=opts.warm_start_samples, max_tokens=spec.max_tokens,
         temperature=spec.train_temperature, top_p=spec.train_top_p, clean=spec.clean, extra=extra,
+        keep=opts.warm_start_keep,
     )
 
 
@@ -410,12 +420,13 @@ PICK_FIELDS = ("example_key", "summary", "source", "reward", "group_mean")
 
 def load_picks(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """An earlier run's ``RUN/warm_start.jsonl`` as this run's picks, in the order of ``rows``
-    (``stage1.warm_start_from``). Every training user needs exactly one pick and every pick a
-    training user: picks from other data are refused, naming users that differ."""
+    (``stage1.warm_start_from``; a user's several kept picks, ``stage1.warm_start_keep``, in the
+    file's order). Every training user needs a pick and every pick a training user: picks from
+    other data are refused, naming users that differ."""
     if not path.is_file():
         raise InputError(f"stage1.warm_start_from: {path} is not a file; give an earlier run's "
                          "RUN/warm_start.jsonl")
-    by_key: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, list[dict[str, Any]]] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -429,10 +440,11 @@ def load_picks(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any
         if not ok:
             raise InputError(f"{path}, line {n}: not a warm-start pick (a JSON object with "
                              f"{', '.join(PICK_FIELDS)}, as a run's RUN/warm_start.jsonl holds)")
-        if pick["example_key"] in by_key:
-            raise InputError(f"{path}, line {n}: a second pick for {pick['example_key']}; a run "
-                             "writes one pick per training user")
-        by_key[pick["example_key"]] = pick
+        if any(p["summary"] == pick["summary"] for p in by_key.get(pick["example_key"], ())):
+            raise InputError(f"{path}, line {n}: the same pick again for {pick['example_key']}; a "
+                             "run writes each kept summary of a training user once (picks files "
+                             "joined twice?)")
+        by_key.setdefault(pick["example_key"], []).append(pick)
     keys = [row["example_key"] for row in rows]
     missing = [k for k in keys if k not in by_key]
     foreign = sorted(set(by_key) - set(keys))
@@ -442,5 +454,5 @@ def load_picks(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any
             f"{len(keys)} have none (e.g. {', '.join(missing[:3]) or '-'}) and {len(foreign)} "
             f"picks name no training user of this run (e.g. {', '.join(foreign[:3]) or '-'}); "
             "use the data, seed and stage1.validation_users of the run that wrote it")
-    return [{**{f: by_key[row["example_key"]][f] for f in PICK_FIELDS}, "prompt": row["prompt"]}
-            for row in rows]
+    return [{**{f: pick[f] for f in PICK_FIELDS}, "prompt": row["prompt"]}
+            for row in rows for pick in by_key[row["example_key"]]]
