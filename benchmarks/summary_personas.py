@@ -11,7 +11,8 @@ preferred responses (its first 40 characters) rather than writing an answer of t
 the summaries' mean tokens against the raw signals' (``render_signals``, the same tokenizer). For
 summaries that show an answer (after "They like answers such as:") it counts the answers in the
 user's style: those the oracle's own ``persona_score`` puts at or above the midpoint of the
-user's labeled chosen and rejected responses' mean scores, in all and per true persona. A roleplay persona names two or three
+user's labeled chosen and rejected responses' mean scores, in all and per true persona, with the
+count another user's shown answer would give (the chance control). A roleplay persona names two or three
 of five axes, so an exact match is rare: for roleplay users it also counts the persona's poles
 the description names, and the poles it names against the persona (the axis's other pole).
 Nothing is sampled again; the counts are of the summaries the reported accuracies read.
@@ -78,7 +79,11 @@ def main() -> None:
         if shown:
             fit = {u: in_style(users[u], answer) for u, answer in shown.items()}
             print(f"{sum(fit.values())} of {len(shown)} answers the summaries show are in the user's "
-                  "style (scored nearer the user's chosen responses than the rejected ones)\n")
+                  "style (scored nearer the user's chosen responses than the rejected ones); "
+                  f"{len(set(shown.values()))} distinct answers\n")
+            if len(shown) > 1:
+                print(f"by chance: {chance_in_style(users, shown):.1f} of {len(shown)} (each user "
+                      "checked against every other user's shown answer instead, averaged)\n")
             by_persona: dict[str, list[bool]] = {}
             for u, ok_style in fit.items():
                 by_persona.setdefault(users[u].persona, []).append(ok_style)
@@ -138,6 +143,16 @@ def pole_counts(persona: str, described: str) -> tuple[int, int, int]:
     wrong = sum(roleplay.PHRASES[other] in described for axis, pole in attrs.items()
                 for other in roleplay.AXES[axis] if other != pole)
     return right, wrong, len(attrs)
+
+
+def chance_in_style(users: dict, shown: dict[str, str]) -> float:
+    """How many of the ``shown`` answers (by user id) would be in their user's style if each
+    user's were another user's: for each user the share of the other users' shown answers in
+    that user's style, summed. The control for the count of answers in style: a summarizer that
+    shows answers unrelated to the user scores this."""
+    keys = sorted(shown)
+    return sum(sum(in_style(users[u], shown[v]) for v in keys if v != u) / (len(keys) - 1)
+               for u in keys)
 
 
 def in_style(user, answer: str) -> bool:
