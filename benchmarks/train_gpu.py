@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from popi_sdk.train.random_model import SHAPES
+
 SETTINGS = {
     "full": [],  # the paper preset: no LoRA, bf16 on a GPU, gradient checkpointing
     "lora": ["lora.enabled=true", "lora.r=16"],
@@ -90,7 +92,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", type=Path, default=None,
                     help="Folder with the tokenizer files (default: the embedded model's, converted "
                          "under $POPI_HOME/models on first use).")
-    ap.add_argument("--shape", default="llama-3.2-1b", help="A shape of random_model.SHAPES.")
+    ap.add_argument("--shape", default="llama-3.2-1b", choices=sorted(SHAPES),
+                    help="The model's shape (popi_sdk.train.random_model.SHAPES).")
     ap.add_argument("--out", type=Path, required=True, help="Folder for the model, data and runs.")
     ap.add_argument("--users", type=int, default=48, help="Synthetic ELIX users (3/4 train).")
     ap.add_argument("--steps", type=int, default=4, help="Optimizer steps per stage and setting.")
@@ -132,7 +135,9 @@ def main() -> None:
         print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
         with GpuMemory() as mem:
-            subprocess.run(cmd, check=True, env=os.environ.copy())
+            done = subprocess.run(cmd, env=os.environ.copy())
+        if done.returncode:
+            sys.exit(f"{name}: `popi train all` exited with {done.returncode}; its output is above")
         config = yaml.safe_load((run / "config.yaml").read_text())
         results[name] = {
             "wall": time.perf_counter() - t,
