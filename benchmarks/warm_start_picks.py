@@ -52,6 +52,8 @@ def main() -> None:
                     help="Count only each user's first N picks (a run with stage1.warm_start_keep "
                          "writes several per user, best first).")
     args = ap.parse_args()
+    if args.best is not None and args.best < 1:
+        ap.error(f"--best counts each user's first N picks: give N >= 1, not {args.best}")
     from popi_sdk.data import read_users
 
     personas = None
@@ -73,7 +75,7 @@ def main() -> None:
         if not path.is_file():
             raise SystemExit(f"{path}: not found (a stage-1 run with stage1.warm_start_samples writes it)")
         picks = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if args.best:  # each user's picks are written best first
+        if args.best is not None:  # each user's picks are written best first
             rank: Counter = Counter()
             kept = []
             for p in picks:
